@@ -1,0 +1,96 @@
+//! Causeway's typed configuration: parsing `causeway.toml` with spans, semantic validation, and
+//! diagnostics that point at `file:line:col` with a hint.
+//!
+//! Pure: no sockets, no async runtime, no file I/O. The caller reads the file and hands over
+//! its text; [`load`] returns either a [`ValidatedConfig`] (possibly with warnings) or a
+//! [`Report`] holding every problem found.
+//!
+//! ```
+//! let text = r#"
+//! gateway_id = "line3"
+//! [[source]]
+//! name = "press1"
+//! kind = "modbus-tcp"
+//! address = "127.0.0.1:502"
+//! tags = [ { name = "parts", register = "holding:0", type = "u32" } ]
+//! [[rule]]
+//! kind = "counter"
+//! total = "press1.parts"
+//! [[sink]]
+//! name = "out"
+//! kind = "stdout"
+//! routes = ["production.*"]
+//! "#;
+//! let config = firmware_config::load("causeway.toml", text).unwrap();
+//! assert_eq!(config.gateway_id, "line3");
+//! ```
+
+pub mod diagnostic;
+pub mod model;
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::ops::Deref;
+
+pub use diagnostic::{Problem, ProblemSeverity, Report};
+pub use model::*;
+pub use validate::{MAX_READ_BITS, MAX_READ_REGISTERS};
+
+/// A configuration that passed every check. Only [`load`] makes one.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    config: GatewayConfig,
+    warnings: Report,
+}
+
+impl ValidatedConfig {
+    /// Warnings found while loading (no errors: those stop [`load`]).
+    pub fn warnings(&self) -> &Report {
+        &self.warnings
+    }
+
+    /// The configuration itself.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+}
+
+impl Deref for ValidatedConfig {
+    type Target = GatewayConfig;
+
+    fn deref(&self) -> &GatewayConfig {
+        &self.config
+    }
+}
+
+/// Parses and validates a config file's `text`; `name` (usually its path) appears in diagnostics.
+///
+/// # Errors
+/// A [`Report`] with every problem found (syntax errors stop at the first; semantic checks all run)
+/// when any problem is an error.
+pub fn load(name: &str, text: &str) -> Result<ValidatedConfig, Report> {
+    let raw: raw::RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            let message = error.message().trim().to_owned();
+            let mut problem = Problem::error(message.clone(), span, "here");
+            if let Some(field) = message.strip_prefix("unknown field `") {
+                let field = field.split('`').next().unwrap_or_default();
+                problem = problem.help(format!(
+                    "`{field}` is not a setting here; check its spelling against docs/configuration.md"
+                ));
+            }
+            return Err(Report::new(name, text, vec![problem]));
+        }
+    };
+    let (config, problems) = validate::validate(raw);
+    match config {
+        Some(config) => Ok(ValidatedConfig { config, warnings: Report::new(name, text, problems) }),
+        None => Err(Report::new(name, text, problems)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The config file as written: flat, spanned structs that serde fills straight from TOML.
+//!
+//! Sections with a `kind` are flat structs rather than serde enums on purpose: toml's spans do not
+//! survive serde's internally tagged enums, and spans are what make diagnostics point at the line.
+//! Validation (`crate::validate`) turns these into the typed model in `crate::model`, checking
+//! that each field belongs to its kind.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// The whole `causeway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Names this gateway in every event's `source` (`causeway://<gateway_id>/<machine>`).
+    pub gateway_id: Spanned<String>,
+    /// How long `causeway run` waits for sinks to drain after SIGTERM (default "10s").
+    pub shutdown_grace: Option<Spanned<HumanDuration>>,
+    /// The store-and-forward buffer.
+    #[serde(default)]
+    pub buffer: RawBuffer,
+    /// PLCs and SCADA systems to read from.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<RawSource>,
+    /// How tag values become production and quality events.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+    /// Where events go.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<RawSink>,
+}
+
+/// `[buffer]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    /// SQLite file; relative paths are taken from the config file's folder.
+    pub path: Option<Spanned<String>>,
+    /// Upper bound on the live events in the buffer; the oldest are dropped past it (default "512MiB").
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    /// Most writes committed in one transaction (default 512).
+    pub max_batch: Option<Spanned<u32>>,
+}
+
+/// `[[source]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Unique name; tags are referred to as `<source>.<tag>`.
+    pub name: Spanned<String>,
+    /// `modbus-tcp`.
+    pub kind: Spanned<String>,
+    /// `host:port` of the Modbus TCP server.
+    pub address: Option<Spanned<String>>,
+    /// Modbus unit (slave) id, 0..=255 (default 1).
+    pub unit: Option<Spanned<i64>>,
+    /// Poll interval (default "1s").
+    pub poll: Option<Spanned<HumanDuration>>,
+    /// Deadline for each request (default "1s").
+    pub timeout: Option<Spanned<HumanDuration>>,
+    /// Unused registers a coalesced read may read through to save a request (default 8).
+    pub max_gap: Option<Spanned<i64>>,
+    /// The tags to read.
+    #[serde(default)]
+    pub tags: Vec<RawTag>,
+}
+
+/// One entry of a source's `tags`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTag {
+    /// Unique within the source.
+    pub name: Spanned<String>,
+    /// `<kind>:<address>`, kind one of coil, discrete, input, holding; address 0-based.
+    pub register: Spanned<String>,
+    /// bool, u16, i16, u32, i32, u64, i64, f32, f64 or string (default u16; bool for coils).
+    #[serde(rename = "type")]
+    pub data_type: Option<Spanned<String>>,
+    /// Byte and word order of multi-register values: ABCD (default), CDAB, BADC or DCBA.
+    pub order: Option<Spanned<String>>,
+    /// For `type = "bool"` on an input or holding register: the bit, 0 (LSB) ..= 15.
+    pub bit: Option<Spanned<i64>>,
+    /// For `type = "string"`: how many registers (two ASCII characters each).
+    pub length: Option<Spanned<i64>>,
+    /// Multiplies the raw value (after decoding).
+    pub scale: Option<Spanned<f64>>,
+    /// Added after scaling.
+    pub offset: Option<Spanned<f64>>,
+}
+
+/// `[[rule]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Optional unique name; defaults to `<kind>:<machine or characteristic>`.
+    pub name: Option<Spanned<String>>,
+    /// `counter`, `state` or `measurement`.
+    pub kind: Spanned<String>,
+    /// Machine the events describe.
+    pub machine: Option<Spanned<String>>,
+    /// Line the machine belongs to (context only).
+    pub line: Option<Spanned<String>>,
+    /// counter: tag holding the running total of parts.
+    pub total: Option<Spanned<String>>,
+    /// counter: tag holding the running count of good parts.
+    pub good: Option<Spanned<String>>,
+    /// counter: tag holding the running count of rejected parts.
+    pub reject: Option<Spanned<String>>,
+    /// counter: tag with the current order number, attached as context.
+    pub order: Option<Spanned<String>>,
+    /// counter: how often counts are reported (default "10s").
+    pub interval: Option<Spanned<HumanDuration>>,
+    /// state/measurement: the tag to watch.
+    pub tag: Option<Spanned<String>>,
+    /// state: value -> state name, e.g. `{ 0 = "idle", 1 = "running", 2 = "down" }`.
+    pub states: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// state: tag with the PLC's reason code.
+    pub reason: Option<Spanned<String>>,
+    /// measurement: the quality characteristic's name.
+    pub characteristic: Option<Spanned<String>>,
+    /// measurement: a bool tag; a sample is taken on its rising edge. Without it, on every change.
+    pub trigger: Option<Spanned<String>>,
+    /// measurement: lower specification limit.
+    pub lsl: Option<Spanned<f64>>,
+    /// measurement: target value.
+    pub nominal: Option<Spanned<f64>>,
+    /// measurement: upper specification limit.
+    pub usl: Option<Spanned<f64>>,
+    /// measurement: engineering unit, e.g. "kN".
+    pub unit: Option<Spanned<String>>,
+}
+
+/// `[[sink]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// Unique name; also the name of its cursor in the buffer.
+    pub name: Spanned<String>,
+    /// `https`, `file` or `stdout`.
+    pub kind: Spanned<String>,
+    /// Event-type patterns this sink receives, e.g. `["production.*", "quality.measurement"]`.
+    pub routes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Most events in one delivery (default 100).
+    pub batch_size: Option<Spanned<i64>>,
+    /// https: the endpoint events are POSTed to.
+    pub url: Option<Spanned<String>>,
+    /// https: allow a plain `http://` URL (logged as a warning at start).
+    pub insecure: Option<Spanned<bool>>,
+    /// https: per-request deadline (default "10s").
+    pub timeout: Option<Spanned<HumanDuration>>,
+    /// https: PEM file of CA certificates to trust in addition to the system's.
+    pub ca_file: Option<Spanned<String>>,
+    /// https: authentication.
+    pub auth: Option<Spanned<RawAuth>>,
+    /// https: first retry delay (default "500ms").
+    pub retry_initial: Option<Spanned<HumanDuration>>,
+    /// https: longest retry delay (default "30s").
+    pub retry_max: Option<Spanned<HumanDuration>>,
+    /// file: the JSON-lines file events are appended to.
+    pub path: Option<Spanned<String>>,
+}
+
+/// `auth = { ... }` of an https sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Name of an environment variable holding a bearer token.
+    pub bearer_env: Option<Spanned<String>>,
+    /// File holding a bearer token (surrounding whitespace is trimmed).
+    pub bearer_file: Option<Spanned<String>>,
+    /// Rejected: a token written inline. Accepted by the parser only so the error can point at it.
+    pub bearer: Option<Spanned<String>>,
+    /// Rejected, as `bearer`.
+    pub token: Option<Spanned<String>>,
+    /// Rejected, as `bearer`.
+    pub password: Option<Spanned<String>>,
+}
