@@ -3,7 +3,9 @@
 
 use std::{fmt, ops::Range, sync::Arc};
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity};
+use miette::{
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity,
+};
 
 /// One problem, located in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +44,15 @@ impl Problem {
     }
 
     /// A warning at `span`.
-    pub fn warning(message: impl Into<String>, span: Range<usize>, label: impl Into<String>) -> Self {
-        Problem { severity: ProblemSeverity::Warning, ..Problem::error(message, span, label) }
+    pub fn warning(
+        message: impl Into<String>,
+        span: Range<usize>,
+        label: impl Into<String>,
+    ) -> Self {
+        Problem {
+            severity: ProblemSeverity::Warning,
+            ..Problem::error(message, span, label)
+        }
     }
 
     /// Adds a hint.
@@ -71,7 +80,10 @@ impl Report {
     /// A report on `text`, shown as `name` (usually the file path).
     pub fn new(name: &str, text: &str, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
-        Report { source: Arc::new(NamedSource::new(name, text.to_owned())), problems }
+        Report {
+            source: Arc::new(NamedSource::new(name, text.to_owned())),
+            problems,
+        }
     }
 
     /// How many problems are errors.
@@ -87,11 +99,20 @@ impl Report {
     /// Renders every problem: `file:line:col`, the line, the underline, the hint. No colours
     /// unless `color`.
     pub fn render(&self, color: bool) -> String {
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let handler = GraphicalReportHandler::new_themed(theme)
+            .with_width(100)
+            .with_links(false);
         let mut out = String::new();
         for problem in &self.problems {
-            let shown = Shown { problem, source: &self.source };
+            let shown = Shown {
+                problem,
+                source: &self.source,
+            };
             // Writing into a String cannot fail.
             let _ = handler.render_report(&mut out, &shown);
         }
@@ -103,7 +124,10 @@ impl Report {
         let text = self.source.inner();
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         format!("{}:{line}:{col}", self.source.name())
     }
 }
@@ -129,7 +153,9 @@ struct Shown<'a> {
 
 impl fmt::Debug for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shown").field("problem", self.problem).finish()
+        f.debug_struct("Shown")
+            .field("problem", self.problem)
+            .finish()
     }
 }
 
@@ -150,11 +176,17 @@ impl Diagnostic for Shown<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.problem.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.problem
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.problem.span.as_ref().map(|_| self.source.as_ref() as &dyn miette::SourceCode)
+        self.problem
+            .span
+            .as_ref()
+            .map(|_| self.source.as_ref() as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -173,7 +205,9 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
             diagonal = above;
         }
     }
@@ -181,7 +215,10 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate within a small edit distance.
-pub(crate) fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    wanted: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (levenshtein(wanted, c), c))
@@ -203,7 +240,10 @@ mod tests {
 
     #[test]
     fn closest_finds_a_near_typo_and_ignores_strangers() {
-        assert_eq!(closest("press1.part_total", ["press1.parts_total", "press1.state"]), Some("press1.parts_total"));
+        assert_eq!(
+            closest("press1.part_total", ["press1.parts_total", "press1.state"]),
+            Some("press1.parts_total")
+        );
         assert_eq!(closest("oven", ["press1.parts_total"]), None);
     }
 }

@@ -87,7 +87,10 @@ pub fn load(name: &str, text: &str) -> Result<ValidatedConfig, Report> {
     };
     let (config, problems) = validate::validate(raw);
     match config {
-        Some(config) => Ok(ValidatedConfig { config, warnings: Report::new(name, text, problems) }),
+        Some(config) => Ok(ValidatedConfig {
+            config,
+            warnings: Report::new(name, text, problems),
+        }),
         None => Err(Report::new(name, text, problems)),
     }
 }

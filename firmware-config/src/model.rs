@@ -165,7 +165,12 @@ impl DataType {
     pub fn is_integer(self) -> bool {
         matches!(
             self,
-            DataType::U16 | DataType::I16 | DataType::U32 | DataType::I32 | DataType::U64 | DataType::I64
+            DataType::U16
+                | DataType::I16
+                | DataType::U32
+                | DataType::I32
+                | DataType::U64
+                | DataType::I64
         )
     }
 
@@ -347,7 +352,9 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Whether `event_type` is routed to this sink.
     pub fn accepts(&self, event_type: &str) -> bool {
-        self.routes.iter().any(|route| route_matches(route, event_type))
+        self.routes
+            .iter()
+            .any(|route| route_matches(route, event_type))
     }
 }
 

@@ -66,26 +66,49 @@ fn problems(text: &str) -> Vec<Problem> {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    problems(text).into_iter().filter(Problem::is_error).map(|p| p.message).collect()
+    problems(text)
+        .into_iter()
+        .filter(Problem::is_error)
+        .map(|p| p.message)
+        .collect()
 }
 
 #[test]
 fn a_full_config_loads_into_the_typed_model() {
     let config = load("t.toml", GOOD).unwrap();
-    assert!(config.warnings().problems.is_empty(), "{}", config.warnings().render(false));
+    assert!(
+        config.warnings().problems.is_empty(),
+        "{}",
+        config.warnings().render(false)
+    );
     let SourceConfig::ModbusTcp(press) = &config.sources[0];
     assert_eq!(press.poll, std::time::Duration::from_millis(200));
     assert_eq!(press.tags[0].data_type, DataType::U32);
     assert_eq!(press.tags[0].order, WordOrder::Cdab);
-    assert_eq!(press.tags[3].data_type, DataType::U16, "u16 is the default for registers");
+    assert_eq!(
+        press.tags[3].data_type,
+        DataType::U16,
+        "u16 is the default for registers"
+    );
     assert_eq!(press.tags[4].data_type, DataType::Bit(0));
     assert_eq!(press.tags[6].data_type, DataType::String(8));
-    assert_eq!(press.tags[7].data_type, DataType::Bool, "bool is the default for bits");
-    let RuleConfig::Counter(counter) = &config.rules[0] else { panic!("counter first") };
+    assert_eq!(
+        press.tags[7].data_type,
+        DataType::Bool,
+        "bool is the default for bits"
+    );
+    let RuleConfig::Counter(counter) = &config.rules[0] else {
+        panic!("counter first")
+    };
     assert_eq!(counter.total.as_ref().unwrap().bits, 32);
     assert_eq!(counter.reject.as_ref().unwrap().bits, 16);
-    let RuleConfig::State(state) = &config.rules[1] else { panic!("state second") };
-    assert_eq!(state.machine, "press1", "machine defaults to the tag's source");
+    let RuleConfig::State(state) = &config.rules[1] else {
+        panic!("state second")
+    };
+    assert_eq!(
+        state.machine, "press1",
+        "machine defaults to the tag's source"
+    );
     assert_eq!(state.states[&2], "down");
     assert_eq!(config.buffer.max_bytes, 64 << 20);
     assert!(config.sinks[0].accepts("production.count"));
@@ -109,16 +132,25 @@ fn every_problem_is_reported_at_once() {
 fn an_unknown_tag_suggests_the_closest_one() {
     let text = GOOD.replace("\"press1.parts_reject\"", "\"press1.parts_rejects\"");
     let problem = problems(&text).into_iter().find(Problem::is_error).unwrap();
-    assert_eq!(problem.help.as_deref(), Some("did you mean \"press1.parts_reject\"?"));
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("did you mean \"press1.parts_reject\"?")
+    );
 }
 
 #[test]
 fn overlapping_registers_are_refused_but_distinct_bits_share() {
     let text = GOOD.replace("register = \"holding:102\"", "register = \"holding:101\"");
     let errors = errors(&text);
-    assert_eq!(errors, vec!["tag `parts_reject` overlaps tag `parts_total`".to_owned()]);
+    assert_eq!(
+        errors,
+        vec!["tag `parts_reject` overlaps tag `parts_total`".to_owned()]
+    );
     let same_bit = GOOD.replace("type = \"bool\", bit = 1", "type = \"bool\", bit = 0");
-    assert_eq!(errors_of(&same_bit), vec!["tag `alarm` overlaps tag `cycle_done`".to_owned()]);
+    assert_eq!(
+        errors_of(&same_bit),
+        vec!["tag `alarm` overlaps tag `cycle_done`".to_owned()]
+    );
 }
 
 fn errors_of(text: &str) -> Vec<String> {
@@ -127,18 +159,33 @@ fn errors_of(text: &str) -> Vec<String> {
 
 #[test]
 fn a_type_that_does_not_fit_its_register_is_refused() {
-    let text = GOOD.replace("{ name = \"door\", register = \"discrete:0\" }", "{ name = \"door\", register = \"coil:0\", type = \"f32\" }");
-    assert_eq!(errors(&text), vec!["tag `door`: a coil holds one bit, not a `f32`".to_owned()]);
+    let text = GOOD.replace(
+        "{ name = \"door\", register = \"discrete:0\" }",
+        "{ name = \"door\", register = \"coil:0\", type = \"f32\" }",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["tag `door`: a coil holds one bit, not a `f32`".to_owned()]
+    );
     let no_bit = GOOD.replace("type = \"bool\", bit = 1", "type = \"bool\"");
-    assert_eq!(errors(&no_bit), vec!["tag `alarm`: a holding register holds 16 bits".to_owned()]);
+    assert_eq!(
+        errors(&no_bit),
+        vec!["tag `alarm`: a holding register holds 16 bits".to_owned()]
+    );
 }
 
 #[test]
 fn registers_out_of_range_are_refused() {
     let past_end = GOOD.replace("register = \"input:10\"", "register = \"input:65535\"");
-    assert_eq!(errors(&past_end), vec!["tag `force_kn` runs past the last register".to_owned()]);
+    assert_eq!(
+        errors(&past_end),
+        vec!["tag `force_kn` runs past the last register".to_owned()]
+    );
     let too_big = GOOD.replace("register = \"input:10\"", "register = \"input:70000\"");
-    assert_eq!(errors(&too_big), vec!["register address `70000` is out of range".to_owned()]);
+    assert_eq!(
+        errors(&too_big),
+        vec!["register address `70000` is out of range".to_owned()]
+    );
 }
 
 #[test]
@@ -151,12 +198,18 @@ fn duplicate_names_are_refused() {
 
 #[test]
 fn inline_secrets_are_refused_and_point_at_the_secret() {
-    let text = GOOD.replace("auth = { bearer_env = \"ERP_TOKEN\" }", "auth = { bearer = \"s3cr3t\" }");
+    let text = GOOD.replace(
+        "auth = { bearer_env = \"ERP_TOKEN\" }",
+        "auth = { bearer = \"s3cr3t\" }",
+    );
     let problem = problems(&text).into_iter().find(Problem::is_error).unwrap();
     assert_eq!(problem.message, "a secret is written inline in `bearer`");
     assert_eq!(&text[problem.span.unwrap()], "\"s3cr3t\"");
     let in_url = GOOD.replace("https://erp.example.com", "https://me:pw@erp.example.com");
-    assert_eq!(errors(&in_url), vec!["a password is written inline in the URL".to_owned()]);
+    assert_eq!(
+        errors(&in_url),
+        vec!["a password is written inline in the URL".to_owned()]
+    );
 }
 
 #[test]
@@ -168,18 +221,30 @@ fn http_needs_an_explicit_opt_in() {
 #[test]
 fn a_route_matching_no_event_type_is_an_error_and_an_unfed_sink_a_warning() {
     let typo = GOOD.replace("[\"production.*\"]", "[\"prodution.*\"]");
-    assert_eq!(errors(&typo), vec!["route `prodution.*` matches no event type".to_owned()]);
+    assert_eq!(
+        errors(&typo),
+        vec!["route `prodution.*` matches no event type".to_owned()]
+    );
     let unfed = GOOD.replace("[\"quality.measurement\"]", "[\"telemetry.sample\"]");
     let problems = problems(&unfed);
     assert_eq!(problems.len(), 1);
     assert!(!problems[0].is_error());
-    assert_eq!(problems[0].message, "no rule makes an event routed to sink `qms`");
+    assert_eq!(
+        problems[0].message,
+        "no rule makes an event routed to sink `qms`"
+    );
 }
 
 #[test]
 fn fields_of_another_kind_are_refused() {
-    let text = GOOD.replace("path = \"quality.jsonl\"", "path = \"quality.jsonl\"\nurl = \"https://x\"");
-    assert_eq!(errors(&text), vec!["`url` does not apply to a file sink".to_owned()]);
+    let text = GOOD.replace(
+        "path = \"quality.jsonl\"",
+        "path = \"quality.jsonl\"\nurl = \"https://x\"",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["`url` does not apply to a file sink".to_owned()]
+    );
 }
 
 #[test]
@@ -187,17 +252,33 @@ fn syntax_and_unknown_fields_are_located() {
     let text = GOOD.replace("poll = \"200ms\"", "pol = \"200ms\"");
     let report = load("t.toml", &text).unwrap_err();
     assert_eq!(report.problems.len(), 1);
-    assert!(report.problems[0].message.starts_with("unknown field `pol`"), "{}", report.problems[0].message);
+    assert!(
+        report.problems[0]
+            .message
+            .starts_with("unknown field `pol`"),
+        "{}",
+        report.problems[0].message
+    );
     assert_eq!(&text[report.problems[0].span.clone().unwrap()], "pol");
     let bad_duration = GOOD.replace("poll = \"200ms\"", "poll = \"fast\"");
     let report = load("t.toml", &bad_duration).unwrap_err();
-    assert!(report.problems[0].message.contains("invalid duration `fast`"));
+    assert!(
+        report.problems[0]
+            .message
+            .contains("invalid duration `fast`")
+    );
 }
 
 #[test]
 fn counters_must_be_unscaled_unsigned_integers() {
-    let text = GOOD.replace("total = \"press1.parts_total\"", "total = \"press1.force_kn\"");
-    assert_eq!(errors(&text), vec!["counter tag `press1.force_kn` is not an unsigned integer".to_owned()]);
+    let text = GOOD.replace(
+        "total = \"press1.parts_total\"",
+        "total = \"press1.force_kn\"",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["counter tag `press1.force_kn` is not an unsigned integer".to_owned()]
+    );
 }
 
 #[test]
@@ -205,11 +286,24 @@ fn rendered_diagnostics_name_file_line_column_and_hint() {
     let text = GOOD.replace("\"press1.parts_reject\"", "\"press1.parts_rejects\"");
     let report = load("causeway.toml", &text).unwrap_err();
     let rendered = report.render(false);
-    let line = text.lines().position(|l| l.contains("parts_rejects")).unwrap() + 1;
-    assert!(rendered.contains(&format!("[causeway.toml:{line}:10]")), "{rendered}");
-    assert!(rendered.contains("reject = \"press1.parts_rejects\""), "{rendered}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("parts_rejects"))
+        .unwrap()
+        + 1;
+    assert!(
+        rendered.contains(&format!("[causeway.toml:{line}:10]")),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("reject = \"press1.parts_rejects\""),
+        "{rendered}"
+    );
     assert!(rendered.contains("no such tag"), "{rendered}");
-    assert!(rendered.contains("help: did you mean \"press1.parts_reject\"?"), "{rendered}");
+    assert!(
+        rendered.contains("help: did you mean \"press1.parts_reject\"?"),
+        "{rendered}"
+    );
 }
 
 #[test]

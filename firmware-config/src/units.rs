@@ -16,7 +16,9 @@ impl FromStr for HumanDuration {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
             .map_err(|error| {
-                format!("invalid duration `{text}` ({error}): write it like \"200ms\", \"5s\" or \"2m\"")
+                format!(
+                    "invalid duration `{text}` ({error}): write it like \"200ms\", \"5s\" or \"2m\""
+                )
             })
     }
 }
@@ -47,7 +49,8 @@ impl FromStr for ByteSize {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(trimmed.len());
         let (digits, unit) = trimmed.split_at(split);
-        let bad = || format!("invalid size `{text}`: write it like \"512MiB\", \"64KiB\" or \"10MB\"");
+        let bad =
+            || format!("invalid size `{text}`: write it like \"512MiB\", \"64KiB\" or \"10MB\"");
         let number: u64 = digits.parse().map_err(|_| bad())?;
         let multiplier: u64 = match unit.trim() {
             "" | "B" => 1,
@@ -109,8 +112,14 @@ mod tests {
 
     #[test]
     fn durations_parse_like_humans_write_them() {
-        assert_eq!("200ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(200));
-        assert_eq!("1m 30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            "200ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            "1m 30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
         let error = "200".parse::<HumanDuration>().unwrap_err();
         assert!(error.contains("\"200ms\""), "{error}");
     }

@@ -55,7 +55,10 @@ fn span<T>(value: &Spanned<T>) -> Range<usize> {
 }
 
 fn is_name(text: &str) -> bool {
-    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Checks `raw` and builds the typed model. Returns every problem found; the model is `None`
@@ -64,7 +67,11 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
     let mut c = Checker::default();
 
     let gateway_id = raw.gateway_id.get_ref().clone();
-    if gateway_id.is_empty() || !gateway_id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+    if gateway_id.is_empty()
+        || !gateway_id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
         c.error(
             format!("`{gateway_id}` cannot be a gateway id"),
             span(&raw.gateway_id),
@@ -72,30 +79,50 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
         )
         .hint("it becomes part of every event's source URI, e.g. gateway_id = \"plant1-line3\"");
     }
-    let shutdown_grace = raw.shutdown_grace.as_ref().map_or(Duration::from_secs(10), |d| d.get_ref().0);
+    let shutdown_grace = raw
+        .shutdown_grace
+        .as_ref()
+        .map_or(Duration::from_secs(10), |d| d.get_ref().0);
 
     let buffer = c.buffer(&raw.buffer);
     let sources: Vec<SourceConfig> = {
         let mut names = HashMap::new();
-        raw.sources.iter().filter_map(|s| c.source(s, &mut names)).collect()
+        raw.sources
+            .iter()
+            .filter_map(|s| c.source(s, &mut names))
+            .collect()
     };
     let rules: Vec<RuleConfig> = {
         let mut names = HashMap::new();
-        raw.rules.iter().filter_map(|r| c.rule(r, &mut names)).collect()
+        raw.rules
+            .iter()
+            .filter_map(|r| c.rule(r, &mut names))
+            .collect()
     };
     let produced: HashSet<&'static str> = rules.iter().map(RuleConfig::event_type).collect();
     let sinks: Vec<SinkConfig> = {
         let mut names = HashMap::new();
-        raw.sinks.iter().filter_map(|s| c.sink(s, &mut names, &produced)).collect()
+        raw.sinks
+            .iter()
+            .filter_map(|s| c.sink(s, &mut names, &produced))
+            .collect()
     };
 
     if raw.sinks.is_empty() {
-        c.warning("no [[sink]] is configured", span(&raw.gateway_id), "events will only be buffered")
-            .hint("add a [[sink]] with kind = \"https\", \"file\" or \"stdout\"");
+        c.warning(
+            "no [[sink]] is configured",
+            span(&raw.gateway_id),
+            "events will only be buffered",
+        )
+        .hint("add a [[sink]] with kind = \"https\", \"file\" or \"stdout\"");
     }
     if raw.rules.is_empty() && !raw.sources.is_empty() {
-        c.warning("no [[rule]] is configured", span(&raw.gateway_id), "tags are read but no event is made")
-            .hint("add a [[rule]] of kind \"counter\", \"state\" or \"measurement\"");
+        c.warning(
+            "no [[rule]] is configured",
+            span(&raw.gateway_id),
+            "tags are read but no event is made",
+        )
+        .hint("add a [[rule]] of kind \"counter\", \"state\" or \"measurement\"");
     }
 
     let ok = c.problems.iter().all(|p| !p.is_error());
@@ -111,17 +138,32 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
 }
 
 impl Checker {
-    fn error(&mut self, message: impl Into<String>, span: Range<usize>, label: impl Into<String>) -> &mut Problem {
+    fn error(
+        &mut self,
+        message: impl Into<String>,
+        span: Range<usize>,
+        label: impl Into<String>,
+    ) -> &mut Problem {
         self.problems.push(Problem::error(message, span, label));
         self.problems.last_mut().expect("just pushed")
     }
 
-    fn warning(&mut self, message: impl Into<String>, span: Range<usize>, label: impl Into<String>) -> &mut Problem {
+    fn warning(
+        &mut self,
+        message: impl Into<String>,
+        span: Range<usize>,
+        label: impl Into<String>,
+    ) -> &mut Problem {
         self.problems.push(Problem::warning(message, span, label));
         self.problems.last_mut().expect("just pushed")
     }
 
-    fn unique(&mut self, what: &str, name: &Spanned<String>, seen: &mut HashMap<String, Range<usize>>) {
+    fn unique(
+        &mut self,
+        what: &str,
+        name: &Spanned<String>,
+        seen: &mut HashMap<String, Range<usize>>,
+    ) {
         if !is_name(name.get_ref()) {
             self.error(
                 format!("`{}` cannot be a {what} name", name.get_ref()),
@@ -130,8 +172,12 @@ impl Checker {
             );
         }
         if seen.contains_key(name.get_ref()) {
-            self.error(format!("two {what}s are named `{}`", name.get_ref()), span(name), "second use")
-                .hint(format!("{what} names must be unique; rename one of them"));
+            self.error(
+                format!("two {what}s are named `{}`", name.get_ref()),
+                span(name),
+                "second use",
+            )
+            .hint(format!("{what} names must be unique; rename one of them"));
         } else {
             seen.insert(name.get_ref().clone(), span(name));
         }
@@ -152,33 +198,62 @@ impl Checker {
     }
 
     fn buffer(&mut self, raw: &RawBuffer) -> Option<BufferConfig> {
-        let path = raw.path.as_ref().map_or_else(|| PathBuf::from(DEFAULT_BUFFER_PATH), |p| PathBuf::from(p.get_ref()));
-        let max_bytes = raw.max_bytes.as_ref().map_or(DEFAULT_MAX_BYTES, |m| m.get_ref().0);
+        let path = raw.path.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_BUFFER_PATH),
+            |p| PathBuf::from(p.get_ref()),
+        );
+        let max_bytes = raw
+            .max_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_BYTES, |m| m.get_ref().0);
         if let Some(m) = &raw.max_bytes {
             if max_bytes < MIN_MAX_BYTES {
-                self.error(format!("a buffer of {} is too small", m.get_ref()), span(m), "at least 1MiB")
-                    .hint("the buffer must hold events through an ERP outage; size it in MiB or GiB");
+                self.error(
+                    format!("a buffer of {} is too small", m.get_ref()),
+                    span(m),
+                    "at least 1MiB",
+                )
+                .hint("the buffer must hold events through an ERP outage; size it in MiB or GiB");
             }
         }
         let max_batch = raw.max_batch.as_ref().map_or(512, |m| *m.get_ref());
         if let Some(m) = &raw.max_batch {
             if !(1..=100_000).contains(&max_batch) {
-                self.error(format!("max_batch = {max_batch} is out of range"), span(m), "expected 1..=100000");
+                self.error(
+                    format!("max_batch = {max_batch} is out of range"),
+                    span(m),
+                    "expected 1..=100000",
+                );
             }
         }
-        Some(BufferConfig { path, max_bytes, max_batch: max_batch as usize })
+        Some(BufferConfig {
+            path,
+            max_bytes,
+            max_batch: max_batch as usize,
+        })
     }
 
-    fn source(&mut self, raw: &RawSource, names: &mut HashMap<String, Range<usize>>) -> Option<SourceConfig> {
+    fn source(
+        &mut self,
+        raw: &RawSource,
+        names: &mut HashMap<String, Range<usize>>,
+    ) -> Option<SourceConfig> {
         self.unique("source", &raw.name, names);
         match raw.kind.get_ref().as_str() {
             "modbus-tcp" => self.modbus_tcp(raw).map(SourceConfig::ModbusTcp),
             other => {
                 let hint = match closest(other, ["modbus-tcp"]) {
-                    Some(near) => format!("did you mean \"{near}\"? Supported source kinds: modbus-tcp"),
+                    Some(near) => {
+                        format!("did you mean \"{near}\"? Supported source kinds: modbus-tcp")
+                    }
                     None => "supported source kinds: modbus-tcp".to_owned(),
                 };
-                self.error(format!("unknown source kind `{other}`"), span(&raw.kind), "unknown kind").hint(hint);
+                self.error(
+                    format!("unknown source kind `{other}`"),
+                    span(&raw.kind),
+                    "unknown kind",
+                )
+                .hint(hint);
                 None
             }
         }
@@ -198,12 +273,18 @@ impl Checker {
             }
             Some(a) => {
                 let text = a.get_ref();
-                let valid = text
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let valid = text.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
                 if !valid {
-                    self.error(format!("`{text}` is not a host:port address"), span(a), "expected host:port")
-                        .hint("Modbus TCP servers usually listen on port 502, e.g. \"192.168.10.20:502\"");
+                    self.error(
+                        format!("`{text}` is not a host:port address"),
+                        span(a),
+                        "expected host:port",
+                    )
+                    .hint(
+                        "Modbus TCP servers usually listen on port 502, e.g. \"192.168.10.20:502\"",
+                    );
                 }
                 text.clone()
             }
@@ -216,18 +297,41 @@ impl Checker {
                 0
             }),
         };
-        let poll = self.positive(raw.poll.as_ref(), Duration::from_secs(1), Duration::from_millis(10), "poll");
-        let timeout = self.positive(raw.timeout.as_ref(), Duration::from_secs(1), Duration::from_millis(10), "timeout");
+        let poll = self.positive(
+            raw.poll.as_ref(),
+            Duration::from_secs(1),
+            Duration::from_millis(10),
+            "poll",
+        );
+        let timeout = self.positive(
+            raw.timeout.as_ref(),
+            Duration::from_secs(1),
+            Duration::from_millis(10),
+            "timeout",
+        );
         let max_gap = match &raw.max_gap {
             None => 8,
-            Some(g) => u16::try_from(*g.get_ref()).ok().filter(|g| *g < MAX_READ_REGISTERS).unwrap_or_else(|| {
-                self.error(format!("max_gap = {} is out of range", g.get_ref()), span(g), "expected 0..=124");
-                0
-            }),
+            Some(g) => u16::try_from(*g.get_ref())
+                .ok()
+                .filter(|g| *g < MAX_READ_REGISTERS)
+                .unwrap_or_else(|| {
+                    self.error(
+                        format!("max_gap = {} is out of range", g.get_ref()),
+                        span(g),
+                        "expected 0..=124",
+                    );
+                    0
+                }),
         };
         if raw.tags.is_empty() {
-            self.warning(format!("source `{source}` has no tags"), span(&raw.name), "reads nothing")
-                .hint("add tags = [ { name = \"parts\", register = \"holding:100\", type = \"u32\" } ]");
+            self.warning(
+                format!("source `{source}` has no tags"),
+                span(&raw.name),
+                "reads nothing",
+            )
+            .hint(
+                "add tags = [ { name = \"parts\", register = \"holding:100\", type = \"u32\" } ]",
+            );
         }
         let mut names = HashMap::new();
         let mut tags = Vec::new();
@@ -246,22 +350,44 @@ impl Checker {
                         .hint("each register may belong to one tag (several tags may take different bits of one register)");
                     }
                 }
-                let facts = TagFacts { data_type: built.data_type, scaled: built.scale.is_some() || built.offset.is_some() };
+                let facts = TagFacts {
+                    data_type: built.data_type,
+                    scaled: built.scale.is_some() || built.offset.is_some(),
+                };
                 self.tags.insert(format!("{source}.{}", built.name), facts);
                 placed.push((built.clone(), span(&tag.register)));
                 tags.push(built);
             } else {
-                self.broken_tags.insert(format!("{source}.{}", tag.name.get_ref()));
+                self.broken_tags
+                    .insert(format!("{source}.{}", tag.name.get_ref()));
             }
         }
-        Some(ModbusTcpConfig { name: source, address, unit, poll, timeout, max_gap, tags })
+        Some(ModbusTcpConfig {
+            name: source,
+            address,
+            unit,
+            poll,
+            timeout,
+            max_gap,
+            tags,
+        })
     }
 
-    fn positive(&mut self, value: Option<&Spanned<crate::units::HumanDuration>>, default: Duration, min: Duration, field: &str) -> Duration {
+    fn positive(
+        &mut self,
+        value: Option<&Spanned<crate::units::HumanDuration>>,
+        default: Duration,
+        min: Duration,
+        field: &str,
+    ) -> Duration {
         match value {
             None => default,
             Some(v) if v.get_ref().0 < min => {
-                self.error(format!("{field} = \"{}\" is too short", v.get_ref()), span(v), format!("at least {}", humantime::format_duration(min)));
+                self.error(
+                    format!("{field} = \"{}\" is too short", v.get_ref()),
+                    span(v),
+                    format!("at least {}", humantime::format_duration(min)),
+                );
                 default
             }
             Some(v) => v.get_ref().0,
@@ -271,8 +397,12 @@ impl Checker {
     fn modbus_tag(&mut self, raw: &RawTag) -> Option<ModbusTagConfig> {
         let name = raw.name.get_ref().clone();
         let Some((kind_text, address_text)) = raw.register.get_ref().split_once(':') else {
-            self.error(format!("`{}` is not a register", raw.register.get_ref()), span(&raw.register), "expected <kind>:<address>")
-                .hint("write it like \"holding:100\"; kinds are coil, discrete, input and holding");
+            self.error(
+                format!("`{}` is not a register", raw.register.get_ref()),
+                span(&raw.register),
+                "expected <kind>:<address>",
+            )
+            .hint("write it like \"holding:100\"; kinds are coil, discrete, input and holding");
             return None;
         };
         let kind = match kind_text.trim() {
@@ -281,19 +411,35 @@ impl Checker {
             "input" => RegisterKind::Input,
             "holding" => RegisterKind::Holding,
             other => {
-                let hint = closest(other, ["coil", "discrete", "input", "holding"])
-                    .map_or_else(|| "kinds are coil, discrete, input and holding".to_owned(), |n| format!("did you mean \"{n}:{address_text}\"?"));
-                self.error(format!("unknown register kind `{other}`"), span(&raw.register), "unknown kind").hint(hint);
+                let hint = closest(other, ["coil", "discrete", "input", "holding"]).map_or_else(
+                    || "kinds are coil, discrete, input and holding".to_owned(),
+                    |n| format!("did you mean \"{n}:{address_text}\"?"),
+                );
+                self.error(
+                    format!("unknown register kind `{other}`"),
+                    span(&raw.register),
+                    "unknown kind",
+                )
+                .hint(hint);
                 return None;
             }
         };
         let Ok(address) = address_text.trim().parse::<u16>() else {
-            self.error(format!("register address `{address_text}` is out of range"), span(&raw.register), "expected 0..=65535")
-                .hint("addresses are 0-based as on the wire: register 40001 in PLC notation is holding:0");
+            self.error(
+                format!("register address `{address_text}` is out of range"),
+                span(&raw.register),
+                "expected 0..=65535",
+            )
+            .hint(
+                "addresses are 0-based as on the wire: register 40001 in PLC notation is holding:0",
+            );
             return None;
         };
         let type_name = raw.data_type.as_ref().map(|t| t.get_ref().as_str());
-        let type_span = raw.data_type.as_ref().map_or_else(|| span(&raw.register), span);
+        let type_span = raw
+            .data_type
+            .as_ref()
+            .map_or_else(|| span(&raw.register), span);
         let data_type = match (type_name, kind.is_bit()) {
             (None, true) | (Some("bool"), true) => DataType::Bool,
             (None, false) => DataType::U16,
@@ -301,7 +447,11 @@ impl Checker {
                 Some(bit) => match u8::try_from(*bit.get_ref()).ok().filter(|b| *b < 16) {
                     Some(b) => DataType::Bit(b),
                     None => {
-                        self.error(format!("bit {} does not exist", bit.get_ref()), span(bit), "expected 0..=15");
+                        self.error(
+                            format!("bit {} does not exist", bit.get_ref()),
+                            span(bit),
+                            "expected 0..=15",
+                        );
                         return None;
                     }
                 },
@@ -312,50 +462,84 @@ impl Checker {
                 }
             },
             (Some(other), true) => {
-                self.error(format!("tag `{name}`: a {kind} holds one bit, not a `{other}`"), type_span, "needs 16-bit registers")
-                    .hint("use type = \"bool\", or register = \"holding:N\" / \"input:N\" for numbers");
+                self.error(
+                    format!("tag `{name}`: a {kind} holds one bit, not a `{other}`"),
+                    type_span,
+                    "needs 16-bit registers",
+                )
+                .hint("use type = \"bool\", or register = \"holding:N\" / \"input:N\" for numbers");
                 return None;
             }
             (Some(other), false) => match parse_numeric_type(other) {
                 Some(t) => t,
                 None if other == "string" => match &raw.length {
-                    Some(l) => match u16::try_from(*l.get_ref()).ok().filter(|n| (1..=MAX_READ_REGISTERS).contains(n)) {
+                    Some(l) => match u16::try_from(*l.get_ref())
+                        .ok()
+                        .filter(|n| (1..=MAX_READ_REGISTERS).contains(n))
+                    {
                         Some(n) => DataType::String(n),
                         None => {
-                            self.error(format!("a string of {} registers cannot be read", l.get_ref()), span(l), "expected 1..=125");
+                            self.error(
+                                format!("a string of {} registers cannot be read", l.get_ref()),
+                                span(l),
+                                "expected 1..=125",
+                            );
                             return None;
                         }
                     },
                     None => {
-                        self.error(format!("tag `{name}`: a string needs its length"), type_span, "how many registers?")
-                            .hint("add length = N, the number of registers (two characters each)");
+                        self.error(
+                            format!("tag `{name}`: a string needs its length"),
+                            type_span,
+                            "how many registers?",
+                        )
+                        .hint("add length = N, the number of registers (two characters each)");
                         return None;
                     }
                 },
                 None => {
-                    let all = ["bool", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "string"];
+                    let all = [
+                        "bool", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "string",
+                    ];
                     let hint = closest(other, all).map_or_else(
                         || format!("types are {}", all.join(", ")),
                         |n| format!("did you mean \"{n}\"? Types are {}", all.join(", ")),
                     );
-                    self.error(format!("unknown type `{other}`"), type_span, "unknown type").hint(hint);
+                    self.error(format!("unknown type `{other}`"), type_span, "unknown type")
+                        .hint(hint);
                     return None;
                 }
             },
         };
         if let (Some(bit), false) = (&raw.bit, matches!(data_type, DataType::Bit(_))) {
-            self.error("`bit` only applies to type = \"bool\" on an input or holding register", span(bit), "not used");
+            self.error(
+                "`bit` only applies to type = \"bool\" on an input or holding register",
+                span(bit),
+                "not used",
+            );
         }
         if let (Some(length), false) = (&raw.length, matches!(data_type, DataType::String(_))) {
-            self.error("`length` only applies to type = \"string\"", span(length), "not used");
+            self.error(
+                "`length` only applies to type = \"string\"",
+                span(length),
+                "not used",
+            );
         }
         let numeric = !data_type.is_bool() && !matches!(data_type, DataType::String(_));
         for (field, value) in [("scale", &raw.scale), ("offset", &raw.offset)] {
             if let Some(v) = value {
                 if !numeric {
-                    self.error(format!("`{field}` only applies to numeric types"), span(v), "not a number");
+                    self.error(
+                        format!("`{field}` only applies to numeric types"),
+                        span(v),
+                        "not a number",
+                    );
                 } else if !v.get_ref().is_finite() || (field == "scale" && *v.get_ref() == 0.0) {
-                    self.error(format!("{field} = {} is not usable", v.get_ref()), span(v), "expected a finite, non-zero number");
+                    self.error(
+                        format!("{field} = {} is not usable", v.get_ref()),
+                        span(v),
+                        "expected a finite, non-zero number",
+                    );
                 }
             }
         }
@@ -404,9 +588,17 @@ impl Checker {
         }
         let known: Vec<String> = self.tags.keys().cloned().collect();
         let problem = if text.contains('.') {
-            self.error(format!("`{field}` names unknown tag `{text}`"), span(value), "no such tag")
+            self.error(
+                format!("`{field}` names unknown tag `{text}`"),
+                span(value),
+                "no such tag",
+            )
         } else {
-            self.error(format!("`{field}` must name a tag as <source>.<tag>"), span(value), "no source given")
+            self.error(
+                format!("`{field}` must name a tag as <source>.<tag>"),
+                span(value),
+                "no source given",
+            )
         };
         let help = match closest(text, known.iter().map(String::as_str)) {
             Some(near) => format!("did you mean \"{near}\"?"),
@@ -417,49 +609,94 @@ impl Checker {
         None
     }
 
-    fn rule(&mut self, raw: &RawRule, names: &mut HashMap<String, Range<usize>>) -> Option<RuleConfig> {
+    fn rule(
+        &mut self,
+        raw: &RawRule,
+        names: &mut HashMap<String, Range<usize>>,
+    ) -> Option<RuleConfig> {
         let kind = raw.kind.get_ref().as_str();
         let sp = |v: &Option<Spanned<String>>| v.as_ref().map(span);
         let spf = |v: &Option<Spanned<f64>>| v.as_ref().map(span);
         let built = match kind {
             "counter" => {
-                self.foreign("rule", kind, &[
-                    ("tag", sp(&raw.tag)), ("states", raw.states.as_ref().map(span)), ("reason", sp(&raw.reason)),
-                    ("characteristic", sp(&raw.characteristic)), ("trigger", sp(&raw.trigger)), ("lsl", spf(&raw.lsl)),
-                    ("nominal", spf(&raw.nominal)), ("usl", spf(&raw.usl)), ("unit", sp(&raw.unit)),
-                ]);
+                self.foreign(
+                    "rule",
+                    kind,
+                    &[
+                        ("tag", sp(&raw.tag)),
+                        ("states", raw.states.as_ref().map(span)),
+                        ("reason", sp(&raw.reason)),
+                        ("characteristic", sp(&raw.characteristic)),
+                        ("trigger", sp(&raw.trigger)),
+                        ("lsl", spf(&raw.lsl)),
+                        ("nominal", spf(&raw.nominal)),
+                        ("usl", spf(&raw.usl)),
+                        ("unit", sp(&raw.unit)),
+                    ],
+                );
                 self.counter(raw).map(RuleConfig::Counter)
             }
             "state" => {
-                self.foreign("rule", kind, &[
-                    ("total", sp(&raw.total)), ("good", sp(&raw.good)), ("reject", sp(&raw.reject)), ("order", sp(&raw.order)),
-                    ("interval", raw.interval.as_ref().map(span)), ("characteristic", sp(&raw.characteristic)),
-                    ("trigger", sp(&raw.trigger)), ("lsl", spf(&raw.lsl)), ("nominal", spf(&raw.nominal)),
-                    ("usl", spf(&raw.usl)), ("unit", sp(&raw.unit)),
-                ]);
+                self.foreign(
+                    "rule",
+                    kind,
+                    &[
+                        ("total", sp(&raw.total)),
+                        ("good", sp(&raw.good)),
+                        ("reject", sp(&raw.reject)),
+                        ("order", sp(&raw.order)),
+                        ("interval", raw.interval.as_ref().map(span)),
+                        ("characteristic", sp(&raw.characteristic)),
+                        ("trigger", sp(&raw.trigger)),
+                        ("lsl", spf(&raw.lsl)),
+                        ("nominal", spf(&raw.nominal)),
+                        ("usl", spf(&raw.usl)),
+                        ("unit", sp(&raw.unit)),
+                    ],
+                );
                 self.state(raw).map(RuleConfig::State)
             }
             "measurement" => {
-                self.foreign("rule", kind, &[
-                    ("total", sp(&raw.total)), ("good", sp(&raw.good)), ("reject", sp(&raw.reject)), ("order", sp(&raw.order)),
-                    ("interval", raw.interval.as_ref().map(span)), ("states", raw.states.as_ref().map(span)),
-                    ("reason", sp(&raw.reason)), ("line", sp(&raw.line)),
-                ]);
+                self.foreign(
+                    "rule",
+                    kind,
+                    &[
+                        ("total", sp(&raw.total)),
+                        ("good", sp(&raw.good)),
+                        ("reject", sp(&raw.reject)),
+                        ("order", sp(&raw.order)),
+                        ("interval", raw.interval.as_ref().map(span)),
+                        ("states", raw.states.as_ref().map(span)),
+                        ("reason", sp(&raw.reason)),
+                        ("line", sp(&raw.line)),
+                    ],
+                );
                 self.measurement(raw).map(RuleConfig::Measurement)
             }
             other => {
                 let hint = match closest(other, ["counter", "state", "measurement"]) {
-                    Some(near) => format!("did you mean \"{near}\"? Rule kinds: counter, state, measurement"),
+                    Some(near) => {
+                        format!("did you mean \"{near}\"? Rule kinds: counter, state, measurement")
+                    }
                     None => "rule kinds: counter, state, measurement".to_owned(),
                 };
-                self.error(format!("unknown rule kind `{other}`"), span(&raw.kind), "unknown kind").hint(hint);
+                self.error(
+                    format!("unknown rule kind `{other}`"),
+                    span(&raw.kind),
+                    "unknown kind",
+                )
+                .hint(hint);
                 return None;
             }
         }?;
         let at = raw.name.as_ref().map_or_else(|| span(&raw.kind), span);
         if let Some(name) = &raw.name {
             if !is_name(name.get_ref()) {
-                self.error(format!("`{}` cannot be a rule name", name.get_ref()), span(name), "letters, digits, '-' and '_' only");
+                self.error(
+                    format!("`{}` cannot be a rule name", name.get_ref()),
+                    span(name),
+                    "letters, digits, '-' and '_' only",
+                );
             }
         }
         if names.insert(built.name().to_owned(), at.clone()).is_some() {
@@ -474,15 +711,23 @@ impl Checker {
         match &raw.machine {
             Some(m) if is_name(m.get_ref()) => m.get_ref().clone(),
             Some(m) => {
-                self.error(format!("`{}` cannot be a machine name", m.get_ref()), span(m), "letters, digits, '-' and '_' only")
-                    .hint("the machine becomes part of each event's source URI");
+                self.error(
+                    format!("`{}` cannot be a machine name", m.get_ref()),
+                    span(m),
+                    "letters, digits, '-' and '_' only",
+                )
+                .hint("the machine becomes part of each event's source URI");
                 String::new()
             }
             None => main_tag.0.split('.').next().unwrap_or_default().to_owned(),
         }
     }
 
-    fn counter_input(&mut self, field: &str, value: &Option<Spanned<String>>) -> Option<CounterInput> {
+    fn counter_input(
+        &mut self,
+        field: &str,
+        value: &Option<Spanned<String>>,
+    ) -> Option<CounterInput> {
         let value = value.as_ref()?;
         let (tag, facts) = self.tag(field, value)?;
         match facts.data_type.counter_bits() {
@@ -504,45 +749,85 @@ impl Checker {
         let total = self.counter_input("total", &raw.total);
         let good = self.counter_input("good", &raw.good);
         let reject = self.counter_input("reject", &raw.reject);
-        let given = [&raw.total, &raw.good, &raw.reject].iter().filter(|v| v.is_some()).count();
+        let given = [&raw.total, &raw.good, &raw.reject]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
         if raw.total.is_none() && raw.good.is_none() {
-            self.error("a counter rule needs `total` or `good`", span(&raw.kind), "no counter tag")
-                .hint("add total = \"<source>.<tag>\" with the PLC's running part count");
+            self.error(
+                "a counter rule needs `total` or `good`",
+                span(&raw.kind),
+                "no counter tag",
+            )
+            .hint("add total = \"<source>.<tag>\" with the PLC's running part count");
             return None;
         }
         if given == 3 {
-            self.error("a counter rule takes two of `total`, `good` and `reject`", raw.reject.as_ref().map_or_else(|| span(&raw.kind), span), "one too many")
-                .hint("the third is computed from the other two");
+            self.error(
+                "a counter rule takes two of `total`, `good` and `reject`",
+                raw.reject.as_ref().map_or_else(|| span(&raw.kind), span),
+                "one too many",
+            )
+            .hint("the third is computed from the other two");
         }
         let order = match &raw.order {
             Some(o) => Some(self.tag("order", o)?.0),
             None => None,
         };
-        let interval = self.positive(raw.interval.as_ref(), Duration::from_secs(10), Duration::from_millis(100), "interval");
+        let interval = self.positive(
+            raw.interval.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            "interval",
+        );
         let main = total.as_ref().or(good.as_ref())?.tag.clone();
         let machine = self.machine(raw, &main);
-        let name = raw.name.as_ref().map_or_else(|| format!("counter-{machine}"), |n| n.get_ref().clone());
-        if (raw.total.is_some() && total.is_none()) || (raw.good.is_some() && good.is_none()) || (raw.reject.is_some() && reject.is_none()) {
+        let name = raw
+            .name
+            .as_ref()
+            .map_or_else(|| format!("counter-{machine}"), |n| n.get_ref().clone());
+        if (raw.total.is_some() && total.is_none())
+            || (raw.good.is_some() && good.is_none())
+            || (raw.reject.is_some() && reject.is_none())
+        {
             return None;
         }
-        Some(CounterRuleConfig { name, machine, line: raw.line.as_ref().map(|l| l.get_ref().clone()), total, good, reject, order, interval })
+        Some(CounterRuleConfig {
+            name,
+            machine,
+            line: raw.line.as_ref().map(|l| l.get_ref().clone()),
+            total,
+            good,
+            reject,
+            order,
+            interval,
+        })
     }
 
     fn state(&mut self, raw: &RawRule) -> Option<StateRuleConfig> {
         let Some(tag_field) = &raw.tag else {
-            self.error("a state rule needs `tag`", span(&raw.kind), "no tag").hint("add tag = \"<source>.<tag>\" with the PLC's state code");
+            self.error("a state rule needs `tag`", span(&raw.kind), "no tag")
+                .hint("add tag = \"<source>.<tag>\" with the PLC's state code");
             return None;
         };
         let (tag, facts) = self.tag("tag", tag_field)?;
         if !(facts.data_type.is_integer() || facts.data_type.is_bool()) || facts.scaled {
-            self.error(format!("state tag `{tag}` is not an unscaled integer or bool"), span(tag_field), "state codes are integers")
-                .hint("declare it with type = \"u16\" (or another integer type) and no scale");
+            self.error(
+                format!("state tag `{tag}` is not an unscaled integer or bool"),
+                span(tag_field),
+                "state codes are integers",
+            )
+            .hint("declare it with type = \"u16\" (or another integer type) and no scale");
         }
         let mut states = BTreeMap::new();
         match &raw.states {
             None => {
-                self.error("a state rule needs `states`", span(&raw.kind), "no state names")
-                    .hint("add states = { 0 = \"idle\", 1 = \"running\", 2 = \"down\" }");
+                self.error(
+                    "a state rule needs `states`",
+                    span(&raw.kind),
+                    "no state names",
+                )
+                .hint("add states = { 0 = \"idle\", 1 = \"running\", 2 = \"down\" }");
             }
             Some(map) => {
                 for (key, value) in map.get_ref() {
@@ -551,8 +836,12 @@ impl Checker {
                             states.insert(code, value.get_ref().clone());
                         }
                         Err(_) => {
-                            self.error(format!("state code `{key}` is not an integer"), span(map), "keys are the PLC's values")
-                                .hint("write states = { 0 = \"idle\", 1 = \"running\" }");
+                            self.error(
+                                format!("state code `{key}` is not an integer"),
+                                span(map),
+                                "keys are the PLC's values",
+                            )
+                            .hint("write states = { 0 = \"idle\", 1 = \"running\" }");
                         }
                     }
                     if value.get_ref().trim().is_empty() {
@@ -569,23 +858,42 @@ impl Checker {
             None => None,
         };
         let machine = self.machine(raw, &tag);
-        let name = raw.name.as_ref().map_or_else(|| format!("state-{machine}"), |n| n.get_ref().clone());
-        Some(StateRuleConfig { name, machine, line: raw.line.as_ref().map(|l| l.get_ref().clone()), tag, states, reason })
+        let name = raw
+            .name
+            .as_ref()
+            .map_or_else(|| format!("state-{machine}"), |n| n.get_ref().clone());
+        Some(StateRuleConfig {
+            name,
+            machine,
+            line: raw.line.as_ref().map(|l| l.get_ref().clone()),
+            tag,
+            states,
+            reason,
+        })
     }
 
     fn measurement(&mut self, raw: &RawRule) -> Option<MeasurementRuleConfig> {
         let Some(characteristic) = &raw.characteristic else {
-            self.error("a measurement rule needs `characteristic`", span(&raw.kind), "unnamed characteristic")
-                .hint("add characteristic = \"press-force\", the name the QMS knows it by");
+            self.error(
+                "a measurement rule needs `characteristic`",
+                span(&raw.kind),
+                "unnamed characteristic",
+            )
+            .hint("add characteristic = \"press-force\", the name the QMS knows it by");
             return None;
         };
         let Some(tag_field) = &raw.tag else {
-            self.error("a measurement rule needs `tag`", span(&raw.kind), "no tag").hint("add tag = \"<source>.<tag>\" with the measured value");
+            self.error("a measurement rule needs `tag`", span(&raw.kind), "no tag")
+                .hint("add tag = \"<source>.<tag>\" with the measured value");
             return None;
         };
         let (tag, facts) = self.tag("tag", tag_field)?;
         if facts.data_type.is_bool() || matches!(facts.data_type, DataType::String(_)) {
-            self.error(format!("measurement tag `{tag}` is not numeric"), span(tag_field), "expected a number");
+            self.error(
+                format!("measurement tag `{tag}` is not numeric"),
+                span(tag_field),
+                "expected a number",
+            );
         }
         let trigger = match &raw.trigger {
             Some(t) => {
@@ -601,8 +909,12 @@ impl Checker {
         let get = |v: &Option<Spanned<f64>>| v.as_ref().map(|s| *s.get_ref());
         let (lsl, nominal, usl) = (get(&raw.lsl), get(&raw.nominal), get(&raw.usl));
         if lsl.is_none() && usl.is_none() {
-            self.error("a measurement rule needs `lsl`, `usl` or both", span(characteristic), "no specification limits")
-                .hint("add lsl = <lower limit> and/or usl = <upper limit>");
+            self.error(
+                "a measurement rule needs `lsl`, `usl` or both",
+                span(characteristic),
+                "no specification limits",
+            )
+            .hint("add lsl = <lower limit> and/or usl = <upper limit>");
         }
         for v in [&raw.lsl, &raw.nominal, &raw.usl].into_iter().flatten() {
             if !v.get_ref().is_finite() {
@@ -611,16 +923,27 @@ impl Checker {
         }
         if let (Some(l), Some(u), Some(usl_field)) = (lsl, usl, &raw.usl) {
             if l >= u {
-                self.error(format!("usl {u} is not above lsl {l}"), span(usl_field), "limits are reversed or equal");
+                self.error(
+                    format!("usl {u} is not above lsl {l}"),
+                    span(usl_field),
+                    "limits are reversed or equal",
+                );
             }
         }
         if let (Some(n), Some(field)) = (nominal, &raw.nominal) {
             if lsl.is_some_and(|l| n < l) || usl.is_some_and(|u| n > u) {
-                self.error(format!("nominal {n} lies outside the specification limits"), span(field), "outside lsl..usl");
+                self.error(
+                    format!("nominal {n} lies outside the specification limits"),
+                    span(field),
+                    "outside lsl..usl",
+                );
             }
         }
         let machine = self.machine(raw, &tag);
-        let name = raw.name.as_ref().map_or_else(|| format!("measurement-{}", characteristic.get_ref()), |n| n.get_ref().clone());
+        let name = raw.name.as_ref().map_or_else(
+            || format!("measurement-{}", characteristic.get_ref()),
+            |n| n.get_ref().clone(),
+        );
         Some(MeasurementRuleConfig {
             name,
             characteristic: characteristic.get_ref().clone(),
@@ -634,16 +957,28 @@ impl Checker {
         })
     }
 
-    fn sink(&mut self, raw: &RawSink, names: &mut HashMap<String, Range<usize>>, produced: &HashSet<&'static str>) -> Option<SinkConfig> {
+    fn sink(
+        &mut self,
+        raw: &RawSink,
+        names: &mut HashMap<String, Range<usize>>,
+        produced: &HashSet<&'static str>,
+    ) -> Option<SinkConfig> {
         self.unique("sink", &raw.name, names);
         let name = raw.name.get_ref().clone();
         let routes = self.routes(raw, produced);
         let batch_size = match &raw.batch_size {
             None => 100,
-            Some(b) => usize::try_from(*b.get_ref()).ok().filter(|b| (1..=10_000).contains(b)).unwrap_or_else(|| {
-                self.error(format!("batch_size = {} is out of range", b.get_ref()), span(b), "expected 1..=10000");
-                1
-            }),
+            Some(b) => usize::try_from(*b.get_ref())
+                .ok()
+                .filter(|b| (1..=10_000).contains(b))
+                .unwrap_or_else(|| {
+                    self.error(
+                        format!("batch_size = {} is out of range", b.get_ref()),
+                        span(b),
+                        "expected 1..=10000",
+                    );
+                    1
+                }),
         };
         let sp = |v: &Option<Spanned<String>>| v.as_ref().map(span);
         let https_fields = [
@@ -663,11 +998,17 @@ impl Checker {
             "file" => {
                 self.foreign("sink", "file", &https_fields);
                 let Some(path) = &raw.path else {
-                    self.error(format!("file sink `{name}` has no path"), span(&raw.name), "this sink")
-                        .hint("add path = \"/var/log/causeway/events.jsonl\"");
+                    self.error(
+                        format!("file sink `{name}` has no path"),
+                        span(&raw.name),
+                        "this sink",
+                    )
+                    .hint("add path = \"/var/log/causeway/events.jsonl\"");
                     return None;
                 };
-                SinkKind::File { path: PathBuf::from(path.get_ref()) }
+                SinkKind::File {
+                    path: PathBuf::from(path.get_ref()),
+                }
             }
             "stdout" => {
                 self.foreign("sink", "stdout", &https_fields);
@@ -676,44 +1017,81 @@ impl Checker {
             }
             other => {
                 let hint = match closest(other, ["https", "file", "stdout"]) {
-                    Some(near) => format!("did you mean \"{near}\"? Sink kinds: https, file, stdout"),
+                    Some(near) => {
+                        format!("did you mean \"{near}\"? Sink kinds: https, file, stdout")
+                    }
                     None => "sink kinds: https, file, stdout".to_owned(),
                 };
-                self.error(format!("unknown sink kind `{other}`"), span(&raw.kind), "unknown kind").hint(hint);
+                self.error(
+                    format!("unknown sink kind `{other}`"),
+                    span(&raw.kind),
+                    "unknown kind",
+                )
+                .hint(hint);
                 return None;
             }
         };
-        Some(SinkConfig { name, routes, batch_size, kind })
+        Some(SinkConfig {
+            name,
+            routes,
+            batch_size,
+            kind,
+        })
     }
 
     fn routes(&mut self, raw: &RawSink, produced: &HashSet<&'static str>) -> Vec<String> {
         let Some(routes) = &raw.routes else {
-            self.error(format!("sink `{}` has no routes", raw.name.get_ref()), span(&raw.name), "receives nothing")
-                .hint("add routes = [\"production.*\"] (or \"*\" for every event type)");
+            self.error(
+                format!("sink `{}` has no routes", raw.name.get_ref()),
+                span(&raw.name),
+                "receives nothing",
+            )
+            .hint("add routes = [\"production.*\"] (or \"*\" for every event type)");
             return Vec::new();
         };
         if routes.get_ref().is_empty() {
-            self.error(format!("sink `{}` has empty routes", raw.name.get_ref()), span(routes), "receives nothing")
-                .hint("add an event-type pattern such as \"production.*\" or \"quality.measurement\"");
+            self.error(
+                format!("sink `{}` has empty routes", raw.name.get_ref()),
+                span(routes),
+                "receives nothing",
+            )
+            .hint("add an event-type pattern such as \"production.*\" or \"quality.measurement\"");
         }
         let mut out = Vec::new();
         for route in routes.get_ref() {
             let pattern = route.get_ref();
             if !EVENT_TYPES.iter().any(|t| route_matches(pattern, t)) {
                 let hint = match closest(pattern, EVENT_TYPES.iter().copied()) {
-                    Some(near) => format!("did you mean \"{near}\"? Event types: {}", EVENT_TYPES.join(", ")),
+                    Some(near) => format!(
+                        "did you mean \"{near}\"? Event types: {}",
+                        EVENT_TYPES.join(", ")
+                    ),
                     None => format!("event types: {}", EVENT_TYPES.join(", ")),
                 };
-                self.error(format!("route `{pattern}` matches no event type"), span(route), "matches nothing").hint(hint);
+                self.error(
+                    format!("route `{pattern}` matches no event type"),
+                    span(route),
+                    "matches nothing",
+                )
+                .hint(hint);
             }
             out.push(pattern.clone());
         }
-        let routed_and_made = produced.iter().any(|t| out.iter().any(|r| route_matches(r, t)));
+        let routed_and_made = produced
+            .iter()
+            .any(|t| out.iter().any(|r| route_matches(r, t)));
         if !out.is_empty() && !routed_and_made && !produced.is_empty() {
             let mut made: Vec<&str> = produced.iter().copied().collect();
             made.sort_unstable();
-            self.warning(format!("no rule makes an event routed to sink `{}`", raw.name.get_ref()), span(routes), "nothing will arrive")
-                .hint(format!("the rules make {}", made.join(", ")));
+            self.warning(
+                format!(
+                    "no rule makes an event routed to sink `{}`",
+                    raw.name.get_ref()
+                ),
+                span(routes),
+                "nothing will arrive",
+            )
+            .hint(format!("the rules make {}", made.join(", ")));
         }
         out
     }
@@ -721,8 +1099,12 @@ impl Checker {
     fn https(&mut self, raw: &RawSink) -> Option<HttpsSinkConfig> {
         let name = raw.name.get_ref();
         let Some(url) = &raw.url else {
-            self.error(format!("https sink `{name}` has no url"), span(&raw.name), "this sink")
-                .hint("add url = \"https://erp.example.com/api/events\"");
+            self.error(
+                format!("https sink `{name}` has no url"),
+                span(&raw.name),
+                "this sink",
+            )
+            .hint("add url = \"https://erp.example.com/api/events\"");
             return None;
         };
         let text = url.get_ref().trim();
@@ -736,7 +1118,11 @@ impl Checker {
             }
             Some(rest)
         } else {
-            self.error(format!("`{text}` is not an http(s) URL"), span(url), "expected https://host/path");
+            self.error(
+                format!("`{text}` is not an http(s) URL"),
+                span(url),
+                "expected https://host/path",
+            );
             None
         };
         if let Some(rest) = rest {
@@ -749,16 +1135,39 @@ impl Checker {
             }
             let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
             if host.is_empty() {
-                self.error(format!("`{text}` has no host"), span(url), "expected https://host/path");
+                self.error(
+                    format!("`{text}` has no host"),
+                    span(url),
+                    "expected https://host/path",
+                );
             }
         }
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a));
-        let timeout = self.positive(raw.timeout.as_ref(), Duration::from_secs(10), Duration::from_millis(100), "timeout");
-        let retry_initial = self.positive(raw.retry_initial.as_ref(), Duration::from_millis(500), Duration::from_millis(10), "retry_initial");
-        let retry_max = self.positive(raw.retry_max.as_ref(), Duration::from_secs(30), Duration::from_millis(10), "retry_max");
+        let timeout = self.positive(
+            raw.timeout.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            "timeout",
+        );
+        let retry_initial = self.positive(
+            raw.retry_initial.as_ref(),
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+            "retry_initial",
+        );
+        let retry_max = self.positive(
+            raw.retry_max.as_ref(),
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            "retry_max",
+        );
         if retry_max < retry_initial {
             let at = raw.retry_max.as_ref().map_or_else(|| span(&raw.name), span);
-            self.error("retry_max is shorter than retry_initial", at, "the cap is below the first delay");
+            self.error(
+                "retry_max is shorter than retry_initial",
+                at,
+                "the cap is below the first delay",
+            );
         }
         Some(HttpsSinkConfig {
             url: text.to_owned(),
@@ -773,7 +1182,11 @@ impl Checker {
 
     fn auth(&mut self, raw: &Spanned<RawAuth>) -> Option<HttpAuth> {
         let auth = raw.get_ref();
-        for (field, value) in [("bearer", &auth.bearer), ("token", &auth.token), ("password", &auth.password)] {
+        for (field, value) in [
+            ("bearer", &auth.bearer),
+            ("token", &auth.token),
+            ("password", &auth.password),
+        ] {
             if let Some(v) = value {
                 self.error(format!("a secret is written inline in `{field}`"), span(v), "secret in the config file")
                     .hint("config files get copied, committed and mailed: put the token in a file (bearer_file = \"/etc/causeway/erp.token\") or an environment variable (bearer_env = \"ERP_TOKEN\")");
@@ -783,7 +1196,11 @@ impl Checker {
             (Some(env), None) => Some(HttpAuth::BearerEnv(env.get_ref().clone())),
             (None, Some(file)) => Some(HttpAuth::BearerFile(PathBuf::from(file.get_ref()))),
             (Some(_), Some(file)) => {
-                self.error("`bearer_env` and `bearer_file` are both set", span(file), "choose one");
+                self.error(
+                    "`bearer_env` and `bearer_file` are both set",
+                    span(file),
+                    "choose one",
+                );
                 None
             }
             (None, None) => {
@@ -818,7 +1235,13 @@ fn overlaps(a: &ModbusTagConfig, b: &ModbusTagConfig) -> bool {
     if let (DataType::Bit(x), DataType::Bit(y)) = (a.data_type, b.data_type) {
         return a.address == b.address && x == y;
     }
-    let (a0, a1) = (u32::from(a.address), u32::from(a.address) + u32::from(a.data_type.width()));
-    let (b0, b1) = (u32::from(b.address), u32::from(b.address) + u32::from(b.data_type.width()));
+    let (a0, a1) = (
+        u32::from(a.address),
+        u32::from(a.address) + u32::from(a.data_type.width()),
+    );
+    let (b0, b1) = (
+        u32::from(b.address),
+        u32::from(b.address) + u32::from(b.data_type.width()),
+    );
     a0 < b1 && b0 < a1
 }

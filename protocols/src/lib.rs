@@ -1,1 +1,11 @@
-//! placeholder
+//! Causeway's southbound side: protocol drivers that read PLCs and SCADA systems and emit
+//! [`model::SampleBatch`]es into a bounded channel. Drivers know nothing of events, SQLite or
+//! sinks.
+//!
+//! Every driver has the same shape: built from its validated config, then
+//! `run(out, cancel)` owns the connection lifecycle (connect, poll, reconnect with capped,
+//! jittered backoff) until `cancel` fires or the receiver is dropped.
+
+pub mod backoff;
+pub mod modbus;
+pub mod model;

@@ -1,0 +1,256 @@
+//! The poller against a real tokio-modbus server on 127.0.0.1:0.
+
+use std::time::Duration;
+
+use firmware_config::{DataType, ModbusTagConfig, ModbusTcpConfig, RegisterKind, WordOrder};
+use protocols::{
+    modbus::{
+        ModbusSource,
+        codec::encode_registers,
+        server::{Registers, serve},
+    },
+    model::{Quality, SampleBatch, Value},
+};
+use tokio::{net::TcpListener, sync::mpsc, time::timeout};
+use tokio_modbus::ExceptionCode;
+use tokio_util::sync::CancellationToken;
+
+fn tag(
+    name: &str,
+    kind: RegisterKind,
+    address: u16,
+    data_type: DataType,
+    order: WordOrder,
+) -> ModbusTagConfig {
+    ModbusTagConfig {
+        name: name.into(),
+        kind,
+        address,
+        data_type,
+        order,
+        scale: None,
+        offset: None,
+    }
+}
+
+fn config(address: String) -> ModbusTcpConfig {
+    ModbusTcpConfig {
+        name: "press".into(),
+        address,
+        unit: 1,
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+        max_gap: 8,
+        tags: vec![
+            tag(
+                "parts",
+                RegisterKind::Holding,
+                100,
+                DataType::U32,
+                WordOrder::Cdab,
+            ),
+            tag(
+                "force",
+                RegisterKind::Input,
+                10,
+                DataType::F32,
+                WordOrder::Abcd,
+            ),
+            tag(
+                "done",
+                RegisterKind::Holding,
+                104,
+                DataType::Bit(2),
+                WordOrder::Abcd,
+            ),
+            tag(
+                "door",
+                RegisterKind::Coil,
+                3,
+                DataType::Bool,
+                WordOrder::Abcd,
+            ),
+        ],
+    }
+}
+
+fn registers() -> Registers {
+    let regs = Registers::default();
+    regs.set_words(
+        RegisterKind::Holding,
+        100,
+        &encode_registers(DataType::U32, WordOrder::Cdab, &Value::U64(70_000)),
+    );
+    regs.set_words(RegisterKind::Holding, 102, &[0, 0, 0b100]);
+    regs.set_words(
+        RegisterKind::Input,
+        10,
+        &encode_registers(DataType::F32, WordOrder::Abcd, &Value::F64(47.5)),
+    );
+    regs.set_bit(RegisterKind::Coil, 3, true);
+    regs
+}
+
+async fn next(rx: &mut mpsc::Receiver<SampleBatch>) -> SampleBatch {
+    timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a batch within 10 s")
+        .expect("poller alive")
+}
+
+fn value(batch: &SampleBatch, tag: &str) -> Option<Value> {
+    batch
+        .samples
+        .iter()
+        .find(|s| &*s.tag == tag)
+        .and_then(|s| s.value.clone())
+}
+
+#[tokio::test]
+async fn the_poller_reads_every_type_through_a_real_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(listener, registers(), cancel.clone()));
+    let (tx, mut rx) = mpsc::channel(4);
+    let source = ModbusSource::new(config(address));
+    assert_eq!(
+        source.plan().requests.len(),
+        3,
+        "holding 100..=104 coalesce into one read"
+    );
+    let poller = tokio::spawn(source.run(tx, cancel.clone()));
+    let batch = next(&mut rx).await;
+    assert_eq!(batch.samples.len(), 4);
+    assert!(
+        batch.samples.iter().all(|s| s.quality == Quality::Good),
+        "{batch:?}"
+    );
+    assert_eq!(value(&batch, "press.parts"), Some(Value::U64(70_000)));
+    assert_eq!(value(&batch, "press.force"), Some(Value::F64(47.5)));
+    assert_eq!(value(&batch, "press.done"), Some(Value::Bool(true)));
+    assert_eq!(value(&batch, "press.door"), Some(Value::Bool(true)));
+    cancel.cancel();
+    timeout(Duration::from_secs(5), poller)
+        .await
+        .expect("the poller stops on cancel")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_exception_code_becomes_a_bad_sample_naming_it_and_polling_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let cancel = CancellationToken::new();
+    let regs = registers();
+    tokio::spawn(serve(listener, regs.clone(), cancel.clone()));
+    let (tx, mut rx) = mpsc::channel(1);
+    tokio::spawn(ModbusSource::new(config(address)).run(tx, cancel.clone()));
+    assert!(
+        next(&mut rx)
+            .await
+            .samples
+            .iter()
+            .all(|s| s.quality.is_good())
+    );
+    let codes = [
+        (ExceptionCode::IllegalFunction, "0x01"),
+        (ExceptionCode::IllegalDataAddress, "0x02"),
+        (ExceptionCode::IllegalDataValue, "0x03"),
+        (ExceptionCode::ServerDeviceFailure, "0x04"),
+        (ExceptionCode::Acknowledge, "0x05"),
+        (ExceptionCode::ServerDeviceBusy, "0x06"),
+        (ExceptionCode::MemoryParityError, "0x08"),
+        (ExceptionCode::GatewayPathUnavailable, "0x0A"),
+        (ExceptionCode::GatewayTargetDevice, "0x0B"),
+    ];
+    for (code, hex) in codes {
+        regs.fail_with(Some(code));
+        // A batch already in the channel may predate the change: wait for one that shows it.
+        let mut seen = None;
+        for _ in 0..5 {
+            let batch = next(&mut rx).await;
+            if batch
+                .samples
+                .iter()
+                .all(|s| matches!(&s.quality, Quality::Bad(why) if why.contains(hex)))
+            {
+                seen = Some(batch);
+                break;
+            }
+        }
+        let batch = seen.unwrap_or_else(|| panic!("no batch showed exception {hex}"));
+        let Quality::Bad(why) = &batch.samples[0].quality else {
+            unreachable!()
+        };
+        assert!(why.contains("exception"), "{why}");
+    }
+    regs.fail_with(None);
+    let mut recovered = false;
+    for _ in 0..5 {
+        if next(&mut rx)
+            .await
+            .samples
+            .iter()
+            .all(|s| s.quality.is_good())
+        {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(
+        recovered,
+        "the same connection reads again once the device stops failing"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_server_that_vanishes_gives_bad_samples_and_is_reconnected_when_it_returns() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_cancel = CancellationToken::new();
+    let regs = registers();
+    let server = tokio::spawn(serve(listener, regs.clone(), server_cancel.clone()));
+    let (tx, mut rx) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let source = ModbusSource::new(config(addr.to_string()))
+        .with_reconnect(Duration::from_millis(20), Duration::from_millis(100));
+    tokio::spawn(source.run(tx, cancel.clone()));
+    assert!(
+        next(&mut rx)
+            .await
+            .samples
+            .iter()
+            .all(|s| s.quality.is_good())
+    );
+
+    server_cancel.cancel();
+    server.await.unwrap().unwrap();
+    let mut saw_bad = false;
+    for _ in 0..20 {
+        let batch = next(&mut rx).await;
+        if batch.samples.iter().all(|s| !s.quality.is_good()) {
+            saw_bad = true;
+            break;
+        }
+    }
+    assert!(saw_bad, "an outage shows as Bad samples, not silence");
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("the same port is free again");
+    let back = CancellationToken::new();
+    tokio::spawn(serve(listener, regs, back.clone()));
+    let mut recovered = false;
+    for _ in 0..100 {
+        let batch = next(&mut rx).await;
+        if batch.samples.iter().all(|s| s.quality.is_good()) {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the poller reconnects by itself");
+    cancel.cancel();
+    back.cancel();
+}
