@@ -1,0 +1,56 @@
+//! Events as CloudEvents 1.0 JSON. An event's `id` is a UUID assigned once, when the normalizer
+//! creates it; the stored payload is the exact JSON every sink sends, on every retry and replay.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// A CloudEvents 1.0 event in structured JSON mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    /// Always "1.0".
+    pub specversion: String,
+    /// UUID v4, assigned once.
+    pub id: String,
+    /// `causeway://<gateway_id>/<machine>`.
+    pub source: String,
+    /// `production.count`, `production.state`, `quality.measurement`, ...
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// RFC 3339, UTC, when the underlying reading was taken.
+    pub time: String,
+    /// The machine (production events) or characteristic (quality events).
+    pub subject: String,
+    /// Always "application/json".
+    pub datacontenttype: String,
+    /// The type's payload; see docs/schemas/.
+    pub data: serde_json::Value,
+}
+
+impl CloudEvent {
+    /// A new event with a fresh id.
+    pub fn new(
+        gateway_id: &str,
+        machine: &str,
+        event_type: &str,
+        subject: &str,
+        at: SystemTime,
+        data: serde_json::Value,
+    ) -> Self {
+        CloudEvent {
+            specversion: "1.0".to_owned(),
+            id: uuid::Uuid::new_v4().to_string(),
+            source: format!("causeway://{gateway_id}/{machine}"),
+            event_type: event_type.to_owned(),
+            time: rfc3339(at),
+            subject: subject.to_owned(),
+            datacontenttype: "application/json".to_owned(),
+            data,
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
