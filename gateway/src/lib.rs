@@ -4,6 +4,7 @@
 //! See `docs/architecture.md` for the flow and where each concern lives.
 
 pub mod event;
+pub mod normalize;
 pub mod store;
 
 /// The error and its causes on one line.

@@ -1,0 +1,211 @@
+//! The normalizer: one task that turns [`SampleBatch`]es into events by the configured rules and
+//! commits them, with the rule state they change, to the store.
+//!
+//! Rules see a whole poll at once: the latest value of every tag is updated from the batch first,
+//! then each rule runs. Nothing is acknowledged upstream; the normalizer simply does not take the
+//! next batch until the last commit succeeded, so a failing disk holds the sources back instead
+//! of losing events (counters are cumulative, so no part is lost by reading later).
+
+mod counter;
+mod measurement;
+mod state;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+pub use counter::{Step, step};
+use firmware_config::{GatewayConfig, RuleConfig};
+use protocols::{
+    backoff::Backoff,
+    model::{Quality, Sample, SampleBatch, Value},
+};
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{event::CloudEvent, store::Store};
+
+/// How often interval rules (counters) are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Events and rule state to commit together.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// New events.
+    pub events: Vec<CloudEvent>,
+    /// (rule name, state) pairs.
+    pub state: Vec<(String, Json)>,
+}
+
+impl Output {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.state.is_empty()
+    }
+}
+
+/// The latest sample of every tag.
+#[derive(Debug, Default)]
+pub struct Latest(HashMap<Arc<str>, Sample>);
+
+impl Latest {
+    /// The tag's latest sample, good or not.
+    pub fn sample(&self, tag: &str) -> Option<&Sample> {
+        self.0.get(tag)
+    }
+
+    /// The tag's latest good value.
+    pub fn value(&self, tag: &str) -> Option<&Value> {
+        self.0
+            .get(tag)
+            .filter(|s| s.quality.is_good())
+            .and_then(|s| s.value.as_ref())
+    }
+}
+
+/// The sample of `tag` in this batch.
+fn sample_in<'a>(batch: &'a SampleBatch, tag: &str) -> Option<&'a Sample> {
+    batch.samples.iter().find(|s| &*s.tag == tag)
+}
+
+#[derive(Debug)]
+enum Rule {
+    Counter(counter::CounterRule),
+    State(state::StateRule),
+    Measurement(measurement::MeasurementRule),
+}
+
+/// The rules engine.
+#[derive(Debug)]
+pub struct Normalizer {
+    gateway_id: String,
+    rules: Vec<Rule>,
+    latest: Latest,
+}
+
+impl Normalizer {
+    /// Builds the rules, restoring their saved state.
+    pub fn new(config: &GatewayConfig, saved: &[(String, Json)]) -> Self {
+        // The last entry wins, as in the store's upsert.
+        let saved_of = |name: &str| saved.iter().rev().find(|(n, _)| n == name).map(|(_, s)| s);
+        let now = SystemTime::now();
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| match rule {
+                RuleConfig::Counter(c) => {
+                    Rule::Counter(counter::CounterRule::new(c.clone(), saved_of(&c.name), now))
+                }
+                RuleConfig::State(c) => {
+                    Rule::State(state::StateRule::new(c.clone(), saved_of(&c.name)))
+                }
+                RuleConfig::Measurement(c) => {
+                    Rule::Measurement(measurement::MeasurementRule::new(c.clone()))
+                }
+            })
+            .collect();
+        Normalizer {
+            gateway_id: config.gateway_id.clone(),
+            rules,
+            latest: Latest::default(),
+        }
+    }
+
+    /// Applies one batch.
+    pub fn on_batch(&mut self, batch: &SampleBatch, out: &mut Output) {
+        for sample in &batch.samples {
+            let previous = self.latest.0.get(&sample.tag).map(|s| s.quality.clone());
+            match (&previous, &sample.quality) {
+                (Some(Quality::Bad(_)), Quality::Good) => {
+                    tracing::info!(tag = %sample.tag, "Tag reads good again.");
+                }
+                (Some(Quality::Good | Quality::Uncertain(_)) | None, Quality::Bad(why)) => {
+                    tracing::warn!(tag = %sample.tag, reason = %why, "Tag quality is bad.");
+                }
+                _ => {}
+            }
+            self.latest
+                .0
+                .insert(Arc::clone(&sample.tag), sample.clone());
+        }
+        for rule in &mut self.rules {
+            match rule {
+                Rule::Counter(r) => r.on_batch(batch, out),
+                Rule::State(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
+                Rule::Measurement(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
+            }
+        }
+    }
+
+    /// Emits interval events that are due; with `force`, all pending counts (at shutdown).
+    pub fn on_tick(&mut self, now: SystemTime, force: bool, out: &mut Output) {
+        for rule in &mut self.rules {
+            if let Rule::Counter(r) = rule {
+                r.on_tick(now, &self.latest, &self.gateway_id, force, out);
+            }
+        }
+    }
+
+    /// Runs until `input` closes (the sources stopped), then flushes pending counts. Gives up
+    /// retrying a failing commit only when `abort` fires.
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<SampleBatch>,
+        store: Store,
+        abort: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut out = Output::default();
+            tokio::select! {
+                batch = input.recv() => match batch {
+                    Some(batch) => self.on_batch(&batch, &mut out),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(SystemTime::now(), false, &mut out),
+            }
+            if !out.is_empty() && !commit(&store, out, &abort).await {
+                return;
+            }
+        }
+        let mut out = Output::default();
+        self.on_tick(SystemTime::now(), true, &mut out);
+        if !out.is_empty() {
+            commit(&store, out, &abort).await;
+        }
+        tracing::debug!("Normalizer stopped: its input closed.");
+    }
+}
+
+/// Commits `out`, retrying with backoff until it is accepted or `abort` fires. `false` when it
+/// gave up.
+async fn commit(store: &Store, out: Output, abort: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match store.append(out.events.clone(), out.state.clone()).await {
+            Ok(()) => return true,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::error!(
+                    error = %crate::error_chain(&error),
+                    events = out.events.len(),
+                    retry_in = ?delay,
+                    "Cannot write events to the buffer (disk full or read-only?). Sources are held back until it works."
+                );
+                tokio::select! {
+                    () = abort.cancelled() => {
+                        tracing::error!(events = out.events.len(), "Shutdown deadline passed: these events were never accepted.");
+                        return false;
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
