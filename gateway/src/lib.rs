@@ -5,7 +5,9 @@
 
 pub mod event;
 pub mod normalize;
+pub mod sinks;
 pub mod store;
+pub mod tls;
 
 /// The error and its causes on one line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -4,9 +4,11 @@
 //! A reading below the previous one is either a rollover (the register wrapped at 2^bits) or a
 //! reset (someone zeroed the counter). It is read as a rollover when the wrapped distance
 //! `2^bits - last + new` is at most half the range, otherwise as a reset, counting `new` parts
-//! since the reset. This is exact as long as the PLC counts fewer than half its range between
-//! two readings, and a reset happens when the counter is more than `new` parts below the half
-//! of its range away from wrapping, conditions the property test below states precisely.
+//! since the reset. This is exact under one assumption: fewer than half the counter's range
+//! (32768 parts for a u16 counter) is made between two saved baselines, that is within one
+//! report `interval`, and during a gateway outage. A u16 counter on a fast line with long
+//! outages should be declared u32 on a PLC that has one. The property tests below state the
+//! assumption precisely and check every run that meets it.
 //!
 //! # Durability
 //! The baseline (the reading the last event counted up to) is saved with each event, in the

@@ -1,0 +1,240 @@
+//! The `https` sink: batched POSTs of CloudEvents (`application/cloudevents-batch+json`).
+//!
+//! - `Idempotency-Key` is `<first id>..<last id>` of the batch (or the id alone for one event): a
+//!   batch is a fixed run of the outbox, so a retry or replay of it carries the same key. Every
+//!   event also carries its own `id`, the receiver's dedupe key.
+//! - 2xx: delivered. Connect errors, timeouts, 408, 429 and 5xx: retried (`Retry-After` honoured).
+//!   401/403: retried too, logged as errors; a wrong or expired credential is the gateway's
+//!   problem, never one event's, so nothing is dead-lettered for it. 3xx: retried, logged as a
+//!   misconfigured URL (redirects are not followed: a POST must not turn into a GET). Other 4xx:
+//!   rejected, to dead letters with the response.
+
+use std::{path::Path, time::Duration};
+
+use firmware_config::{HttpAuth, HttpsSinkConfig};
+use reqwest::{StatusCode, header};
+
+use super::{Deliver, Outcome, SinkError, batch_body};
+use crate::store::StoredEvent;
+
+/// Most of a response body kept for the log and dead letters.
+const MAX_BODY_KEPT: usize = 512;
+
+/// POSTs batches to one URL.
+#[derive(Debug)]
+pub struct HttpsSink {
+    client: reqwest::Client,
+    url: String,
+    bearer: Option<String>,
+}
+
+impl HttpsSink {
+    /// Builds the client: rustls with the system roots plus `ca_file`, the timeout, the token.
+    ///
+    /// # Errors
+    /// The CA file or the credential cannot be read.
+    pub fn new(sink: &str, config: &HttpsSinkConfig, base: &Path) -> Result<Self, SinkError> {
+        let ca = config.ca_file.as_ref().map(|p| base.join(p));
+        let tls = crate::tls::client_config(ca.as_deref()).map_err(|source| SinkError::Tls {
+            sink: sink.to_owned(),
+            source,
+        })?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("causeway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| SinkError::Client {
+                sink: sink.to_owned(),
+                source,
+            })?;
+        let bearer = match &config.auth {
+            None => None,
+            Some(HttpAuth::BearerEnv(var)) => Some(std::env::var(var).map_err(|_| SinkError::Credential {
+                sink: sink.to_owned(),
+                why: format!("environment variable `{var}` (auth.bearer_env) is not set; export it before starting causeway"),
+            })?),
+            Some(HttpAuth::BearerFile(path)) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path).map_err(|e| SinkError::Credential {
+                    sink: sink.to_owned(),
+                    why: format!("cannot read token file `{}` (auth.bearer_file): {e}", path.display()),
+                })?;
+                Some(text.trim().to_owned())
+            }
+        };
+        if bearer.as_deref() == Some("") {
+            return Err(SinkError::Credential {
+                sink: sink.to_owned(),
+                why: "the bearer token is empty".to_owned(),
+            });
+        }
+        if config.url.starts_with("http://") {
+            tracing::warn!(sink, url = %config.url, "Sending events over plain http:// (insecure = true).");
+        }
+        Ok(HttpsSink {
+            client,
+            url: config.url.clone(),
+            bearer,
+        })
+    }
+}
+
+/// The idempotency key of a batch.
+pub(crate) fn idempotency_key(batch: &[StoredEvent]) -> String {
+    match batch {
+        [] => String::new(),
+        [one] => one.id.clone(),
+        [first, .., last] => format!("{}..{}", first.id, last.id),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// Sorts a response into an outcome.
+pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &str) -> Outcome {
+    let snippet: String = body.chars().take(MAX_BODY_KEPT).collect();
+    let reason = format!("HTTP {status}: {snippet}");
+    match status.as_u16() {
+        200..=299 => Outcome::Delivered,
+        408 | 429 | 500..=599 => Outcome::Retry {
+            reason,
+            after: retry_after(headers),
+        },
+        401 | 403 => {
+            tracing::error!(%status, "The receiver refused the credentials; check the sink's auth. Events stay buffered.");
+            Outcome::Retry {
+                reason,
+                after: None,
+            }
+        }
+        300..=399 => {
+            let to = headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("?");
+            tracing::error!(%status, location = to, "The receiver redirects; set the sink's url to the final address. Events stay buffered.");
+            Outcome::Retry {
+                reason,
+                after: None,
+            }
+        }
+        _ => Outcome::Reject { reason },
+    }
+}
+
+impl Deliver for HttpsSink {
+    async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
+            .header("Idempotency-Key", idempotency_key(batch))
+            .body(batch_body(batch));
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = response.text().await.unwrap_or_default();
+                classify(status, &headers, &body)
+            }
+            Err(error) => Outcome::Retry {
+                reason: crate::error_chain(&error),
+                after: None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> header::HeaderMap {
+        let mut map = header::HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn responses_sort_into_delivered_retry_and_reject() {
+        let none = header::HeaderMap::new();
+        assert_eq!(classify(StatusCode::OK, &none, ""), Outcome::Delivered);
+        assert_eq!(
+            classify(StatusCode::ACCEPTED, &none, ""),
+            Outcome::Delivered
+        );
+        for code in [408, 429, 500, 502, 503, 401, 403, 301, 307] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(classify(status, &none, ""), Outcome::Retry { .. }),
+                "{code} is retried"
+            );
+        }
+        for code in [400, 404, 409, 422] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(classify(status, &none, "bad"), Outcome::Reject { reason } if reason.contains("bad")),
+                "{code} is rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let after = classify(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers(&[("retry-after", "7")]),
+            "",
+        );
+        assert_eq!(
+            after,
+            Outcome::Retry {
+                reason: "HTTP 503 Service Unavailable: ".into(),
+                after: Some(Duration::from_secs(7))
+            }
+        );
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        let Outcome::Retry { after: Some(d), .. } = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", &soon)]),
+            "",
+        ) else {
+            panic!("a date is honoured");
+        };
+        assert!(
+            d > Duration::from_secs(50) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn the_idempotency_key_is_fixed_by_the_batch() {
+        let e = |id: &str| StoredEvent {
+            seq: 1,
+            id: id.into(),
+            event_type: "t".into(),
+            payload: "{}".into(),
+        };
+        assert_eq!(idempotency_key(&[e("a")]), "a");
+        assert_eq!(idempotency_key(&[e("a"), e("b"), e("c")]), "a..c");
+    }
+}

@@ -1,0 +1,59 @@
+//! rustls configuration shared by the HTTPS sink (client) and the demo receiver (server). Ring is
+//! the crypto provider everywhere: small, pure Rust and assembly, cross-compiles with gcc.
+
+use std::{path::Path, sync::Arc};
+
+use rustls::{ClientConfig, RootCertStore, crypto::CryptoProvider};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+/// Why a TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("cannot use CA file `{path}`: {why}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS setup failed")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The process-wide crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config trusting the system's roots plus the certificates in `ca_file`.
+///
+/// # Errors
+/// The CA file is unreadable, holds no certificate, or holds an invalid one.
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(system_roots = added, "Loaded system CA certificates.");
+    if let Some(path) = ca_file {
+        let bad = |why: String| TlsError::CaFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
