@@ -3,11 +3,15 @@
 //!
 //! See `docs/architecture.md` for the flow and where each concern lives.
 
+pub mod demo;
 pub mod event;
 pub mod normalize;
+pub mod receiver;
+pub mod simulate;
 pub mod sinks;
 pub mod store;
 pub mod tls;
+pub mod topology;
 
 /// The error and its causes on one line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -240,6 +240,11 @@ impl Store {
         &self.stats
     }
 
+    /// The counters, shared: they outlive the store handle (read them after shutdown).
+    pub fn shared_stats(&self) -> Arc<StoreStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Watches the highest committed sequence number.
     pub fn appended(&self) -> watch::Receiver<i64> {
         self.appended.clone()

@@ -98,7 +98,8 @@ pub fn decode_registers(tag: &ModbusTagConfig, words: &[u16]) -> Result<Value, D
                 DataType::I16 => Value::I64(i64::from(bits as u16 as i16)),
                 DataType::I32 => Value::I64(i64::from(bits as u32 as i32)),
                 DataType::I64 => Value::I64(bits as i64),
-                DataType::F32 => finite(f64::from(f32::from_bits(bits as u32)))?,
+                // Through the shortest decimal form: 47.7f32 reads as 47.7, not 47.70000076293945.
+                DataType::F32 => finite(shortest_f64(f32::from_bits(bits as u32)))?,
                 DataType::F64 => finite(f64::from_bits(bits))?,
                 DataType::Bool | DataType::Bit(_) | DataType::String(_) => {
                     unreachable!("handled above")
@@ -107,6 +108,11 @@ pub fn decode_registers(tag: &ModbusTagConfig, words: &[u16]) -> Result<Value, D
         }
     };
     Ok(scaled(tag, raw))
+}
+
+/// The f64 nearest to the shortest decimal that round-trips `v`.
+fn shortest_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 fn finite(v: f64) -> Result<Value, DecodeError> {

@@ -1,0 +1,272 @@
+//! A local HTTPS receiver standing in for an ERP/QMS: the demo's, and the tests'. It serves a
+//! certificate issued at start by a CA generated at start (PEM available for the sink's
+//! `ca_file`), records every CloudEvent it receives (deduplicating by id, counting repeats),
+//! and can refuse requests on command to show the buffer at work.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::ServerConfig;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Why the receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// Certificate generation failed.
+    #[error("generating the receiver's certificate")]
+    Cert(#[from] rcgen::Error),
+    /// TLS setup failed.
+    #[error("receiver TLS setup")]
+    Tls(#[from] rustls::Error),
+    /// Binding failed.
+    #[error("binding the receiver")]
+    Io(#[from] std::io::Error),
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// HTTP status answered.
+    pub status: u16,
+    /// `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// `Authorization` header.
+    pub authorization: Option<String>,
+    /// Events in the body (0 when refused before parsing).
+    pub events: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every unique event, in arrival order.
+    events: Vec<serde_json::Value>,
+    ids: HashSet<String>,
+    duplicates: usize,
+    requests: Vec<SeenRequest>,
+    /// Refuse with 503 while set.
+    outage: bool,
+    /// Statuses to answer the next requests with, before accepting.
+    scripted: VecDeque<u16>,
+}
+
+/// A running receiver. Stops when its cancel token fires.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    ca_pem: String,
+    state: Arc<Mutex<State>>,
+}
+
+fn certificates() -> Result<
+    (
+        String,
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+    ),
+    rcgen::Error,
+> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Causeway demo CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "causeway demo receiver");
+    let leaf_key = KeyPair::generate()?;
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    Ok((ca_cert.pem(), vec![leaf.der().clone()], key))
+}
+
+impl Receiver {
+    /// Starts on 127.0.0.1 with an ephemeral port.
+    ///
+    /// # Errors
+    /// Certificate generation, TLS setup or binding failed.
+    pub async fn start(
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Receiver, ReceiverError> {
+        let (ca_pem, chain, key) = certificates()?;
+        let config = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let receiver = Receiver {
+            addr,
+            ca_pem,
+            state: Arc::default(),
+        };
+        let state = Arc::clone(&receiver.state);
+        let inner = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (acceptor, state, cancel) =
+                    (acceptor.clone(), Arc::clone(&state), cancel.clone());
+                inner.spawn(async move {
+                    let Ok(Ok(tls)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    let service = service_fn(move |req| handle(req, Arc::clone(&state)));
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        () = cancel.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// `https://127.0.0.1:PORT/events`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/events", self.addr.port())
+    }
+
+    /// The CA certificate (PEM) that issued the receiver's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// While `true`, every request is answered 503 with `Retry-After: 1`.
+    pub fn set_outage(&self, outage: bool) {
+        self.state().outage = outage;
+    }
+
+    /// Answers the next requests with these statuses, in order, before accepting again.
+    pub fn script(&self, statuses: &[u16]) {
+        self.state().scripted.extend(statuses);
+    }
+
+    /// Unique events received so far, from index `from`.
+    pub fn events_since(&self, from: usize) -> Vec<serde_json::Value> {
+        self.state()
+            .events
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// Count of unique events received.
+    pub fn unique(&self) -> usize {
+        self.state().events.len()
+    }
+
+    /// Events received again after they had been received once.
+    pub fn duplicates(&self) -> usize {
+        self.state().duplicates
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.state().requests.clone()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Full<hyper::body::Bytes>>, hyper::Error> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (idempotency_key, authorization) = (header("idempotency-key"), header("authorization"));
+    let body = req.into_body().collect().await?.to_bytes();
+    let refuse = {
+        let mut s = lock(&state);
+        if s.outage {
+            Some(503)
+        } else {
+            s.scripted.pop_front()
+        }
+    };
+    let seen = |status, events| SeenRequest {
+        status,
+        idempotency_key: idempotency_key.clone(),
+        authorization: authorization.clone(),
+        events,
+    };
+    if let Some(status) = refuse.filter(|s| !(200..300).contains(s)) {
+        lock(&state).requests.push(seen(status, 0));
+        let mut response = Response::new(Full::from(format!("refused on purpose ({status})")));
+        *response.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        if status == 503 || status == 429 {
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        }
+        return Ok(response);
+    }
+    let events: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(events) => events,
+        Err(error) => {
+            lock(&state).requests.push(seen(400, 0));
+            let mut response = Response::new(Full::from(format!(
+                "body is not a JSON array of events: {error}"
+            )));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return Ok(response);
+        }
+    };
+    let mut s = lock(&state);
+    s.requests.push(seen(200, events.len()));
+    for event in events {
+        let id = event
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if s.ids.insert(id) {
+            s.events.push(event);
+        } else {
+            s.duplicates += 1;
+        }
+    }
+    Ok(Response::new(Full::from("ok")))
+}
