@@ -105,10 +105,13 @@ impl Report {
             GraphicalTheme::unicode_nocolor()
         };
         let handler = GraphicalReportHandler::new_themed(theme)
-            .with_width(100)
+            .with_width(120)
             .with_links(false);
         let mut out = String::new();
-        for problem in &self.problems {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
             let shown = Shown {
                 problem,
                 source: &self.source,
@@ -136,10 +139,12 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} error(s), {} warning(s)",
+            "{}: {} error{}, {} warning{}",
             self.source.name(),
             self.error_count(),
-            self.warning_count()
+            if self.error_count() == 1 { "" } else { "s" },
+            self.warning_count(),
+            if self.warning_count() == 1 { "" } else { "s" }
         )
     }
 }

@@ -1061,7 +1061,8 @@ impl Checker {
         for route in routes.get_ref() {
             let pattern = route.get_ref();
             if !EVENT_TYPES.iter().any(|t| route_matches(pattern, t)) {
-                let hint = match closest(pattern, EVENT_TYPES.iter().copied()) {
+                let families = ["production.*", "quality.*", "telemetry.*"];
+                let hint = match closest(pattern, EVENT_TYPES.iter().copied().chain(families)) {
                     Some(near) => format!(
                         "did you mean \"{near}\"? Event types: {}",
                         EVENT_TYPES.join(", ")

@@ -1,0 +1,204 @@
+//! The `causeway` binary, run as a plant engineer would.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn causeway() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_causeway"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CAUSEWAY_LOG")
+        .env_remove("CAUSEWAY_CONFIG");
+    cmd
+}
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("docs/examples exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_config_passes_check_with_a_one_line_summary() {
+    let files = examples();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        let out = causeway()
+            .args(["check", "--deny-warnings", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {stdout}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(stdout.contains(": ok: 1 source ("), "{stdout}");
+    }
+}
+
+#[test]
+fn a_bad_config_gets_every_problem_rendered_with_location_and_hint_and_exit_78() {
+    let out = causeway()
+        .args(["check", "-c", "tests/snapshots/bad.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let rendered = String::from_utf8(out.stderr).unwrap();
+    let expected = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/bad.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        rendered, expected,
+        "the rendered diagnostics changed; review and update tests/snapshots/bad.txt"
+    );
+    assert!(rendered.contains("[tests/snapshots/bad.toml:15:9]"));
+    assert!(rendered.contains("6 errors, 0 warnings"));
+}
+
+#[test]
+fn check_plan_shows_the_coalesced_reads() {
+    let press = examples()
+        .into_iter()
+        .find(|p| p.ends_with("press-line.toml"))
+        .unwrap();
+    let out = causeway()
+        .args(["check", "--plan", "-c"])
+        .arg(press)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("8 tags in 4 requests"), "{stdout}");
+    assert!(
+        stdout.contains("holding:100..=102 (3 registers): parts_total, parts_reject"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = causeway()
+        .args(["check", "-c", "no/such.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot read config `no/such.toml`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_reads_a_plc_until_sigterm_then_drains_and_exits_cleanly() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let plc = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        gateway::simulate::spawn(listener, &tasks, cancel.clone());
+        addr
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("causeway.toml");
+    let text = std::fs::read_to_string(
+        examples()
+            .into_iter()
+            .find(|p| p.ends_with("minimal.toml"))
+            .unwrap(),
+    )
+    .unwrap()
+    .replace("127.0.0.1:5020", &plc.to_string())
+    .replace("poll = \"500ms\"", "poll = \"50ms\"")
+    .replace("interval = \"5s\"", "interval = \"300ms\"")
+    .replace(
+        "kind = \"stdout\"",
+        "kind = \"file\"\npath = \"events.jsonl\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = causeway()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count_lines = || {
+        std::fs::read_to_string(&events)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while count_lines() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no events in {}",
+            events.display()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "causeway exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "causeway did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert!(exit.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"Shutting down: stopping sources, draining the buffer.\""),
+        "json logs: {stderr}"
+    );
+    for line in std::fs::read_to_string(&events).unwrap().lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            event["type"].as_str().unwrap().starts_with("production."),
+            "{line}"
+        );
+    }
+    assert!(
+        dir.path().join("minimal-buffer.db").exists(),
+        "the buffer sits beside the config"
+    );
+    cancel.cancel();
+    runtime.block_on(async {
+        tasks.close();
+        tasks.wait().await;
+    });
+}
+
+#[test]
+fn version_is_printed() {
+    let out = causeway().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("causeway ")
+    );
+}
