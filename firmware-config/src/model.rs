@@ -42,8 +42,8 @@ pub struct BufferConfig {
 }
 
 /// A PLC or SCADA connection.
+/// Exhaustive on purpose: a new kind must be handled everywhere sources are matched.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum SourceConfig {
     /// `kind = "modbus-tcp"`
     ModbusTcp(ModbusTcpConfig),
@@ -378,8 +378,8 @@ fn route_matches_rest(pattern: &str, text: &str) -> bool {
 }
 
 /// Kind-specific sink settings.
+/// Exhaustive on purpose, like [`SourceConfig`].
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum SinkKind {
     /// `kind = "https"`
     Https(HttpsSinkConfig),

@@ -206,25 +206,25 @@ impl Checker {
             .max_bytes
             .as_ref()
             .map_or(DEFAULT_MAX_BYTES, |m| m.get_ref().0);
-        if let Some(m) = &raw.max_bytes {
-            if max_bytes < MIN_MAX_BYTES {
-                self.error(
-                    format!("a buffer of {} is too small", m.get_ref()),
-                    span(m),
-                    "at least 1MiB",
-                )
-                .hint("the buffer must hold events through an ERP outage; size it in MiB or GiB");
-            }
+        if let Some(m) = &raw.max_bytes
+            && max_bytes < MIN_MAX_BYTES
+        {
+            self.error(
+                format!("a buffer of {} is too small", m.get_ref()),
+                span(m),
+                "at least 1MiB",
+            )
+            .hint("the buffer must hold events through an ERP outage; size it in MiB or GiB");
         }
         let max_batch = raw.max_batch.as_ref().map_or(512, |m| *m.get_ref());
-        if let Some(m) = &raw.max_batch {
-            if !(1..=100_000).contains(&max_batch) {
-                self.error(
-                    format!("max_batch = {max_batch} is out of range"),
-                    span(m),
-                    "expected 1..=100000",
-                );
-            }
+        if let Some(m) = &raw.max_batch
+            && !(1..=100_000).contains(&max_batch)
+        {
+            self.error(
+                format!("max_batch = {max_batch} is out of range"),
+                span(m),
+                "expected 1..=100000",
+            );
         }
         Some(BufferConfig {
             path,
@@ -690,14 +690,14 @@ impl Checker {
             }
         }?;
         let at = raw.name.as_ref().map_or_else(|| span(&raw.kind), span);
-        if let Some(name) = &raw.name {
-            if !is_name(name.get_ref()) {
-                self.error(
-                    format!("`{}` cannot be a rule name", name.get_ref()),
-                    span(name),
-                    "letters, digits, '-' and '_' only",
-                );
-            }
+        if let Some(name) = &raw.name
+            && !is_name(name.get_ref())
+        {
+            self.error(
+                format!("`{}` cannot be a rule name", name.get_ref()),
+                span(name),
+                "letters, digits, '-' and '_' only",
+            );
         }
         if names.insert(built.name().to_owned(), at.clone()).is_some() {
             self.error(format!("two rules are named `{}`", built.name()), at, "second use")
@@ -921,23 +921,23 @@ impl Checker {
                 self.error("a limit must be a finite number", span(v), "not finite");
             }
         }
-        if let (Some(l), Some(u), Some(usl_field)) = (lsl, usl, &raw.usl) {
-            if l >= u {
-                self.error(
-                    format!("usl {u} is not above lsl {l}"),
-                    span(usl_field),
-                    "limits are reversed or equal",
-                );
-            }
+        if let (Some(l), Some(u), Some(usl_field)) = (lsl, usl, &raw.usl)
+            && l >= u
+        {
+            self.error(
+                format!("usl {u} is not above lsl {l}"),
+                span(usl_field),
+                "limits are reversed or equal",
+            );
         }
-        if let (Some(n), Some(field)) = (nominal, &raw.nominal) {
-            if lsl.is_some_and(|l| n < l) || usl.is_some_and(|u| n > u) {
-                self.error(
-                    format!("nominal {n} lies outside the specification limits"),
-                    span(field),
-                    "outside lsl..usl",
-                );
-            }
+        if let (Some(n), Some(field)) = (nominal, &raw.nominal)
+            && (lsl.is_some_and(|l| n < l) || usl.is_some_and(|u| n > u))
+        {
+            self.error(
+                format!("nominal {n} lies outside the specification limits"),
+                span(field),
+                "outside lsl..usl",
+            );
         }
         let machine = self.machine(raw, &tag);
         let name = raw.name.as_ref().map_or_else(
@@ -1128,11 +1128,11 @@ impl Checker {
         };
         if let Some(rest) = rest {
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            if let Some((userinfo, _)) = authority.rsplit_once('@') {
-                if userinfo.contains(':') {
-                    self.error("a password is written inline in the URL", span(url), "secret in the config file")
+            if let Some((userinfo, _)) = authority.rsplit_once('@')
+                && userinfo.contains(':')
+            {
+                self.error("a password is written inline in the URL", span(url), "secret in the config file")
                         .hint("remove it from the URL; use auth = { bearer_file = \"/etc/causeway/erp.token\" } or bearer_env");
-                }
             }
             let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
             if host.is_empty() {

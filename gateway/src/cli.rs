@@ -177,8 +177,6 @@ fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> 
                 reads += plan.requests.len();
                 plans.push((m, plan));
             }
-            #[allow(unreachable_patterns)] // SourceConfig is non_exhaustive across crates
-            _ => {}
         }
     }
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });

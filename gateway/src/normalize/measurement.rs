@@ -55,13 +55,10 @@ impl MeasurementRule {
                 self.last_trigger = Some(now);
                 edge
             }
-            None => match sample_in(batch, &self.config.tag.0)
+            None => sample_in(batch, &self.config.tag.0)
                 .and_then(|s| s.value.as_ref())
                 .and_then(|v| v.as_f64())
-            {
-                Some(v) if self.last_value != Some(v) => true,
-                _ => false,
-            },
+                .is_some_and(|v| self.last_value != Some(v)),
         };
         if !fire {
             return;

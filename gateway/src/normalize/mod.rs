@@ -72,7 +72,7 @@ fn sample_in<'a>(batch: &'a SampleBatch, tag: &str) -> Option<&'a Sample> {
 
 #[derive(Debug)]
 enum Rule {
-    Counter(counter::CounterRule),
+    Counter(Box<counter::CounterRule>),
     State(state::StateRule),
     Measurement(measurement::MeasurementRule),
 }
@@ -95,9 +95,11 @@ impl Normalizer {
             .rules
             .iter()
             .map(|rule| match rule {
-                RuleConfig::Counter(c) => {
-                    Rule::Counter(counter::CounterRule::new(c.clone(), saved_of(&c.name), now))
-                }
+                RuleConfig::Counter(c) => Rule::Counter(Box::new(counter::CounterRule::new(
+                    c.clone(),
+                    saved_of(&c.name),
+                    now,
+                ))),
                 RuleConfig::State(c) => {
                     Rule::State(state::StateRule::new(c.clone(), saved_of(&c.name)))
                 }

@@ -131,7 +131,7 @@ impl Reader {
     ///
     /// # Errors
     /// The read failed.
-    pub async fn len(&self) -> Result<i64, StoreError> {
+    pub async fn count(&self) -> Result<i64, StoreError> {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)))
             .await
     }

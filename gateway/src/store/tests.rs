@@ -94,12 +94,12 @@ async fn cursors_are_independent_and_delivered_rows_are_deleted() {
         "one sink's progress never moves another's"
     );
     assert_eq!(
-        reader.len().await.unwrap(),
+        reader.count().await.unwrap(),
         4,
         "rows stay until every sink has them"
     );
     store.ack("qms", 2).await.unwrap();
-    assert_eq!(reader.len().await.unwrap(), 2);
+    assert_eq!(reader.count().await.unwrap(), 2);
     store.ack("erp", 1).await.unwrap();
     assert_eq!(
         reader.cursor("erp").await.unwrap(),
@@ -127,7 +127,7 @@ async fn sequence_numbers_are_never_reused_after_everything_was_deleted() {
     writer.join();
     let (store, writer) = Store::open(&path, options(&["erp"])).unwrap();
     let reader = store.reader().unwrap();
-    assert_eq!(reader.len().await.unwrap(), 0);
+    assert_eq!(reader.count().await.unwrap(), 0);
     store
         .append(vec![event("production.count", 3)], vec![])
         .await
@@ -186,7 +186,7 @@ async fn a_failing_write_fails_alone_and_leaves_its_group_committed() {
     fine.unwrap();
     let reader = store.reader().unwrap();
     assert_eq!(
-        reader.len().await.unwrap(),
+        reader.count().await.unwrap(),
         2,
         "the failed append left nothing behind"
     );
@@ -223,7 +223,7 @@ async fn the_oldest_events_are_dropped_and_counted_past_max_bytes() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(dropped > 0, "2 MB of events do not fit in 1 MiB");
     let reader = store.reader().unwrap();
-    let left = reader.len().await.unwrap();
+    let left = reader.count().await.unwrap();
     assert_eq!(
         left as u64 + dropped,
         1000,

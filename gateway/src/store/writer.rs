@@ -43,6 +43,9 @@ impl WriteOp {
     }
 }
 
+/// Per-op results of a committed group, events appended, and whether any cursor moved.
+type Applied = (Vec<Result<(), rusqlite::Error>>, usize, bool);
+
 pub(super) struct Writer {
     conn: Connection,
     options: StoreOptions,
@@ -98,10 +101,8 @@ impl Writer {
                     tracing::error!(error = %crate::error_chain(&error), "Could not enforce the buffer size limit.");
                 }
             }
-            if acked {
-                if let Err(error) = self.delete_delivered() {
-                    tracing::warn!(error = %crate::error_chain(&error), "Could not delete delivered rows; will retry on the next ack.");
-                }
+            if acked && let Err(error) = self.delete_delivered() {
+                tracing::warn!(error = %crate::error_chain(&error), "Could not delete delivered rows; will retry on the next ack.");
             }
             match outcome {
                 Ok(outcomes) => {
@@ -123,10 +124,7 @@ impl Writer {
 
     /// Applies one group in one transaction. Per-op results for ops that failed alone; `Err` if
     /// the transaction itself failed.
-    fn apply(
-        &mut self,
-        batch: &[WriteOp],
-    ) -> Result<(Vec<Result<(), rusqlite::Error>>, usize, bool), StoreError> {
+    fn apply(&mut self, batch: &[WriteOp]) -> Result<Applied, StoreError> {
         let mut tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let (mut appended, mut acked) = (0, false);
