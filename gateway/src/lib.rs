@@ -13,14 +13,4 @@ pub mod store;
 pub mod tls;
 pub mod topology;
 
-/// The error and its causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+pub use protocols::error_chain;

@@ -9,3 +9,15 @@
 pub mod backoff;
 pub mod modbus;
 pub mod model;
+
+/// The error and its causes on one line, for logs and Bad-quality reasons.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -182,6 +182,16 @@ retry_max = "300ms"
             .unwrap_or_else(|report| panic!("{}", report.render(false)))
     }
 
+    /// Opens the buffer file directly, to look at what is in it between runs.
+    pub fn open_buffer(&self) -> (gateway::store::Store, gateway::store::WriterThread) {
+        let options = gateway::store::StoreOptions {
+            max_bytes: 1 << 30,
+            max_batch: 16,
+            sinks: vec!["erp".into()],
+        };
+        gateway::store::Store::open(&self.buffer(), options).expect("the buffer opens")
+    }
+
     /// Stops the receiver.
     pub async fn stop(self) {
         self.cancel.cancel();

@@ -167,15 +167,7 @@ async fn events_buffered_before_a_restart_are_delivered_after_it_with_the_same_i
     assert_eq!(site.receiver.unique(), 0);
 
     // What is in the file, before the second start.
-    let (buffered, writer) = gateway::store::Store::open(
-        &site.buffer(),
-        gateway::store::StoreOptions {
-            max_bytes: 1 << 30,
-            max_batch: 16,
-            sinks: vec!["erp".into()],
-        },
-    )
-    .unwrap();
+    let (buffered, writer) = site.open_buffer();
     let fetched = buffered
         .reader()
         .unwrap()
@@ -248,15 +240,7 @@ async fn a_permanently_refused_batch_goes_to_dead_letters_and_the_rest_flows() {
     let statuses: Vec<u16> = receiver.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses[..2], [503, 422], "503 was retried, 422 was not");
 
-    let (store, writer) = gateway::store::Store::open(
-        &site.buffer(),
-        gateway::store::StoreOptions {
-            max_bytes: 1 << 30,
-            max_batch: 16,
-            sinks: vec!["erp".into()],
-        },
-    )
-    .unwrap();
+    let (store, writer) = site.open_buffer();
     let dead = store.reader().unwrap().dead_letters("erp").await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(

@@ -133,6 +133,15 @@ fn scaled(tag: &ModbusTagConfig, raw: Value) -> Value {
     Value::F64(v * tag.scale.unwrap_or(1.0) + tag.offset.unwrap_or(0.0))
 }
 
+/// Two big-endian bytes as the register a device with `order` would hold.
+fn to_word(pair: [u8; 2], order: WordOrder) -> u16 {
+    if order.swaps_bytes() {
+        u16::from_le_bytes(pair)
+    } else {
+        u16::from_be_bytes(pair)
+    }
+}
+
 /// Encodes a value the way [`decode_registers`] reads it: the simulator and tests use this to
 /// serve what a PLC would.
 pub fn encode_registers(data_type: DataType, order: WordOrder, value: &Value) -> Vec<u16> {
@@ -145,13 +154,7 @@ pub fn encode_registers(data_type: DataType, order: WordOrder, value: &Value) ->
             bytes.resize(width * 2, 0);
             return bytes
                 .chunks(2)
-                .map(|c| {
-                    if order.swaps_bytes() {
-                        u16::from_be_bytes([c[1], c[0]])
-                    } else {
-                        u16::from_be_bytes([c[0], c[1]])
-                    }
-                })
+                .map(|c| to_word([c[0], c[1]], order))
                 .collect();
         }
         (_, Value::I64(v)) => *v as u64,
@@ -161,13 +164,7 @@ pub fn encode_registers(data_type: DataType, order: WordOrder, value: &Value) ->
     let bytes = &be[MAX_NUMERIC_BYTES - width * 2..];
     let mut words: Vec<u16> = bytes
         .chunks(2)
-        .map(|c| {
-            if order.swaps_bytes() {
-                u16::from_be_bytes([c[1], c[0]])
-            } else {
-                u16::from_be_bytes([c[0], c[1]])
-            }
-        })
+        .map(|c| to_word([c[0], c[1]], order))
         .collect();
     if order.swaps_words() {
         words.reverse();

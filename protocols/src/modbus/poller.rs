@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{PollError, ReadPlan, ReadRequest, codec};
 use crate::{
     backoff::Backoff,
+    error_chain,
     model::{Sample, SampleBatch, TagId, Value},
 };
 
@@ -325,16 +326,4 @@ async fn send(
         sent = out.send(batch) => sent.is_ok(),
         () = cancel.cancelled() => false,
     }
-}
-
-/// The error and its causes on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

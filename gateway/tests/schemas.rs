@@ -1,0 +1,142 @@
+//! Every event type the rules make validates against its published JSON Schema in docs/schemas/.
+
+use std::{
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use gateway::normalize::{Normalizer, Output};
+use protocols::model::{Sample, SampleBatch, Value};
+
+const CONFIG: &str = r#"
+gateway_id = "plant1-line3"
+[[source]]
+name = "press1"
+kind = "modbus-tcp"
+address = "127.0.0.1:502"
+tags = [
+  { name = "total", register = "holding:0", type = "u32" },
+  { name = "reject", register = "holding:2", type = "u16" },
+  { name = "state", register = "holding:3" },
+  { name = "reason", register = "holding:4" },
+  { name = "force", register = "input:0", type = "f32" },
+  { name = "done", register = "coil:0" },
+  { name = "order", register = "holding:10", type = "string", length = 4 },
+]
+[[rule]]
+kind = "counter"
+total = "press1.total"
+reject = "press1.reject"
+order = "press1.order"
+line = "line3"
+interval = "1s"
+[[rule]]
+kind = "state"
+tag = "press1.state"
+reason = "press1.reason"
+states = { 0 = "idle", 1 = "running" }
+[[rule]]
+kind = "measurement"
+characteristic = "press-force"
+tag = "press1.force"
+trigger = "press1.done"
+lsl = 40.0
+usl = 55.0
+unit = "kN"
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+
+fn batch(samples: Vec<Sample>) -> SampleBatch {
+    SampleBatch {
+        source: "press1".into(),
+        samples,
+    }
+}
+
+fn good(tag: &str, value: Value, at: SystemTime) -> Sample {
+    Sample::good(format!("press1.{tag}").into(), value, at)
+}
+
+#[test]
+fn events_of_every_type_match_their_published_schema() {
+    let config = firmware_config::load("t.toml", CONFIG).unwrap();
+    let mut n = Normalizer::new(&config, &[]);
+    let mut out = Output::default();
+    let t = SystemTime::now();
+    let poll = |total: u64, state: u64, force: f64, done: bool| {
+        vec![
+            good("total", Value::U64(total), t),
+            good("reject", Value::U64(total / 10), t),
+            good("state", Value::U64(state), t),
+            good("reason", Value::U64(3), t),
+            good("force", Value::F64(force), t),
+            good("done", Value::Bool(done), t),
+            good("order", Value::Str("PO-1".into()), t),
+        ]
+    };
+    n.on_batch(&batch(poll(10, 1, 47.0, false)), &mut out);
+    n.on_batch(&batch(poll(25, 0, 47.0, true)), &mut out);
+    n.on_batch(&batch(poll(26, 7, 61.0, false)), &mut out);
+    let unread = vec![
+        Sample::bad("press1.force".into(), "timeout", t),
+        good("done", Value::Bool(true), t),
+    ];
+    n.on_batch(&batch(unread), &mut out);
+    n.on_tick(t + Duration::from_secs(2), false, &mut out);
+
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+    let mut seen = std::collections::BTreeMap::new();
+    for event in &out.events {
+        let json = serde_json::to_value(event).unwrap();
+        let path = schemas.join(format!("{}.json", event.event_type));
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not match {}: {errors:#?}\n{json:#}",
+            event.event_type,
+            path.display()
+        );
+        *seen.entry(event.event_type.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("production.count"), Some(&1));
+    assert_eq!(
+        seen.get("production.state"),
+        Some(&3),
+        "running, idle, unknown"
+    );
+    assert_eq!(
+        seen.get("quality.measurement"),
+        Some(&2),
+        "one measured, one unreadable"
+    );
+}
+
+#[test]
+fn the_schemas_reject_what_they_should() {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(schemas.join("quality.measurement.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let bad = serde_json::json!({
+        "specversion": "1.0", "id": "not-a-uuid", "source": "causeway://g/m", "type": "quality.measurement",
+        "time": "2026-01-01T00:00:00Z", "subject": "x", "datacontenttype": "application/json",
+        "data": { "characteristic": "x", "machine": "m", "value": 1.0, "unit": null, "lsl": null,
+                  "nominal": null, "usl": null, "verdict": "maybe", "reason": null }
+    });
+    assert_eq!(
+        validator.iter_errors(&bad).count(),
+        2,
+        "a bad id and an unknown verdict"
+    );
+}
