@@ -202,3 +202,49 @@ fn version_is_printed() {
             .starts_with("causeway ")
     );
 }
+
+#[test]
+fn simulate_serves_the_press_line_over_modbus_tcp() {
+    // An ephemeral port, released for the child to bind.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = causeway()
+        .args(["simulate", "--for", "20s", "--modbus", &addr])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let state = runtime.block_on(async {
+        use tokio_modbus::prelude::*;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut ctx) = tcp::connect_slave(addr.parse().unwrap(), Slave(1)).await {
+                let words =
+                    tokio::time::timeout(Duration::from_secs(2), ctx.read_holding_registers(0, 18))
+                        .await;
+                break words
+                    .expect("an answer")
+                    .expect("no transport error")
+                    .expect("no exception");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "simulate never listened on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(state.len(), 18);
+    assert!(state[3] <= 2, "a state code: {}", state[3]);
+    assert_eq!(
+        &state[10..12],
+        &[u16::from_be_bytes(*b"PO"), u16::from_be_bytes(*b"-4")],
+        "the order number"
+    );
+}

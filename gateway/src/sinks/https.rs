@@ -226,6 +226,124 @@ mod tests {
         );
     }
 
+    fn config(url: &str, auth: Option<HttpAuth>) -> HttpsSinkConfig {
+        HttpsSinkConfig {
+            url: url.to_owned(),
+            insecure: url.starts_with("http://"),
+            timeout: Duration::from_millis(300),
+            ca_file: None,
+            auth,
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(20),
+        }
+    }
+
+    fn one() -> Vec<StoredEvent> {
+        vec![StoredEvent {
+            seq: 1,
+            id: "a".into(),
+            event_type: "production.count".into(),
+            payload: "{}".into(),
+        }]
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_or_a_file_and_a_missing_one_is_named() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = HttpsSink::new(
+            "erp",
+            &config(
+                "https://127.0.0.1:1/",
+                Some(HttpAuth::BearerEnv("CAUSEWAY_TEST_NO_SUCH_VAR".into())),
+            ),
+            base.path(),
+        );
+        let error = missing.unwrap_err().to_string();
+        assert!(
+            error.contains("`CAUSEWAY_TEST_NO_SUCH_VAR`") && error.contains("not set"),
+            "{error}"
+        );
+        // SAFETY: this test alone uses this variable, and sets it before any thread reads it.
+        unsafe { std::env::set_var("CAUSEWAY_TEST_TOKEN", "from-env") };
+        let sink = HttpsSink::new(
+            "erp",
+            &config(
+                "https://127.0.0.1:1/",
+                Some(HttpAuth::BearerEnv("CAUSEWAY_TEST_TOKEN".into())),
+            ),
+            base.path(),
+        )
+        .unwrap();
+        assert_eq!(sink.bearer.as_deref(), Some("from-env"));
+        std::fs::write(base.path().join("t"), "  from-file\n").unwrap();
+        let sink = HttpsSink::new(
+            "erp",
+            &config(
+                "https://127.0.0.1:1/",
+                Some(HttpAuth::BearerFile("t".into())),
+            ),
+            base.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            sink.bearer.as_deref(),
+            Some("from-file"),
+            "read relative to the config folder, trimmed"
+        );
+        let error = HttpsSink::new(
+            "erp",
+            &config(
+                "https://127.0.0.1:1/",
+                Some(HttpAuth::BearerFile("nope".into())),
+            ),
+            base.path(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("cannot read token file"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_silent_server_are_retried() {
+        let base = tempfile::tempdir().unwrap();
+        // A port nobody listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut sink = HttpsSink::new(
+            "erp",
+            &config(&format!("https://{closed}/"), None),
+            base.path(),
+        )
+        .unwrap();
+        assert!(matches!(sink.deliver(&one()).await, Outcome::Retry { .. }));
+        // A server that accepts and never answers: the timeout ends the attempt.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut sink = HttpsSink::new(
+            "erp",
+            &config(&format!("https://{addr}/"), None),
+            base.path(),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), sink.deliver(&one()))
+            .await
+            .expect("the request timeout fires");
+        assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        hold.abort();
+    }
+
     #[test]
     fn the_idempotency_key_is_fixed_by_the_batch() {
         let e = |id: &str| StoredEvent {
