@@ -99,8 +99,11 @@ setup_zig() {
         log "installing cargo-zigbuild"
         cargo install --locked --quiet --root "$WORK" cargo-zigbuild
     fi
-    # cargo-zigbuild finds zig through the `ziglang` Python package.
-    export PATH="$WORK/bin:$WORK/venv/bin:$PATH"
+    export PATH="$WORK/bin:$PATH"
+    # The zig binary inside the `ziglang` wheel; named outright, since the build puts Debian's
+    # /usr/bin (and its python3, without ziglang) first in PATH.
+    CARGO_ZIGBUILD_ZIG_PATH="$("$WORK/venv/bin/python" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')"
+    export CARGO_ZIGBUILD_ZIG_PATH
 }
 
 build() {
@@ -146,6 +149,18 @@ smoke() {
     prefix="$(gnu_prefix "$target")"
     local run=("$qemu" -L "/usr/$prefix" "$bin")
     log "smoke test $(basename "$bin") under $qemu"
+    # The newest glibc symbol the binary needs decides which boards it runs on.
+    local needs
+    needs="$("$prefix-objdump" -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)"
+    echo "needs $needs"
+    case "$target" in
+        *-glibc2.28)
+            if [ "$(printf '%s\n' "${needs#GLIBC_}" 2.28 | sort -V | tail -n 1)" != 2.28 ]; then
+                echo "$(basename "$bin") needs $needs, newer than the promised 2.28" >&2
+                exit 1
+            fi
+            ;;
+    esac
     "${run[@]}" --version
     for example in "$ROOT"/docs/examples/*.toml; do
         "${run[@]}" check -c "$example"

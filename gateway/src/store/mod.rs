@@ -80,6 +80,9 @@ pub enum StoreError {
         /// Ours.
         known: i64,
     },
+    /// The writer thread could not be started.
+    #[error("cannot start the buffer writer thread")]
+    Thread(#[source] std::io::Error),
     /// The writer thread is gone (shutdown, or it panicked).
     #[error("the buffer writer has stopped")]
     WriterGone,
@@ -212,10 +215,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("buffer-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .map_err(StoreError::Thread)?;
         Ok((
             Store {
                 ops,
