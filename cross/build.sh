@@ -116,9 +116,12 @@ build() {
     local upper="${triple^^}"
     upper="${upper//-/_}"
     local started=$SECONDS out
+    # One target folder per linker road, so the two roads of a triple do not rebuild each other.
+    local target_dir="$ROOT/target/cross-build"
+    case "$target" in *-glibc2.28) target_dir="$ROOT/target/cross-build-glibc2.28" ;; esac
     (
         # Debian's compiler first: its ARM std matches it exactly.
-        export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$ROOT/target/cross-build"
+        export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$target_dir"
         cd "$ROOT"
         case "$target" in
             *-glibc2.28)
@@ -135,7 +138,7 @@ build() {
         *-glibc2.28) out="$DIST/causeway-$triple-glibc2.28" ;;
         *) out="$DIST/causeway-$triple" ;;
     esac
-    cp "$ROOT/target/cross-build/$triple/release/causeway" "$out"
+    cp "$target_dir/$triple/release/causeway" "$out"
     log "$(basename "$out"): $(stat -c %s "$out") bytes, built in $((SECONDS - started)) s"
 }
 

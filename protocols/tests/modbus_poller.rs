@@ -98,6 +98,10 @@ async fn next(rx: &mut mpsc::Receiver<SampleBatch>) -> SampleBatch {
         .expect("poller alive")
 }
 
+fn all_good(batch: &SampleBatch) -> bool {
+    batch.samples.iter().all(|s| s.quality.is_good())
+}
+
 fn value(batch: &SampleBatch, tag: &str) -> Option<Value> {
     batch
         .samples
@@ -146,13 +150,7 @@ async fn every_exception_code_becomes_a_bad_sample_naming_it_and_polling_goes_on
     tokio::spawn(serve(listener, regs.clone(), cancel.clone()));
     let (tx, mut rx) = mpsc::channel(1);
     tokio::spawn(ModbusSource::new(config(address)).run(tx, cancel.clone()));
-    assert!(
-        next(&mut rx)
-            .await
-            .samples
-            .iter()
-            .all(|s| s.quality.is_good())
-    );
+    assert!(all_good(&next(&mut rx).await));
     let codes = [
         (ExceptionCode::IllegalFunction, "0x01"),
         (ExceptionCode::IllegalDataAddress, "0x02"),
@@ -217,13 +215,7 @@ async fn a_server_that_vanishes_gives_bad_samples_and_is_reconnected_when_it_ret
     let source = ModbusSource::new(config(addr.to_string()))
         .with_reconnect(Duration::from_millis(20), Duration::from_millis(100));
     tokio::spawn(source.run(tx, cancel.clone()));
-    assert!(
-        next(&mut rx)
-            .await
-            .samples
-            .iter()
-            .all(|s| s.quality.is_good())
-    );
+    assert!(all_good(&next(&mut rx).await));
 
     server_cancel.cancel();
     server.await.unwrap().unwrap();

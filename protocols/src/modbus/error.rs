@@ -37,6 +37,16 @@ pub enum PollError {
         #[source]
         source: tokio_modbus::Error,
     },
+    /// The device answered a read with something else.
+    #[error("device answered a read of {kind}:{start} with {response}")]
+    Unexpected {
+        /// The table read.
+        kind: RegisterKind,
+        /// First register.
+        start: u16,
+        /// What came back.
+        response: String,
+    },
     /// The device answered with an exception.
     #[error("device answered {kind}:{start}..={last} with exception 0x{code:02X} ({name})", code = u8::from(*code), name = exception_name(*code))]
     Exception {

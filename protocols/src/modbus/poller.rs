@@ -18,8 +18,8 @@ use tokio::{
     time::{MissedTickBehavior, timeout},
 };
 use tokio_modbus::{
-    Slave,
-    client::{Context, Reader},
+    Request, Response, Slave,
+    client::{Client, Context},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -226,31 +226,28 @@ impl ModbusSource {
             last: r.last(),
             code,
         };
-        match kind {
-            RegisterKind::Coil => timeout(deadline, ctx.read_coils(start, count))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(transport)?
-                .map(Words::Bits)
-                .map_err(exception),
-            RegisterKind::Discrete => timeout(deadline, ctx.read_discrete_inputs(start, count))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(transport)?
-                .map(Words::Bits)
-                .map_err(exception),
-            RegisterKind::Input => timeout(deadline, ctx.read_input_registers(start, count))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(transport)?
-                .map(Words::Registers)
-                .map_err(exception),
-            RegisterKind::Holding => timeout(deadline, ctx.read_holding_registers(start, count))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(transport)?
-                .map(Words::Registers)
-                .map_err(exception),
+        let request = match kind {
+            RegisterKind::Coil => Request::ReadCoils(start, count),
+            RegisterKind::Discrete => Request::ReadDiscreteInputs(start, count),
+            RegisterKind::Input => Request::ReadInputRegisters(start, count),
+            RegisterKind::Holding => Request::ReadHoldingRegisters(start, count),
+        };
+        let response = timeout(deadline, ctx.call(request))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(transport)?
+            .map_err(exception)?;
+        match response {
+            Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => Ok(Words::Bits(bits)),
+            Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words) => {
+                Ok(Words::Registers(words))
+            }
+            // tokio-modbus already refuses a mismatched function code; never panic on a device.
+            other => Err(PollError::Unexpected {
+                kind,
+                start,
+                response: format!("{other:?}"),
+            }),
         }
     }
 
