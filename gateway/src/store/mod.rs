@@ -48,7 +48,7 @@ pub enum StoreError {
     #[error("buffer database error")]
     Sqlite(#[from] rusqlite::Error),
     /// Opening the file failed.
-    #[error("cannot open buffer `{path}`")]
+    #[error("cannot open buffer `{path}` (does its folder exist, writable by this user?)")]
     Open {
         /// The file.
         path: PathBuf,
