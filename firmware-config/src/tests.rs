@@ -141,20 +141,15 @@ fn an_unknown_tag_suggests_the_closest_one() {
 #[test]
 fn overlapping_registers_are_refused_but_distinct_bits_share() {
     let text = GOOD.replace("register = \"holding:102\"", "register = \"holding:101\"");
-    let errors = errors(&text);
     assert_eq!(
-        errors,
+        errors(&text),
         vec!["tag `parts_reject` overlaps tag `parts_total`".to_owned()]
     );
     let same_bit = GOOD.replace("type = \"bool\", bit = 1", "type = \"bool\", bit = 0");
     assert_eq!(
-        errors_of(&same_bit),
+        errors(&same_bit),
         vec!["tag `alarm` overlaps tag `cycle_done`".to_owned()]
     );
-}
-
-fn errors_of(text: &str) -> Vec<String> {
-    errors(text)
 }
 
 #[test]

@@ -153,7 +153,6 @@ pub async fn run(
     let started = Instant::now();
     let mut printed = 0;
     let mut outage = false;
-    let mut outage_done = false;
     let print_new = |out: &mut (dyn Write + Send), printed: &mut usize| -> std::io::Result<()> {
         for event in receiver.events_since(*printed) {
             writeln!(out, "  {}", describe(&event))?;
@@ -165,7 +164,8 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
         print_new(out, &mut printed)?;
         let elapsed = started.elapsed();
-        if !outage && !outage_done && elapsed >= outage_at {
+        let should_refuse = elapsed >= outage_at && elapsed < outage_at + outage_for;
+        if should_refuse && !outage {
             receiver.set_outage(true);
             outage = true;
             writeln!(
@@ -173,10 +173,9 @@ pub async fn run(
                 "demo: receiver refuses every request (503) for {}: events are buffered",
                 humantime::format_duration(outage_for)
             )?;
-        } else if outage && elapsed >= outage_at + outage_for {
+        } else if outage && !should_refuse {
             receiver.set_outage(false);
             outage = false;
-            outage_done = true;
             let accepted = running
                 .store()
                 .stats()

@@ -231,10 +231,6 @@ pub async fn run_sink<D: Deliver>(
                         .await
                     {
                         Ok(()) => {
-                            store.stats().dead_lettered.fetch_add(
-                                fetched.events.len() as u64,
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
                             cursor = fetched.upto;
                         }
                         Err(error) => {

@@ -43,8 +43,17 @@ impl WriteOp {
     }
 }
 
-/// Per-op results of a committed group, events appended, and whether any cursor moved.
-type Applied = (Vec<Result<(), rusqlite::Error>>, usize, bool);
+/// What a committed group did.
+struct Applied {
+    /// One result per write, in order.
+    outcomes: Vec<Result<(), rusqlite::Error>>,
+    /// Events appended.
+    appended: usize,
+    /// Events moved to dead letters.
+    dead_lettered: usize,
+    /// Whether any cursor moved.
+    acked: bool,
+}
 
 pub(super) struct Writer {
     conn: Connection,
@@ -83,7 +92,15 @@ impl Writer {
                 batch.push(op);
             }
             let (outcome, appended_rows, acked) = match self.apply(&batch) {
-                Ok((outcomes, appended_rows, acked)) => (Ok(outcomes), appended_rows, acked),
+                Ok(Applied {
+                    outcomes,
+                    appended,
+                    dead_lettered,
+                    acked,
+                }) => {
+                    count(&self.stats.dead_lettered, dead_lettered);
+                    (Ok(outcomes), appended, acked)
+                }
                 Err(error) => (Err(Arc::new(error)), 0, false),
             };
             // Housekeeping first, so a caller who sees its ack sees its effects too.
@@ -127,7 +144,7 @@ impl Writer {
     fn apply(&mut self, batch: &[WriteOp]) -> Result<Applied, StoreError> {
         let mut tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        let (mut appended, mut acked) = (0, false);
+        let (mut appended, mut dead_lettered, mut acked) = (0, 0, false);
         for op in batch {
             let mut sp = tx.savepoint()?;
             match apply_one(&sp, op) {
@@ -135,7 +152,11 @@ impl Writer {
                     sp.commit()?;
                     match op {
                         WriteOp::Append { rows, .. } => appended += rows.len(),
-                        WriteOp::Ack { .. } | WriteOp::DeadLetter { .. } => acked = true,
+                        WriteOp::Ack { .. } => acked = true,
+                        WriteOp::DeadLetter { seqs, .. } => {
+                            dead_lettered += seqs.len();
+                            acked = true;
+                        }
                     }
                     outcomes.push(Ok(()));
                 }
@@ -146,7 +167,12 @@ impl Writer {
             }
         }
         tx.commit()?;
-        Ok((outcomes, appended, acked))
+        Ok(Applied {
+            outcomes,
+            appended,
+            dead_lettered,
+            acked,
+        })
     }
 
     fn enforce_max_bytes(&mut self) -> Result<(), rusqlite::Error> {
