@@ -11,7 +11,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "quality.measurement",
     "quality.reject",
     "telemetry.sample",
+    "gateway.buffer_reset",
 ];
+
+/// Event types every sink receives whatever its routes: what the gateway says about itself
+/// (a buffer that was found corrupt and started afresh) concerns every receiver.
+pub const SYSTEM_EVENT_TYPES: &str = "gateway.*";
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -35,10 +40,42 @@ pub struct GatewayConfig {
 pub struct BufferConfig {
     /// As written; resolve relative paths against the config file's folder.
     pub path: PathBuf,
-    /// Bound on live event bytes.
+    /// Bound on undelivered event bytes (payloads), 1 MiB ..= 1 TiB.
     pub max_bytes: u64,
+    /// Bound on dead-letter bytes, kept apart from `max_bytes`; the oldest are evicted past it.
+    pub max_dead_bytes: u64,
+    /// Undelivered events older than this are dropped (counted); `None`: kept until delivered
+    /// or evicted by size.
+    pub max_age: Option<Duration>,
+    /// What happens when `max_bytes` is reached.
+    pub when_full: WhenFull,
     /// Most writes per transaction (>= 1).
     pub max_batch: usize,
+}
+
+/// What the buffer does when it holds `max_bytes` of undelivered events. Whatever the policy,
+/// `telemetry.*` events are evicted first, and orders and quality events last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Evict the oldest stored events, lowest lane first (the default).
+    #[default]
+    DropOldest,
+    /// Refuse the new events (counted) and keep what is stored.
+    DropNewest,
+    /// Accept nothing new: the sources are held back until the sinks make room. Counters lose
+    /// nothing (they are cumulative); states and measurements in between are not seen.
+    BlockSources,
+}
+
+impl WhenFull {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::DropOldest => "drop_oldest",
+            WhenFull::DropNewest => "drop_newest",
+            WhenFull::BlockSources => "block_sources",
+        }
+    }
 }
 
 /// A PLC or SCADA connection.
@@ -294,6 +331,9 @@ pub struct CounterRuleConfig {
     pub order: Option<TagRef>,
     /// Report interval (> 0).
     pub interval: Duration,
+    /// The most parts per second the machine can make: a step between two readings larger than
+    /// `max_rate` x (seconds between them + 1) is implausible (a reset, a glitch, a preset).
+    pub max_rate: f64,
 }
 
 /// `kind = "state"`
@@ -334,6 +374,29 @@ pub struct MeasurementRuleConfig {
     pub usl: Option<f64>,
     /// Engineering unit.
     pub unit: Option<String>,
+    /// Without a trigger: how far the value must move from the last reported one to report
+    /// again. `None`: every change.
+    pub deadband: Option<Deadband>,
+}
+
+/// A minimum change, absolute or relative to the last reported value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadband {
+    /// In the tag's engineering unit (> 0).
+    Absolute(f64),
+    /// Percent of the last reported value's magnitude (> 0).
+    Percent(f64),
+}
+
+impl Deadband {
+    /// Whether `value` moved far enough from `last` to be reported.
+    pub fn exceeded(self, last: f64, value: f64) -> bool {
+        let moved = (value - last).abs();
+        match self {
+            Deadband::Absolute(d) => moved >= d,
+            Deadband::Percent(p) => moved >= last.abs() * p / 100.0 && moved > 0.0,
+        }
+    }
 }
 
 /// Where events go.
@@ -345,6 +408,8 @@ pub struct SinkConfig {
     pub routes: Vec<String>,
     /// Most events per delivery (>= 1).
     pub batch_size: usize,
+    /// Most payload bytes per delivery; a single larger event is sent alone.
+    pub max_batch_bytes: u64,
     /// What kind of sink.
     pub kind: SinkKind,
 }
@@ -352,9 +417,11 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Whether `event_type` is routed to this sink.
     pub fn accepts(&self, event_type: &str) -> bool {
-        self.routes
-            .iter()
-            .any(|route| route_matches(route, event_type))
+        route_matches(SYSTEM_EVENT_TYPES, event_type)
+            || self
+                .routes
+                .iter()
+                .any(|route| route_matches(route, event_type))
     }
 }
 

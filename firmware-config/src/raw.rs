@@ -44,6 +44,12 @@ pub struct RawBuffer {
     pub max_bytes: Option<Spanned<ByteSize>>,
     /// Most writes committed in one transaction (default 512).
     pub max_batch: Option<Spanned<u32>>,
+    /// Upper bound on dead letters, apart from `max_bytes`; the oldest are evicted (default "64MiB").
+    pub max_dead_bytes: Option<Spanned<ByteSize>>,
+    /// Undelivered events older than this are dropped, e.g. "30d" (default: no age limit).
+    pub max_age: Option<Spanned<HumanDuration>>,
+    /// When `max_bytes` is reached: "drop_oldest" (default), "drop_newest" or "block_sources".
+    pub when_full: Option<Spanned<String>>,
 }
 
 /// `[[source]]`
@@ -114,6 +120,9 @@ pub struct RawRule {
     pub order: Option<Spanned<String>>,
     /// counter: how often counts are reported (default "10s").
     pub interval: Option<Spanned<HumanDuration>>,
+    /// counter: the most parts per second the machine can make (default 1000); larger steps
+    /// between two readings are judged implausible.
+    pub max_rate: Option<Spanned<f64>>,
     /// state/measurement: the tag to watch.
     pub tag: Option<Spanned<String>>,
     /// state: value -> state name, e.g. `{ 0 = "idle", 1 = "running", 2 = "down" }`.
@@ -132,6 +141,8 @@ pub struct RawRule {
     pub usl: Option<Spanned<f64>>,
     /// measurement: engineering unit, e.g. "kN".
     pub unit: Option<Spanned<String>>,
+    /// measurement without a trigger: the least change reported, `0.5` (absolute) or `"2%"`.
+    pub deadband: Option<Spanned<RawDeadband>>,
 }
 
 /// `[[sink]]`
@@ -146,6 +157,8 @@ pub struct RawSink {
     pub routes: Option<Spanned<Vec<Spanned<String>>>>,
     /// Most events in one delivery (default 100).
     pub batch_size: Option<Spanned<i64>>,
+    /// Most payload bytes in one delivery (default "1MiB").
+    pub max_batch_bytes: Option<Spanned<ByteSize>>,
     /// https: the endpoint events are POSTed to.
     pub url: Option<Spanned<String>>,
     /// https: allow a plain `http://` URL (logged as a warning at start).
@@ -162,6 +175,16 @@ pub struct RawSink {
     pub retry_max: Option<Spanned<HumanDuration>>,
     /// file: the JSON-lines file events are appended to.
     pub path: Option<Spanned<String>>,
+}
+
+/// A deadband as written: a number (absolute) or a text such as `"2%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDeadband {
+    /// In the tag's unit.
+    Absolute(f64),
+    /// `"<n>%"`.
+    Text(String),
 }
 
 /// `auth = { ... }` of an https sink.

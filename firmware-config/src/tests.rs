@@ -310,3 +310,125 @@ fn route_patterns_match_like_globs() {
     assert!(route_matches("quality.measurement", "quality.measurement"));
     assert!(!route_matches("quality", "quality.measurement"));
 }
+
+#[test]
+fn durations_and_sizes_are_bounded_with_the_range_in_the_message() {
+    // Before: this passed `check`, then `run` aborted adding it to the clock.
+    let huge = GOOD.replace("interval = \"5s\"", "interval = \"300000000000y\"");
+    let problem = problems(&huge).into_iter().find(Problem::is_error);
+    let problem = problem.expect("an absurd interval is refused");
+    assert_eq!(problem.message, "interval = \"300000000000years\" is too long");
+    assert_eq!(problem.label, "at most 1day");
+    assert_eq!(&huge[problem.span.unwrap()], "\"300000000000y\"");
+    let long_poll = GOOD.replace("poll = \"200ms\"", "poll = \"2h\"");
+    assert_eq!(errors(&long_poll), vec!["poll = \"2h\" is too long".to_owned()]);
+    let grace = format!("shutdown_grace = \"10d\"\n{GOOD}");
+    assert_eq!(
+        errors(&grace),
+        vec!["shutdown_grace = \"10days\" is too long".to_owned()]
+    );
+    let big = GOOD.replace("max_bytes = \"64MiB\"", "max_bytes = \"2048GiB\"");
+    assert_eq!(
+        errors(&big),
+        vec!["max_bytes = 2048GiB is too large".to_owned()]
+    );
+    let dead = GOOD.replace(
+        "max_bytes = \"64MiB\"",
+        "max_bytes = \"64MiB\"\nmax_dead_bytes = \"1KiB\"\nmax_age = \"10s\"",
+    );
+    assert_eq!(
+        errors(&dead),
+        vec![
+            "max_dead_bytes = 1KiB is too small".to_owned(),
+            "max_age = \"10s\" is too short".to_owned()
+        ]
+    );
+    let batch = GOOD.replace(
+        "routes = [\"quality.measurement\"]",
+        "routes = [\"quality.measurement\"]\nmax_batch_bytes = \"1GiB\"",
+    );
+    assert_eq!(
+        errors(&batch),
+        vec!["max_batch_bytes = 1GiB is too large".to_owned()]
+    );
+}
+
+#[test]
+fn urls_are_parsed_by_check() {
+    // Before: accepted, then retried forever at run time.
+    let port = GOOD.replace("erp.example.com/", "erp.example.com:99999/");
+    let errors_found = errors(&port);
+    assert_eq!(errors_found.len(), 1, "{errors_found:?}");
+    assert!(
+        errors_found[0].starts_with("`https://erp.example.com:99999/api/production` is not a valid URL (invalid port number)"),
+        "{errors_found:?}"
+    );
+    let scheme = GOOD.replace("url = \"https://", "url = \"ftp://");
+    assert_eq!(
+        errors(&scheme),
+        vec!["`ftp://erp.example.com/api/production` is not an http(s) URL (scheme `ftp`)".to_owned()]
+    );
+    let spaces = GOOD.replace("erp.example.com/", "erp example.com/");
+    assert_eq!(errors(&spaces).len(), 1);
+}
+
+#[test]
+fn buffer_limits_and_policies_load_into_the_model() {
+    let text = GOOD.replace(
+        "max_bytes = \"64MiB\"",
+        "max_bytes = \"64MiB\"\nmax_dead_bytes = \"8MiB\"\nmax_age = \"7d\"\nwhen_full = \"block_sources\"",
+    );
+    let config = load("t.toml", &text).unwrap();
+    assert_eq!(config.buffer.max_dead_bytes, 8 << 20);
+    assert_eq!(config.buffer.max_age, Some(std::time::Duration::from_secs(7 * 86_400)));
+    assert_eq!(config.buffer.when_full, WhenFull::BlockSources);
+    assert_eq!(config.sinks[0].max_batch_bytes, 1 << 20, "the default is 1 MiB");
+    let typo = GOOD.replace("max_bytes = \"64MiB\"", "max_bytes = \"64MiB\"\nwhen_full = \"drop-oldest\"");
+    let problem = problems(&typo).into_iter().find(Problem::is_error).unwrap();
+    assert_eq!(problem.message, "unknown when_full policy `drop-oldest`");
+    assert!(problem.help.unwrap().starts_with("did you mean \"drop_oldest\"?"));
+}
+
+#[test]
+fn counter_max_rate_and_measurement_deadband_are_checked() {
+    let rate = GOOD.replace("interval = \"5s\"", "interval = \"5s\"\nmax_rate = 50.0");
+    let config = load("t.toml", &rate).unwrap();
+    let RuleConfig::Counter(counter) = &config.rules[0] else { panic!() };
+    assert_eq!(counter.max_rate, 50.0);
+    let zero = GOOD.replace("interval = \"5s\"", "interval = \"5s\"\nmax_rate = 0.0");
+    assert_eq!(errors(&zero), vec!["max_rate = 0 is out of range".to_owned()]);
+    let on_state = GOOD.replace("states = {", "max_rate = 5.0\nstates = {");
+    assert_eq!(
+        errors(&on_state),
+        vec!["`max_rate` does not apply to a state rule".to_owned()]
+    );
+
+    let untriggered = GOOD.replace("trigger = \"press1.cycle_done\"\n", "");
+    for (written, expected) in [
+        ("0.5", Deadband::Absolute(0.5)),
+        ("2", Deadband::Absolute(2.0)),
+        ("\"2.5%\"", Deadband::Percent(2.5)),
+    ] {
+        let text = untriggered.replace("lsl = 40.0", &format!("lsl = 40.0\ndeadband = {written}"));
+        let config = load("t.toml", &text).unwrap();
+        let RuleConfig::Measurement(m) = &config.rules[2] else { panic!() };
+        assert_eq!(m.deadband, Some(expected), "{written}");
+    }
+    for bad in ["0", "-1.0", "\"abc\"", "\"0%\"", "\"150%\""] {
+        let text = untriggered.replace("lsl = 40.0", &format!("lsl = 40.0\ndeadband = {bad}"));
+        assert_eq!(
+            errors(&text),
+            vec!["this deadband is not usable".to_owned()],
+            "{bad}"
+        );
+    }
+    let with_trigger = GOOD.replace("lsl = 40.0", "lsl = 40.0\ndeadband = 0.5");
+    assert_eq!(
+        errors(&with_trigger),
+        vec!["`deadband` does not apply with a `trigger`".to_owned()]
+    );
+    assert!(Deadband::Absolute(0.5).exceeded(10.0, 10.5));
+    assert!(!Deadband::Absolute(0.5).exceeded(10.0, 10.4));
+    assert!(Deadband::Percent(10.0).exceeded(-50.0, -44.0));
+    assert!(!Deadband::Percent(10.0).exceeded(-50.0, -46.0));
+}

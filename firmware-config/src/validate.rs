@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    ops::Range,
+    ops::{Range, RangeInclusive},
     path::PathBuf,
     time::Duration,
 };
@@ -14,11 +14,21 @@ use crate::{
     diagnostic::{Problem, closest},
     model::*,
     raw::*,
+    units::ByteSize,
 };
 
 const DEFAULT_BUFFER_PATH: &str = "causeway-buffer.db";
 const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 const MIN_MAX_BYTES: u64 = 1 << 20;
+/// Nobody needs more on an edge box, and every size stays far from u64 overflow.
+const MAX_SIZE: u64 = 1 << 40;
+const DEFAULT_MAX_DEAD_BYTES: u64 = 64 << 20;
+const DEFAULT_MAX_BATCH_BYTES: u64 = 1 << 20;
+const DEFAULT_MAX_RATE: f64 = 1000.0;
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 /// Modbus limits for one read request.
 pub const MAX_READ_REGISTERS: u16 = 125;
 /// Modbus limit for one coil or discrete-input read.
@@ -79,10 +89,12 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
         )
         .hint("it becomes part of every event's source URI, e.g. gateway_id = \"plant1-line3\"");
     }
-    let shutdown_grace = raw
-        .shutdown_grace
-        .as_ref()
-        .map_or(Duration::from_secs(10), |d| d.get_ref().0);
+    let shutdown_grace = c.duration(
+        raw.shutdown_grace.as_ref(),
+        Duration::from_secs(10),
+        Duration::ZERO..=HOUR,
+        "shutdown_grace",
+    );
 
     let buffer = c.buffer(&raw.buffer);
     let sources: Vec<SourceConfig> = {
@@ -202,20 +214,52 @@ impl Checker {
             || PathBuf::from(DEFAULT_BUFFER_PATH),
             |p| PathBuf::from(p.get_ref()),
         );
-        let max_bytes = raw
-            .max_bytes
-            .as_ref()
-            .map_or(DEFAULT_MAX_BYTES, |m| m.get_ref().0);
-        if let Some(m) = &raw.max_bytes
-            && max_bytes < MIN_MAX_BYTES
+        let max_bytes = self.size(
+            raw.max_bytes.as_ref(),
+            DEFAULT_MAX_BYTES,
+            MIN_MAX_BYTES..=MAX_SIZE,
+            "max_bytes",
+        );
+        if raw.max_bytes.as_ref().is_some_and(|m| m.get_ref().0 < MIN_MAX_BYTES)
+            && let Some(problem) = self.problems.last_mut()
         {
-            self.error(
-                format!("a buffer of {} is too small", m.get_ref()),
-                span(m),
-                "at least 1MiB",
-            )
-            .hint("the buffer must hold events through an ERP outage; size it in MiB or GiB");
+            problem.help = Some(
+                "the buffer must hold events through an ERP outage; size it in MiB or GiB".into(),
+            );
         }
+        let max_dead_bytes = self.size(
+            raw.max_dead_bytes.as_ref(),
+            DEFAULT_MAX_DEAD_BYTES,
+            (64 << 10)..=MAX_SIZE,
+            "max_dead_bytes",
+        );
+        let max_age = raw
+            .max_age
+            .as_ref()
+            .map(|_| self.duration(raw.max_age.as_ref(), DAY, MINUTE..=3650 * DAY, "max_age"));
+        let when_full = match &raw.when_full {
+            None => WhenFull::DropOldest,
+            Some(w) => {
+                let all = [WhenFull::DropOldest, WhenFull::DropNewest, WhenFull::BlockSources];
+                match all.into_iter().find(|p| p.as_str() == w.get_ref()) {
+                    Some(policy) => policy,
+                    None => {
+                        let names = all.map(WhenFull::as_str);
+                        let hint = closest(w.get_ref(), names).map_or_else(
+                            || format!("policies: {}", names.join(", ")),
+                            |n| format!("did you mean \"{n}\"? Policies: {}", names.join(", ")),
+                        );
+                        self.error(
+                            format!("unknown when_full policy `{}`", w.get_ref()),
+                            span(w),
+                            "unknown policy",
+                        )
+                        .hint(hint);
+                        WhenFull::DropOldest
+                    }
+                }
+            }
+        };
         let max_batch = raw.max_batch.as_ref().map_or(512, |m| *m.get_ref());
         if let Some(m) = &raw.max_batch
             && !(1..=100_000).contains(&max_batch)
@@ -229,6 +273,9 @@ impl Checker {
         Some(BufferConfig {
             path,
             max_bytes,
+            max_dead_bytes,
+            max_age,
+            when_full,
             max_batch: max_batch as usize,
         })
     }
@@ -297,16 +344,16 @@ impl Checker {
                 0
             }),
         };
-        let poll = self.positive(
+        let poll = self.duration(
             raw.poll.as_ref(),
-            Duration::from_secs(1),
-            Duration::from_millis(10),
+            SECOND,
+            Duration::from_millis(10)..=HOUR,
             "poll",
         );
-        let timeout = self.positive(
+        let timeout = self.duration(
             raw.timeout.as_ref(),
-            Duration::from_secs(1),
-            Duration::from_millis(10),
+            SECOND,
+            Duration::from_millis(10)..=5 * MINUTE,
             "timeout",
         );
         let max_gap = match &raw.max_gap {
@@ -373,25 +420,62 @@ impl Checker {
         })
     }
 
-    fn positive(
+    /// A duration within `bounds`; `default` when absent (or wrong, after reporting it).
+    fn duration(
         &mut self,
         value: Option<&Spanned<crate::units::HumanDuration>>,
         default: Duration,
-        min: Duration,
+        bounds: RangeInclusive<Duration>,
         field: &str,
     ) -> Duration {
-        match value {
-            None => default,
-            Some(v) if v.get_ref().0 < min => {
-                self.error(
-                    format!("{field} = \"{}\" is too short", v.get_ref()),
-                    span(v),
-                    format!("at least {}", humantime::format_duration(min)),
-                );
-                default
-            }
-            Some(v) => v.get_ref().0,
+        let Some(v) = value else { return default };
+        let d = v.get_ref().0;
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if d < *bounds.start() {
+            self.error(
+                format!("{field} = \"{}\" is too short", v.get_ref()),
+                span(v),
+                format!("at least {}", show(*bounds.start())),
+            );
+            default
+        } else if d > *bounds.end() {
+            self.error(
+                format!("{field} = \"{}\" is too long", v.get_ref()),
+                span(v),
+                format!("at most {}", show(*bounds.end())),
+            )
+            .hint(format!(
+                "{field} must lie between {} and {}",
+                show(*bounds.start()),
+                show(*bounds.end())
+            ));
+            default
+        } else {
+            d
         }
+    }
+
+    /// A byte size within `bounds`; `default` when absent (or wrong, after reporting it).
+    fn size(
+        &mut self,
+        value: Option<&Spanned<ByteSize>>,
+        default: u64,
+        bounds: RangeInclusive<u64>,
+        field: &str,
+    ) -> u64 {
+        let Some(v) = value else { return default };
+        let n = v.get_ref().0;
+        if bounds.contains(&n) {
+            return n;
+        }
+        let (lo, hi) = (ByteSize(*bounds.start()), ByteSize(*bounds.end()));
+        let message = if n < lo.0 {
+            format!("{field} = {} is too small", v.get_ref())
+        } else {
+            format!("{field} = {} is too large", v.get_ref())
+        };
+        self.error(message, span(v), format!("expected {lo} ..= {hi}"));
+        default
     }
 
     fn modbus_tag(&mut self, raw: &RawTag) -> Option<ModbusTagConfig> {
@@ -632,6 +716,7 @@ impl Checker {
                         ("nominal", spf(&raw.nominal)),
                         ("usl", spf(&raw.usl)),
                         ("unit", sp(&raw.unit)),
+                        ("deadband", raw.deadband.as_ref().map(span)),
                     ],
                 );
                 self.counter(raw).map(RuleConfig::Counter)
@@ -652,6 +737,8 @@ impl Checker {
                         ("nominal", spf(&raw.nominal)),
                         ("usl", spf(&raw.usl)),
                         ("unit", sp(&raw.unit)),
+                        ("max_rate", spf(&raw.max_rate)),
+                        ("deadband", raw.deadband.as_ref().map(span)),
                     ],
                 );
                 self.state(raw).map(RuleConfig::State)
@@ -669,6 +756,7 @@ impl Checker {
                         ("states", raw.states.as_ref().map(span)),
                         ("reason", sp(&raw.reason)),
                         ("line", sp(&raw.line)),
+                        ("max_rate", spf(&raw.max_rate)),
                     ],
                 );
                 self.measurement(raw).map(RuleConfig::Measurement)
@@ -774,12 +862,27 @@ impl Checker {
             Some(o) => Some(self.tag("order", o)?.0),
             None => None,
         };
-        let interval = self.positive(
+        let interval = self.duration(
             raw.interval.as_ref(),
             Duration::from_secs(10),
-            Duration::from_millis(100),
+            Duration::from_millis(100)..=DAY,
             "interval",
         );
+        let max_rate = match &raw.max_rate {
+            None => DEFAULT_MAX_RATE,
+            Some(r) if r.get_ref().is_finite() && (0.001..=1_000_000.0).contains(r.get_ref()) => {
+                *r.get_ref()
+            }
+            Some(r) => {
+                self.error(
+                    format!("max_rate = {} is out of range", r.get_ref()),
+                    span(r),
+                    "expected 0.001 ..= 1000000 parts per second",
+                )
+                .hint("the most parts per second the machine can make; a little above its fastest rate");
+                DEFAULT_MAX_RATE
+            }
+        };
         let main = total.as_ref().or(good.as_ref())?.tag.clone();
         let machine = self.machine(raw, &main);
         let name = raw
@@ -801,6 +904,7 @@ impl Checker {
             reject,
             order,
             interval,
+            max_rate,
         })
     }
 
@@ -939,6 +1043,7 @@ impl Checker {
                 "outside lsl..usl",
             );
         }
+        let deadband = raw.deadband.as_ref().and_then(|d| self.deadband(d, &raw.trigger));
         let machine = self.machine(raw, &tag);
         let name = raw.name.as_ref().map_or_else(
             || format!("measurement-{}", characteristic.get_ref()),
@@ -954,7 +1059,42 @@ impl Checker {
             nominal,
             usl,
             unit: raw.unit.as_ref().map(|u| u.get_ref().clone()),
+            deadband,
         })
+    }
+
+    fn deadband(
+        &mut self,
+        raw: &Spanned<RawDeadband>,
+        trigger: &Option<Spanned<String>>,
+    ) -> Option<Deadband> {
+        if let Some(t) = trigger {
+            self.error("`deadband` does not apply with a `trigger`", span(raw), "not used")
+                .hint(format!(
+                    "a triggered measurement reports every part (trigger = \"{}\"); remove the deadband",
+                    t.get_ref()
+                ));
+            return None;
+        }
+        let parsed = match raw.get_ref() {
+            RawDeadband::Absolute(d) => Some(Deadband::Absolute(*d)),
+            RawDeadband::Text(text) => text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .map(Deadband::Percent),
+        };
+        match parsed {
+            Some(Deadband::Absolute(d)) if d.is_finite() && d > 0.0 => Some(Deadband::Absolute(d)),
+            Some(Deadband::Percent(p)) if p.is_finite() && p > 0.0 && p <= 100.0 => {
+                Some(Deadband::Percent(p))
+            }
+            _ => {
+                self.error("this deadband is not usable", span(raw), "expected a number > 0 or \"<n>%\"")
+                    .hint("write deadband = 0.5 (in the tag's unit) or deadband = \"2%\" (of the last reported value, 0 < n <= 100)");
+                None
+            }
+        }
     }
 
     fn sink(
@@ -980,6 +1120,12 @@ impl Checker {
                     1
                 }),
         };
+        let max_batch_bytes = self.size(
+            raw.max_batch_bytes.as_ref(),
+            DEFAULT_MAX_BATCH_BYTES,
+            (4 << 10)..=(64 << 20),
+            "max_batch_bytes",
+        );
         let sp = |v: &Option<Spanned<String>>| v.as_ref().map(span);
         let https_fields = [
             ("url", sp(&raw.url)),
@@ -1035,6 +1181,7 @@ impl Checker {
             name,
             routes,
             batch_size,
+            max_batch_bytes,
             kind,
         })
     }
@@ -1062,12 +1209,18 @@ impl Checker {
             let pattern = route.get_ref();
             if !EVENT_TYPES.iter().any(|t| route_matches(pattern, t)) {
                 let families = ["production.*", "quality.*", "telemetry.*"];
-                let hint = match closest(pattern, EVENT_TYPES.iter().copied().chain(families)) {
+                // Gateway events reach every sink without a route: not offered as a choice.
+                let routable: Vec<&str> = EVENT_TYPES
+                    .iter()
+                    .copied()
+                    .filter(|t| !route_matches(SYSTEM_EVENT_TYPES, t))
+                    .collect();
+                let hint = match closest(pattern, routable.iter().copied().chain(families)) {
                     Some(near) => format!(
                         "did you mean \"{near}\"? Event types: {}",
-                        EVENT_TYPES.join(", ")
+                        routable.join(", ")
                     ),
-                    None => format!("event types: {}", EVENT_TYPES.join(", ")),
+                    None => format!("event types: {}", routable.join(", ")),
                 };
                 self.error(
                     format!("route `{pattern}` matches no event type"),
@@ -1110,56 +1263,68 @@ impl Checker {
         };
         let text = url.get_ref().trim();
         let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
-        let rest = if let Some(rest) = text.strip_prefix("https://") {
-            Some(rest)
-        } else if let Some(rest) = text.strip_prefix("http://") {
-            if !insecure {
-                self.error(format!("sink `{name}` would send events unencrypted"), span(url), "plain http://")
-                    .hint("use an https:// URL; only on a network you trust, set insecure = true to allow http://");
-            }
-            Some(rest)
-        } else {
-            self.error(
-                format!("`{text}` is not an http(s) URL"),
-                span(url),
-                "expected https://host/path",
-            );
-            None
-        };
-        if let Some(rest) = rest {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            if let Some((userinfo, _)) = authority.rsplit_once('@')
-                && userinfo.contains(':')
-            {
-                self.error("a password is written inline in the URL", span(url), "secret in the config file")
-                        .hint("remove it from the URL; use auth = { bearer_file = \"/etc/causeway/erp.token\" } or bearer_env");
-            }
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if host.is_empty() {
+        match url::Url::parse(text) {
+            Err(error) => {
                 self.error(
-                    format!("`{text}` has no host"),
+                    format!("`{text}` is not a valid URL ({error})"),
                     span(url),
-                    "expected https://host/path",
-                );
+                    "expected https://host[:port]/path",
+                )
+                .hint("a port lies in 1..=65535; write it like \"https://erp.example.com:8443/api/events\"");
+            }
+            Ok(parsed) => {
+                match parsed.scheme() {
+                    "https" => {}
+                    "http" if insecure => {}
+                    "http" => {
+                        self.error(format!("sink `{name}` would send events unencrypted"), span(url), "plain http://")
+                            .hint("use an https:// URL; only on a network you trust, set insecure = true to allow http://");
+                    }
+                    other => {
+                        self.error(
+                            format!("`{text}` is not an http(s) URL (scheme `{other}`)"),
+                            span(url),
+                            "expected https://host/path",
+                        );
+                    }
+                }
+                if parsed.password().is_some() {
+                    self.error("a password is written inline in the URL", span(url), "secret in the config file")
+                        .hint("remove it from the URL; use auth = { bearer_file = \"/etc/causeway/erp.token\" } or bearer_env");
+                }
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    self.error(
+                        format!("`{text}` has no host"),
+                        span(url),
+                        "expected https://host/path",
+                    );
+                }
+                if parsed.port() == Some(0) {
+                    self.error(
+                        format!("`{text}` names port 0"),
+                        span(url),
+                        "expected a port in 1..=65535",
+                    );
+                }
             }
         }
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a));
-        let timeout = self.positive(
+        let timeout = self.duration(
             raw.timeout.as_ref(),
             Duration::from_secs(10),
-            Duration::from_millis(100),
+            Duration::from_millis(100)..=5 * MINUTE,
             "timeout",
         );
-        let retry_initial = self.positive(
+        let retry_initial = self.duration(
             raw.retry_initial.as_ref(),
             Duration::from_millis(500),
-            Duration::from_millis(10),
+            Duration::from_millis(10)..=HOUR,
             "retry_initial",
         );
-        let retry_max = self.positive(
+        let retry_max = self.duration(
             raw.retry_max.as_ref(),
             Duration::from_secs(30),
-            Duration::from_millis(10),
+            Duration::from_millis(10)..=HOUR,
             "retry_max",
         );
         if retry_max < retry_initial {

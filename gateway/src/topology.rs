@@ -61,18 +61,14 @@ pub struct Running {
 /// The buffer cannot be opened or a sink cannot be built (TLS, credentials, file).
 pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError> {
     let buffer_path = base.join(&config.buffer.path);
-    let options = StoreOptions {
-        max_bytes: config.buffer.max_bytes,
-        max_batch: config.buffer.max_batch,
-        sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
-    };
+    let options = StoreOptions::from_config(config, buffer_path.clone());
     // Build every sink before anything runs: a bad credential fails the start, not a task.
     let sinks = config
         .sinks
         .iter()
         .map(|s| Ok((s.clone(), AnySink::build(s, base)?)))
         .collect::<Result<Vec<_>, SinkError>>()?;
-    let (store, writer) = Store::open(&buffer_path, options)?;
+    let (store, writer) = Store::open(options)?;
     let saved = store.rule_state()?;
     let readers = sinks
         .iter()

@@ -171,7 +171,7 @@ async fn events_buffered_before_a_restart_are_delivered_after_it_with_the_same_i
     let fetched = buffered
         .reader()
         .unwrap()
-        .fetch(0, &["*".to_owned()], 1000)
+        .fetch("erp", 0, &["*".to_owned()], 1000)
         .await
         .unwrap();
     let ids_before: Vec<String> = fetched.events.iter().map(|e| e.id.clone()).collect();

@@ -1,13 +1,18 @@
 //! The `https` sink: batched POSTs of CloudEvents (`application/cloudevents-batch+json`).
 //!
-//! - `Idempotency-Key` is `<first id>..<last id>` of the batch (or the id alone for one event): a
-//!   batch is a fixed run of the outbox, so a retry or replay of it carries the same key. Every
-//!   event also carries its own `id`, the receiver's dedupe key.
-//! - 2xx: delivered. Connect errors, timeouts, 408, 429 and 5xx: retried (`Retry-After` honoured).
-//!   401/403: retried too, logged as errors; a wrong or expired credential is the gateway's
-//!   problem, never one event's, so nothing is dead-lettered for it. 3xx: retried, logged as a
-//!   misconfigured URL (redirects are not followed: a POST must not turn into a GET). Other 4xx:
-//!   rejected, to dead letters with the response.
+//! - `Idempotency-Key` is `<first id>..<last id>` of the request's events (or the id alone for
+//!   one event): it names exactly the events in the body. A request that is retried in the same
+//!   run carries the same events and the same key. After a restart, a 413 or a split, a request
+//!   may hold a different run of events (a short batch refetched with more events), so it gets
+//!   another key: a receiver may rely on the key only to recognise a repeat of the very same
+//!   request; the event `id`s are the dedupe key (docs/durability.md).
+//! - 2xx: delivered. 400 and 422: the content is refused (the runner splits the batch and
+//!   dead-letters the refused event alone). 413: too large (the runner halves the batch).
+//!   Everything else is the receiver's, the network's or the gateway's fault and is retried:
+//!   connect errors, timeouts, 408, 429 and 5xx (`Retry-After` honoured); 401/403 (credentials),
+//!   404/405/415 and other 4xx (a wrong URL, a proxy answering for a restarting ERP) and 3xx
+//!   (redirects are not followed: a POST must not turn into a GET), each logged with the fix.
+//! - At most [`MAX_BODY_KEPT`] bytes of a response body are read, whatever its status.
 
 use std::{path::Path, time::Duration};
 
@@ -17,8 +22,9 @@ use reqwest::{StatusCode, header};
 use super::{Deliver, Outcome, SinkError, batch_body};
 use crate::store::StoredEvent;
 
-/// Most of a response body kept for the log and dead letters.
-const MAX_BODY_KEPT: usize = 512;
+/// Most of a response body read, for the log and dead letters: a broken or hostile receiver
+/// cannot stream into memory.
+pub(crate) const MAX_BODY_KEPT: usize = 512;
 
 /// POSTs batches to one URL.
 #[derive(Debug)]
@@ -108,32 +114,49 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
 pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &str) -> Outcome {
     let snippet: String = body.chars().take(MAX_BODY_KEPT).collect();
     let reason = format!("HTTP {status}: {snippet}");
+    let retry = |fix: &str| {
+        tracing::error!(%status, fix, "The receiver refused the request; events stay buffered and are retried.");
+        Outcome::Retry {
+            reason: reason.clone(),
+            after: retry_after(headers),
+        }
+    };
     match status.as_u16() {
         200..=299 => Outcome::Delivered,
+        400 | 422 => Outcome::Reject { reason },
+        413 => Outcome::TooLarge { reason },
         408 | 429 | 500..=599 => Outcome::Retry {
             reason,
             after: retry_after(headers),
         },
-        401 | 403 => {
-            tracing::error!(%status, "The receiver refused the credentials; check the sink's auth. Events stay buffered.");
-            Outcome::Retry {
-                reason,
-                after: None,
-            }
-        }
+        401 | 403 => retry("check the sink's auth: the credential is wrong, expired or lacks permission"),
+        404 => retry("check the sink's url path; a proxy may also answer 404 while the receiver restarts"),
+        405 => retry("the url does not take POST: check the sink's url path"),
+        415 => retry("the receiver does not take application/cloudevents-batch+json at this url"),
         300..=399 => {
             let to = headers
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("?");
-            tracing::error!(%status, location = to, "The receiver redirects; set the sink's url to the final address. Events stay buffered.");
-            Outcome::Retry {
-                reason,
-                after: None,
-            }
+            retry(&format!("the receiver redirects to {to}: set the sink's url to the final address"))
         }
-        _ => Outcome::Reject { reason },
+        _ => retry("an unexpected refusal; the response says why"),
     }
+}
+
+/// Reads at most [`MAX_BODY_KEPT`] bytes of `response`'s body (lossy UTF-8).
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::with_capacity(MAX_BODY_KEPT);
+    while kept.len() < MAX_BODY_KEPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_KEPT - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 impl Deliver for HttpsSink {
@@ -151,7 +174,7 @@ impl Deliver for HttpsSink {
             Ok(response) => {
                 let status = response.status();
                 let headers = response.headers().clone();
-                let body = response.text().await.unwrap_or_default();
+                let body = excerpt(response).await;
                 classify(status, &headers, &body)
             }
             Err(error) => Outcome::Retry {
@@ -182,20 +205,24 @@ mod tests {
             classify(StatusCode::ACCEPTED, &none, ""),
             Outcome::Delivered
         );
-        for code in [408, 429, 500, 502, 503, 401, 403, 301, 307] {
+        for code in [408, 429, 500, 502, 503, 401, 403, 301, 307, 404, 405, 415, 409] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(classify(status, &none, ""), Outcome::Retry { .. }),
                 "{code} is retried"
             );
         }
-        for code in [400, 404, 409, 422] {
+        for code in [400, 422] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(classify(status, &none, "bad"), Outcome::Reject { reason } if reason.contains("bad")),
                 "{code} is rejected"
             );
         }
+        assert!(matches!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, &none, ""),
+            Outcome::TooLarge { .. }
+        ));
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! Sinks: where events leave the gateway. Each sink runs as one task over its own cursor.
 //!
 //! A sink implements [`Deliver`]: given a batch, it answers [`Outcome::Delivered`] only on proof
-//! (an HTTP 2xx, a flushed and synced file), [`Outcome::Retry`] when trying again may work
-//! (connect errors, 408, 429, 5xx: the batch stays buffered), or [`Outcome::Reject`] when it never
-//! will (other 4xx: the batch goes to dead letters, with the response). The runner
-//! ([`run_sink`]) owns the cursor: it moves only after Delivered or a recorded Reject.
+//! (an HTTP 2xx, a flushed and synced file), [`Outcome::Retry`] when the fault is the
+//! receiver's, the network's or the gateway's (the batch stays buffered and is sent again),
+//! [`Outcome::TooLarge`] when the receiver refuses the request's size, or [`Outcome::Reject`]
+//! when the receiver says the content itself is wrong.
+//!
+//! The runner ([`run_sink`]) owns the cursor, which moves only over events delivered or
+//! dead-lettered. A batch is cut to `batch_size` events and `max_batch_bytes`; a TooLarge
+//! halves it; a Reject of several events is split in halves until the refused event is alone,
+//! so only that event goes to dead letters and the good ones are delivered (O(log n) extra
+//! requests per poisoned event).
 
 mod https;
 mod lines;
@@ -32,9 +38,14 @@ pub enum Outcome {
         /// `Retry-After`, when given.
         after: Option<Duration>,
     },
-    /// Refused for good; retrying cannot help.
+    /// The content is refused for good (HTTP 400, 422): retrying the same events cannot help.
     Reject {
         /// The response, for the dead-letter record.
+        reason: String,
+    },
+    /// The request is too large for the receiver (HTTP 413): send fewer events at once.
+    TooLarge {
+        /// Why, for the log.
         reason: String,
     },
 }
@@ -168,7 +179,7 @@ pub async fn run_sink<D: Deliver>(
         // still wakes us.
         appended.borrow_and_update();
         let fetched = match reader
-            .fetch(cursor, &config.routes, config.batch_size)
+            .fetch(&name, cursor, &config.routes, config.batch_size)
             .await
         {
             Ok(f) => f,
@@ -196,22 +207,32 @@ pub async fn run_sink<D: Deliver>(
             }
             continue;
         }
-        loop {
+        let mut rest: &[StoredEvent] = &fetched.events;
+        let mut limit = rest.len();
+        while !rest.is_empty() {
+            let n = take(rest, limit, config.max_batch_bytes);
+            let chunk = &rest[..n];
+            // The last piece of the batch moves the cursor over unrouted events after it too.
+            let upto = if n == rest.len() {
+                fetched.upto
+            } else {
+                chunk[n - 1].seq
+            };
             let outcome = tokio::select! {
-                outcome = sink.deliver(&fetched.events) => outcome,
+                outcome = sink.deliver(chunk) => outcome,
                 () = stop.abort.cancelled() => return,
             };
             match outcome {
                 Outcome::Delivered => {
                     backoff.reset();
-                    tracing::debug!(sink = %name, events = fetched.events.len(), upto = fetched.upto, "Delivered.");
-                    if let Err(error) = store.ack(&name, fetched.upto).await {
-                        // Delivered but not recorded: the batch will be sent again, same ids.
-                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the batch will repeat.");
-                    } else {
-                        cursor = fetched.upto;
+                    tracing::debug!(sink = %name, events = n, upto, "Delivered.");
+                    if let Err(error) = store.ack(&name, upto).await {
+                        // Delivered but not recorded: these events will be sent again, same ids.
+                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
+                        break;
                     }
-                    break;
+                    cursor = upto;
+                    rest = &rest[n..];
                 }
                 Outcome::Retry { reason, after } => {
                     // Honour Retry-After, within reason: never a busy loop, never more than 5 minutes.
@@ -219,29 +240,54 @@ pub async fn run_sink<D: Deliver>(
                         || backoff.next_delay(),
                         |a| a.clamp(Duration::from_millis(100), Duration::from_secs(300)),
                     );
-                    tracing::warn!(sink = %name, %reason, events = fetched.events.len(), retry_in = ?delay, "Delivery failed; events stay buffered.");
+                    tracing::warn!(sink = %name, %reason, events = n, retry_in = ?delay, "Delivery failed; events stay buffered.");
                     if sleep_or_abort(delay, &stop.abort).await {
                         return;
                     }
                 }
-                Outcome::Reject { reason } => {
-                    tracing::error!(sink = %name, %reason, events = fetched.events.len(), "Receiver refused the batch for good; moved to dead letters.");
-                    match store
-                        .dead_letter(&name, &fetched.events, &reason, fetched.upto)
-                        .await
-                    {
-                        Ok(()) => {
-                            cursor = fetched.upto;
-                        }
-                        Err(error) => {
-                            tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record dead letters; will retry the batch.");
-                        }
+                Outcome::TooLarge { reason } if n > 1 => {
+                    limit = n / 2;
+                    tracing::warn!(sink = %name, %reason, events = n, now = limit, "The receiver refused the request size; sending fewer events at once (lower max_batch_bytes or batch_size to avoid this).");
+                }
+                Outcome::TooLarge { reason } => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(sink = %name, %reason, bytes = chunk[0].payload.len(), id = %chunk[0].id, retry_in = ?delay, "The receiver refuses even one event for its size; raise the receiver's request body limit. Events stay buffered.");
+                    if sleep_or_abort(delay, &stop.abort).await {
+                        return;
                     }
-                    break;
+                }
+                Outcome::Reject { reason } if n > 1 => {
+                    limit = n / 2;
+                    tracing::warn!(sink = %name, %reason, events = n, "The receiver refused a batch; splitting it to find the refused event.");
+                }
+                Outcome::Reject { reason } => {
+                    tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refused this event for good; moved to dead letters (see `causeway buffer list`).");
+                    if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
+                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
+                        break;
+                    }
+                    cursor = upto;
+                    rest = &rest[1..];
+                    limit = rest.len();
                 }
             }
         }
     }
+}
+
+/// How many of `events` go in the next request: at most `limit` (at least one), and no more
+/// payload bytes than `max_bytes` (but always one event, however large).
+fn take(events: &[StoredEvent], limit: usize, max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for e in events.iter().take(limit.max(1)) {
+        bytes = bytes.saturating_add(e.payload.len() as u64 + 1);
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1).min(events.len())
 }
 
 /// Sleeps; `true` if aborted first.

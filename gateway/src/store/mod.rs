@@ -10,10 +10,23 @@
 //!   was deleted, so a sink's cursor (`cursors.acked_seq`) can never skip a new event.
 //! - A sink sees events with `seq > acked_seq` matching its routes, in `seq` order; its cursor
 //!   moves only after delivery is proven (or the batch is dead-lettered, with its response).
-//! - Rows every configured sink has passed are deleted. Past `max_bytes` the oldest rows are
-//!   dropped (`drop_oldest`), each drop counted and logged.
+//! - Rows every configured sink has passed are deleted. `max_bytes` bounds the payload bytes of
+//!   the rows left; when a group would pass it, room is made inside that group's transaction,
+//!   from rows committed by *earlier* groups only, whole events, exactly as many as needed:
+//!   `telemetry.*` first, then by `when_full` (`drop_oldest`: production, then orders, quality
+//!   and gateway events; `drop_newest`: the incoming events are refused; `block_sources`: the
+//!   append fails with [`StoreError::Full`] and the normalizer holds the sources back).
+//!   Undelivered rows older than `max_age` are dropped. Dead letters have their own bound,
+//!   `max_dead_bytes`, evicted oldest first. Every drop is counted by type and reason, in
+//!   memory ([`StoreStats`]) and in the `drops` table, and logged at most every 10 s.
 //! - Rule state (counter baselines, current machine state) is committed in the same transaction
 //!   as the events computed from it, so a crash neither loses nor repeats parts.
+//!
+//! - The file and its `-wal`/`-shm` are created 0600 (SQLite gives the WAL files the database
+//!   file's mode); an existing buffer readable by others is warned about at start.
+//! - At start `PRAGMA quick_check` runs; a corrupt or truncated file is moved aside to
+//!   `<path>.corrupt-<unix ms>` (with its `-wal`/`-shm`), a fresh buffer is started, and a
+//!   `gateway.buffer_reset` event, routed to every sink, tells the receivers data may be missing.
 //!
 //! # Format
 //! `PRAGMA user_version` tracks the schema (see `MIGRATIONS`); a newer file is refused.
@@ -36,10 +49,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use reader::{Fetched, Reader, StoredEvent};
 use writer::WriteOp;
 
+use firmware_config::WhenFull;
+
 use crate::event::CloudEvent;
 
 /// Schema migrations, applied in order; `user_version` is how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_outbox.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_outbox.sql"),
+    include_str!("migrations/002_limits.sql"),
+];
 
 /// Why the buffer failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +65,36 @@ pub enum StoreError {
     /// SQLite refused an operation.
     #[error("buffer database error")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file system holding the buffer is full.
+    #[error(
+        "the disk holding buffer `{path}` is full: free space there (or move [buffer] path); sources are held back until then, nothing accepted is lost"
+    )]
+    DiskFull {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// `when_full = "block_sources"` and the buffer holds `max_bytes` of undelivered events.
+    #[error(
+        "buffer `{path}` holds max_bytes = {max_bytes} bytes of undelivered events (when_full = \"block_sources\"): sources are held back until the sinks deliver"
+    )]
+    Full {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// Creating or moving the file failed.
+    #[error("cannot create `{path}` (does its folder exist, writable by this user?)")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Opening the file failed.
     #[error("cannot open buffer `{path}` (does its folder exist, writable by this user?)")]
     Open {
@@ -94,15 +142,55 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+impl StoreError {
+    /// Wraps an SQLite error, naming a full disk as such.
+    pub(crate) fn from_sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::DiskFull {
+                path: path.to_owned(),
+                source,
+            }
+        } else {
+            StoreError::Sqlite(source)
+        }
+    }
+}
+
 /// Sizing of the buffer.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Live event bytes allowed before the oldest are dropped.
+    /// The file (also named in errors).
+    pub path: PathBuf,
+    /// Names this gateway in the `gateway.buffer_reset` event.
+    pub gateway_id: String,
+    /// Payload bytes of stored events allowed.
     pub max_bytes: u64,
+    /// Payload bytes of dead letters allowed.
+    pub max_dead_bytes: u64,
+    /// Undelivered events older than this are dropped.
+    pub max_age: Option<std::time::Duration>,
+    /// What happens past `max_bytes`.
+    pub when_full: WhenFull,
     /// Most writes per transaction.
     pub max_batch: usize,
     /// Every configured sink: their cursors decide what may be deleted.
     pub sinks: Vec<String>,
+}
+
+impl StoreOptions {
+    /// The options for `config`'s buffer at `path`.
+    pub fn from_config(config: &firmware_config::GatewayConfig, path: PathBuf) -> Self {
+        StoreOptions {
+            path,
+            gateway_id: config.gateway_id.clone(),
+            max_bytes: config.buffer.max_bytes,
+            max_dead_bytes: config.buffer.max_dead_bytes,
+            max_age: config.buffer.max_age,
+            when_full: config.buffer.when_full,
+            max_batch: config.buffer.max_batch,
+            sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+        }
+    }
 }
 
 /// Counters of what the store did, for logs and the demo summary.
@@ -110,10 +198,34 @@ pub struct StoreOptions {
 pub struct StoreStats {
     /// Events committed.
     pub appended: AtomicU64,
-    /// Events dropped by `drop_oldest`.
+    /// Undelivered events dropped by a limit (`max_bytes`, `max_age`).
     pub dropped: AtomicU64,
     /// Events moved to dead letters.
     pub dead_lettered: AtomicU64,
+    /// Dead letters evicted past `max_dead_bytes`.
+    pub dead_evicted: AtomicU64,
+    /// Drops by (event type, reason), since start.
+    drops: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+}
+
+impl StoreStats {
+    fn add_drop(&self, event_type: &str, reason: &'static str, n: u64) {
+        let mut drops = self
+            .drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *drops.entry((event_type.to_owned(), reason)).or_default() += n;
+    }
+
+    /// Drops since start: (event type, reason, count).
+    pub fn drops(&self) -> Vec<(String, &'static str, u64)> {
+        self.drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|((t, r), n)| (t.clone(), *r, *n))
+            .collect()
+    }
 }
 
 /// A handle on the buffer. Clones share the one writer; the writer thread ends when the last
@@ -148,9 +260,18 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_owned(),
         source,
     })?;
+    configure(conn, path)
+}
+
+fn configure(conn: Connection, path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Takes effect only on a new, empty file: freed pages can then be given back after a
+    // backlog drains (see `Writer::reclaim`).
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Bounds the WAL file left after a checkpoint.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
     // SQLite ignores pragmas it does not know: read back what durability depends on.
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -173,6 +294,101 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Creates the buffer file 0600 when it does not exist (SQLite gives `-wal` and `-shm` the
+/// same mode); warns when an existing one is readable by other users.
+fn secure_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        buffer = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "The buffer holds the plant's production and quality data and is readable by other users; run: chmod 600 {0} {0}-wal {0}-shm",
+                        path.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(source) => Err(StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Why a buffer file was judged corrupt, or `None` when it is sound. Errors that say nothing
+/// about the file's content (permissions, a lock) are returned as errors, never as corruption.
+fn corruption(path: &Path) -> Result<Option<String>, StoreError> {
+    let corrupt_code = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    };
+    let conn = match Connection::open(path) {
+        Ok(conn) => conn,
+        Err(e) if corrupt_code(&e) => return Ok(Some(e.to_string())),
+        Err(source) => {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let verdict: Result<Vec<String>, rusqlite::Error> = (|| {
+        let mut stmt = conn.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })();
+    match verdict {
+        Ok(lines) if lines.first().is_some_and(|l| l == "ok") => Ok(None),
+        Ok(lines) => Ok(Some(lines.into_iter().take(3).collect::<Vec<_>>().join("; "))),
+        Err(e) if corrupt_code(&e) => Ok(Some(e.to_string())),
+        Err(source) => Err(StoreError::Open {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Moves a corrupt buffer (and its `-wal`, `-shm`) aside; returns where it went.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = writer::now_ms();
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let aside = with(&format!(".corrupt-{stamp}"));
+    std::fs::rename(path, &aside).map_err(|source| StoreError::Create {
+        path: aside.clone(),
+        source,
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let from = with(suffix);
+        if from.exists() {
+            let mut to = aside.as_os_str().to_owned();
+            to.push(suffix);
+            std::fs::rename(&from, PathBuf::from(to)).map_err(|source| StoreError::Create {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
@@ -193,13 +409,49 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the buffer at `path` and starts its writer thread.
+    /// Opens (creating if needed) the buffer at `options.path` and starts its writer thread. A
+    /// corrupt file is moved aside and a fresh one started (see the module docs).
     ///
     /// # Errors
-    /// The file cannot be opened, is from a newer version, or refuses WAL/FULL sync.
-    pub fn open(path: &Path, options: StoreOptions) -> Result<(Store, WriterThread), StoreError> {
+    /// The file cannot be created or opened, is from a newer version, or refuses WAL/FULL sync.
+    pub fn open(options: StoreOptions) -> Result<(Store, WriterThread), StoreError> {
+        let path = options.path.clone();
+        let path = path.as_path();
+        let mut reset = None;
+        if path.exists()
+            && let Some(why) = corruption(path)?
+        {
+            let aside = move_aside(path)?;
+            tracing::error!(
+                buffer = %path.display(),
+                moved_to = %aside.display(),
+                reason = %why,
+                "THE BUFFER FILE IS CORRUPT. It was moved aside and a fresh buffer started; events it held and did not deliver may be missing. Receivers get a gateway.buffer_reset event."
+            );
+            reset = Some((aside, why));
+        }
+        secure_file(path)?;
         let mut conn = connect(path)?;
         migrate(&mut conn, path)?;
+        if let Some((aside, why)) = reset {
+            let event = CloudEvent::new(
+                &options.gateway_id,
+                "gateway",
+                "gateway.buffer_reset",
+                "buffer",
+                std::time::SystemTime::now(),
+                serde_json::json!({
+                    "buffer": path.display().to_string(),
+                    "moved_to": aside.display().to_string(),
+                    "reason": why,
+                }),
+            );
+            let payload = serde_json::to_string(&event)?;
+            conn.execute(
+                "INSERT INTO events (id, type, payload, created_at, size, lane) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![event.id, event.event_type, payload, writer::now_ms(), payload.len() as i64, writer::lane(&event.event_type)],
+            )?;
+        }
         for sink in &options.sinks {
             conn.execute(
                 "INSERT OR IGNORE INTO cursors (sink, acked_seq) VALUES (?1, 0)",
@@ -211,7 +463,7 @@ impl Store {
         let (ops, rx) = mpsc::channel(options.max_batch.max(16));
         let (appended_tx, appended) = watch::channel(last);
         let stats = Arc::new(StoreStats::default());
-        let writer = writer::Writer::new(conn, options, appended_tx, Arc::clone(&stats));
+        let writer = writer::Writer::new(conn, options, appended_tx, Arc::clone(&stats))?;
         let handle = std::thread::Builder::new()
             .name("buffer-writer".into())
             .spawn(move || writer.run(rx))
@@ -277,11 +529,12 @@ impl Store {
         let rows = events
             .iter()
             .map(|e| {
-                Ok((
-                    e.id.clone(),
-                    e.event_type.clone(),
-                    serde_json::to_string(e)?,
-                ))
+                Ok(writer::Row {
+                    id: e.id.clone(),
+                    event_type: e.event_type.clone(),
+                    payload: serde_json::to_string(e)?,
+                    lane: writer::lane(&e.event_type),
+                })
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()?;
         let state = state.into_iter().map(|(k, v)| (k, v.to_string())).collect();
@@ -323,6 +576,16 @@ impl Store {
             done,
         })
         .await
+    }
+
+    /// Fault injection for tests: caps the file at `pages` pages, as a full disk would (SQLite
+    /// then fails writes with "database or disk is full").
+    ///
+    /// # Errors
+    /// The writer is gone.
+    #[doc(hidden)]
+    pub async fn limit_pages(&self, pages: u64) -> Result<(), StoreError> {
+        self.submit(|done| WriteOp::PageLimit { pages, done }).await
     }
 
     /// Every rule's saved state.

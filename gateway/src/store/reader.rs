@@ -72,26 +72,34 @@ impl Reader {
         .await
     }
 
-    /// Up to `limit` events after `after` whose type matches one of `routes` (`*` wildcards).
+    /// Up to `limit` events after `after` for `sink`: those whose type matches one of `routes`
+    /// (`*` wildcards) or is a gateway event (`gateway.*`, for every sink), and those requeued
+    /// for this sink alone.
     ///
     /// # Errors
     /// The read failed.
     pub async fn fetch(
         &self,
+        sink: &str,
         after: i64,
         routes: &[String],
         limit: usize,
     ) -> Result<Fetched, StoreError> {
-        let routes = routes.to_vec();
+        let mut routes = routes.to_vec();
+        routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
+        let sink = sink.to_owned();
         self.with(move |conn| {
             let tx = conn.transaction()?; // one snapshot for the rows and the high-water mark
-            let filter = if routes.is_empty() {
-                "0".to_owned()
-            } else {
-                (0..routes.len()).map(|i| format!("type GLOB ?{}", i + 3)).collect::<Vec<_>>().join(" OR ")
-            };
-            let sql = format!("SELECT seq, id, type, payload FROM events WHERE seq > ?1 AND ({filter}) ORDER BY seq LIMIT ?2");
-            let mut params: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(after), Box::new(limit as i64)];
+            let filter = (0..routes.len())
+                .map(|i| format!("type GLOB ?{}", i + 4))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT seq, id, type, payload FROM events WHERE seq > ?1 \
+                 AND ((sink IS NULL AND ({filter})) OR sink = ?3) ORDER BY seq LIMIT ?2"
+            );
+            let mut params: Vec<Box<dyn rusqlite::ToSql>> =
+                vec![Box::new(after), Box::new(limit as i64), Box::new(sink)];
             params.extend(routes.into_iter().map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>));
             let events = {
                 let mut stmt = tx.prepare_cached(&sql)?;

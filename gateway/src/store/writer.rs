@@ -1,10 +1,15 @@
-//! The single writer: group commit with a savepoint per write.
+//! The single writer: group commit with a savepoint per write, and the buffer's limits.
+//!
+//! Limits are enforced inside the transaction that needs the room, on rows committed by earlier
+//! groups only (`seq <= floor`): an event is never dropped by the group that commits it.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use firmware_config::WhenFull;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -12,12 +17,26 @@ use super::{StoreError, StoreOptions, StoreStats, count};
 
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
+/// How often events older than `max_age` are looked for.
+const AGE_CHECK: Duration = Duration::from_secs(10);
+/// Drops are logged at most this often (a summary of everything dropped since).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An event row to insert.
+#[derive(Debug)]
+pub(super) struct Row {
+    pub(super) id: String,
+    pub(super) event_type: String,
+    pub(super) payload: String,
+    pub(super) lane: i64,
+}
+
 /// A write waiting for the writer.
 #[derive(Debug)]
 pub(super) enum WriteOp {
-    /// New events (id, type, payload) and rule state (rule, json), all or nothing.
+    /// New events and rule state (rule, json), all or nothing.
     Append {
-        rows: Vec<(String, String, String)>,
+        rows: Vec<Row>,
         state: Vec<(String, String)>,
         done: Done,
     },
@@ -31,6 +50,9 @@ pub(super) enum WriteOp {
         upto: i64,
         done: Done,
     },
+    /// Fault injection for tests: caps the file at `pages` pages (`PRAGMA max_page_count`), as
+    /// a full disk would.
+    PageLimit { pages: u64, done: Done },
 }
 
 impl WriteOp {
@@ -38,21 +60,39 @@ impl WriteOp {
         match self {
             WriteOp::Append { done, .. }
             | WriteOp::Ack { done, .. }
-            | WriteOp::DeadLetter { done, .. } => done,
+            | WriteOp::DeadLetter { done, .. }
+            | WriteOp::PageLimit { done, .. } => done,
         }
     }
 }
 
-/// What a committed group did.
-struct Applied {
-    /// One result per write, in order.
-    outcomes: Vec<Result<(), rusqlite::Error>>,
-    /// Events appended.
+/// Drops by (event type, reason).
+type Drops = BTreeMap<(String, &'static str), u64>;
+
+/// What one write did, applied to the writer's books only if its savepoint commits.
+#[derive(Default)]
+struct Effect {
     appended: usize,
-    /// Events moved to dead letters.
+    last_seq: Option<i64>,
+    live_delta: i64,
+    dead_delta: i64,
     dead_lettered: usize,
-    /// Whether any cursor moved.
     acked: bool,
+    drops: Drops,
+}
+
+/// The lane of an event type: the order in which a full buffer evicts.
+pub(super) fn lane(event_type: &str) -> i64 {
+    if event_type.starts_with("telemetry.") {
+        0
+    } else if event_type.starts_with("quality.")
+        || event_type == "production.order"
+        || event_type.starts_with("gateway.")
+    {
+        2
+    } else {
+        1
+    }
 }
 
 pub(super) struct Writer {
@@ -60,12 +100,26 @@ pub(super) struct Writer {
     options: StoreOptions,
     appended: watch::Sender<i64>,
     stats: Arc<StoreStats>,
+    /// Payload bytes in `events`.
+    live_bytes: u64,
+    /// Payload bytes in `dead_letters`.
+    dead_bytes: u64,
+    /// The highest sequence number committed.
+    last_seq: i64,
+    last_age_check: Option<Instant>,
+    unlogged_drops: Drops,
+    last_drop_log: Option<Instant>,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn sum(conn: &Connection, sql: &str) -> Result<u64, rusqlite::Error> {
+    let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 impl Writer {
@@ -74,60 +128,49 @@ impl Writer {
         options: StoreOptions,
         appended: watch::Sender<i64>,
         stats: Arc<StoreStats>,
-    ) -> Self {
-        Writer {
+    ) -> Result<Self, rusqlite::Error> {
+        let live_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM events")?;
+        let dead_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM dead_letters")?;
+        let last_seq = *appended.borrow();
+        Ok(Writer {
             conn,
             options,
             appended,
             stats,
-        }
+            live_bytes,
+            dead_bytes,
+            last_seq,
+            last_age_check: None,
+            unlogged_drops: Drops::new(),
+            last_drop_log: None,
+        })
     }
 
     pub(super) fn run(mut self, mut ops: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::with_capacity(self.options.max_batch);
+        self.expire();
         while let Some(first) = ops.blocking_recv() {
             batch.push(first);
             while batch.len() < self.options.max_batch {
                 let Ok(op) = ops.try_recv() else { break };
                 batch.push(op);
             }
-            let (outcome, appended_rows, acked) = match self.apply(&batch) {
-                Ok(Applied {
-                    outcomes,
-                    appended,
-                    dead_lettered,
-                    acked,
-                }) => {
-                    count(&self.stats.dead_lettered, dead_lettered);
-                    (Ok(outcomes), appended, acked)
-                }
-                Err(error) => (Err(Arc::new(error)), 0, false),
-            };
+            let outcome = self.apply(&batch);
             // Housekeeping first, so a caller who sees its ack sees its effects too.
-            if appended_rows > 0 {
-                count(&self.stats.appended, appended_rows);
-                if let Ok(last) =
-                    self.conn
-                        .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                {
-                    self.appended.send_replace(last);
-                }
-                if let Err(error) = self.enforce_max_bytes() {
-                    tracing::error!(error = %crate::error_chain(&error), "Could not enforce the buffer size limit.");
-                }
-            }
+            let acked = outcome.as_ref().is_ok_and(|(_, acked)| *acked);
             if acked && let Err(error) = self.delete_delivered() {
                 tracing::warn!(error = %crate::error_chain(&error), "Could not delete delivered rows; will retry on the next ack.");
             }
+            self.expire();
+            self.log_drops(false);
             match outcome {
-                Ok(outcomes) => {
+                Ok((outcomes, _)) => {
                     for (op, result) in batch.drain(..).zip(outcomes) {
-                        let _ = op.into_done().send(result.map_err(StoreError::from));
+                        let _ = op.into_done().send(result);
                     }
                 }
                 Err(error) => {
+                    let error = Arc::new(error);
                     tracing::error!(error = %crate::error_chain(&*error), "Buffer commit failed; nothing in this group was accepted.");
                     for op in batch.drain(..) {
                         let _ = op
@@ -137,80 +180,171 @@ impl Writer {
                 }
             }
         }
+        self.log_drops(true);
     }
 
-    /// Applies one group in one transaction. Per-op results for ops that failed alone; `Err` if
-    /// the transaction itself failed.
-    fn apply(&mut self, batch: &[WriteOp]) -> Result<Applied, StoreError> {
-        let mut tx = self.conn.transaction()?;
+    fn sqlite(&self, error: rusqlite::Error) -> StoreError {
+        StoreError::from_sqlite(&self.options.path, error)
+    }
+
+    /// Applies one group in one transaction: per-op results, and whether a cursor moved.
+    /// `Err` if the transaction itself failed (nothing in the group happened).
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        batch: &[WriteOp],
+    ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
+        let floor = self.last_seq;
+        let (mut live, mut dead) = (self.live_bytes, self.dead_bytes);
+        let mut total = Effect::default();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let (mut appended, mut dead_lettered, mut acked) = (0, 0, false);
-        for op in batch {
-            let mut sp = tx.savepoint()?;
-            match apply_one(&sp, op) {
-                Ok(()) => {
-                    sp.commit()?;
-                    match op {
-                        WriteOp::Append { rows, .. } => appended += rows.len(),
-                        WriteOp::Ack { .. } => acked = true,
-                        WriteOp::DeadLetter { seqs, .. } => {
-                            dead_lettered += seqs.len();
-                            acked = true;
-                        }
-                    }
-                    outcomes.push(Ok(()));
-                }
-                Err(error) => {
-                    sp.rollback()?;
-                    outcomes.push(Err(error));
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(Applied {
-            outcomes,
-            appended,
-            dead_lettered,
-            acked,
-        })
-    }
-
-    fn enforce_max_bytes(&mut self) -> Result<(), rusqlite::Error> {
-        let used = |conn: &Connection| -> Result<u64, rusqlite::Error> {
-            let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
-            let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-            let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-            Ok(((pages - free).max(0) * size) as u64)
-        };
-        let mut dropped = 0u64;
-        while used(&self.conn)? > self.options.max_bytes {
-            let rows: i64 = self
+        {
+            let path = self.options.path.clone();
+            let options = &self.options;
+            let mut tx = self
                 .conn
-                .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
-            if rows == 0 {
-                break;
+                .transaction()
+                .map_err(|e| StoreError::from_sqlite(&path, e))?;
+            for op in batch {
+                let mut sp = tx
+                    .savepoint()
+                    .map_err(|e| StoreError::from_sqlite(&path, e))?;
+                let books = Books { live, dead, floor };
+                match apply_one(&sp, op, options, books) {
+                    Ok(effect) => {
+                        sp.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
+                        live = live.saturating_add_signed(effect.live_delta);
+                        dead = dead.saturating_add_signed(effect.dead_delta);
+                        total.appended += effect.appended;
+                        total.dead_lettered += effect.dead_lettered;
+                        total.acked |= effect.acked;
+                        total.last_seq = effect.last_seq.or(total.last_seq);
+                        for (key, n) in effect.drops {
+                            *total.drops.entry(key).or_default() += n;
+                        }
+                        outcomes.push(Ok(()));
+                    }
+                    Err(error) => {
+                        // Some errors (a full disk) make SQLite roll back the whole
+                        // transaction itself: then the whole group failed, for this reason.
+                        if sp.rollback().is_err() {
+                            return Err(error);
+                        }
+                        outcomes.push(Err(error));
+                    }
+                }
             }
-            let chunk = (rows / 100).max(100);
-            let n = self.conn.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)",
-                [chunk],
-            )?;
-            dropped += n as u64;
+            tx.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
         }
-        if dropped > 0 {
-            self.stats
-                .dropped
-                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                dropped,
-                max_bytes = self.options.max_bytes,
-                "Buffer full: dropped the oldest undelivered events (when_full = drop_oldest)."
-            );
+        self.live_bytes = live;
+        self.dead_bytes = dead;
+        count(&self.stats.appended, total.appended);
+        count(&self.stats.dead_lettered, total.dead_lettered);
+        if let Some(last) = total.last_seq {
+            self.last_seq = last;
+            self.appended.send_replace(last);
         }
-        Ok(())
+        self.record_drops(total.drops);
+        Ok((outcomes, total.acked))
     }
 
-    fn delete_delivered(&mut self) -> Result<(), rusqlite::Error> {
+    /// Counts drops (already persisted in `drops` by their transaction) for stats and the log.
+    fn record_drops(&mut self, drops: Drops) {
+        for ((event_type, reason), n) in drops {
+            let evicted_dead = reason == DEAD_EVICTED;
+            count(
+                if evicted_dead {
+                    &self.stats.dead_evicted
+                } else {
+                    &self.stats.dropped
+                },
+                usize::try_from(n).unwrap_or(usize::MAX),
+            );
+            self.stats.add_drop(&event_type, reason, n);
+            *self.unlogged_drops.entry((event_type, reason)).or_default() += n;
+        }
+    }
+
+    /// Logs what was dropped since the last log line, at most every [`DROP_LOG_EVERY`].
+    fn log_drops(&mut self, flush: bool) {
+        if self.unlogged_drops.is_empty() {
+            return;
+        }
+        let due = self
+            .last_drop_log
+            .is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY);
+        if !due && !flush {
+            return;
+        }
+        let summary = self
+            .unlogged_drops
+            .iter()
+            .map(|((t, reason), n)| format!("{n} {t} ({reason})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let total: u64 = self.unlogged_drops.values().sum();
+        tracing::warn!(
+            dropped = total,
+            what = %summary,
+            max_bytes = self.options.max_bytes,
+            max_dead_bytes = self.options.max_dead_bytes,
+            buffer = %self.options.path.display(),
+            "Buffer limits dropped events (see `causeway buffer stats`); raise max_bytes/max_age, or bring the receivers back."
+        );
+        self.unlogged_drops.clear();
+        self.last_drop_log = Some(Instant::now());
+    }
+
+    /// Drops undelivered events older than `max_age` (checked every [`AGE_CHECK`]).
+    fn expire(&mut self) {
+        let Some(max_age) = self.options.max_age else {
+            return;
+        };
+        if self
+            .last_age_check
+            .is_some_and(|at| at.elapsed() < AGE_CHECK)
+        {
+            return;
+        }
+        self.last_age_check = Some(Instant::now());
+        let cutoff = now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let result = (|| -> Result<(u64, Drops), rusqlite::Error> {
+            let tx = self.conn.transaction()?;
+            let mut drops = Drops::new();
+            let mut freed = 0u64;
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT type, COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE created_at < ?1 GROUP BY type",
+                )?;
+                let rows = stmt.query_map([cutoff], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })?;
+                for row in rows {
+                    let (t, n, bytes) = row?;
+                    freed += u64::try_from(bytes).unwrap_or(0);
+                    drops.insert((t, "max_age"), u64::try_from(n).unwrap_or(0));
+                }
+            }
+            if !drops.is_empty() {
+                tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
+                persist_drops(&tx, &drops)?;
+            }
+            tx.commit()?;
+            Ok((freed, drops))
+        })();
+        match result {
+            Ok((freed, drops)) => {
+                self.live_bytes = self.live_bytes.saturating_sub(freed);
+                self.record_drops(drops);
+            }
+            Err(error) => {
+                let error = self.sqlite(error);
+                tracing::warn!(error = %crate::error_chain(&error), "Could not drop events past max_age; will retry.");
+            }
+        }
+    }
+
+    fn delete_delivered(&mut self) -> Result<(), StoreError> {
         if self.options.sinks.is_empty() {
             return Ok(());
         }
@@ -226,30 +360,215 @@ impl Writer {
                 .unwrap_or(0);
             lowest = lowest.min(acked);
         }
-        self.conn
-            .execute("DELETE FROM events WHERE seq <= ?1", [lowest])?;
+        // Rows for every sink go once the slowest sink passed them; a requeued row for one sink
+        // goes once that sink passed it.
+        let freed = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM events WHERE (sink IS NULL AND seq <= ?1) \
+                     OR (sink IS NOT NULL AND seq <= COALESCE((SELECT acked_seq FROM cursors c WHERE c.sink = events.sink), 0)) \
+                     RETURNING size",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            let sizes = stmt
+                .query_map([lowest], |r| r.get::<_, i64>(0))
+                .map_err(|e| StoreError::from_sqlite(&self.options.path, e))?;
+            let mut freed = 0u64;
+            for size in sizes {
+                freed += u64::try_from(size.map_err(|e| StoreError::from_sqlite(&self.options.path, e))?)
+                    .unwrap_or(0);
+            }
+            freed
+        };
+        self.live_bytes = self.live_bytes.saturating_sub(freed);
+        if freed > 0 {
+            self.reclaim();
+        }
         Ok(())
+    }
+
+    /// Gives a large run of free pages back to the file system once a backlog has drained
+    /// (new files use `auto_vacuum = INCREMENTAL`); small runs stay for reuse.
+    fn reclaim(&mut self) {
+        let pragma = |name: &str| -> i64 {
+            self.conn
+                .pragma_query_value(None, name, |r| r.get(0))
+                .unwrap_or(0)
+        };
+        let (pages, free) = (pragma("page_count"), pragma("freelist_count"));
+        if free > 1024 && free * 2 > pages {
+            let _ = self
+                .conn
+                .execute_batch(&format!("PRAGMA incremental_vacuum({})", free / 2));
+        }
     }
 }
 
-fn apply_one(tx: &rusqlite::Connection, op: &WriteOp) -> Result<(), rusqlite::Error> {
-    match op {
-        WriteOp::Append { rows, state, .. } => {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (id, type, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+/// The writer's books as one write starts.
+#[derive(Clone, Copy)]
+struct Books {
+    live: u64,
+    dead: u64,
+    floor: i64,
+}
+
+const DEAD_EVICTED: &str = "dead_letter_evicted";
+
+fn persist_drops(conn: &Connection, drops: &Drops) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO drops (type, reason, count) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(type, reason) DO UPDATE SET count = count + excluded.count",
+    )?;
+    for ((t, reason), n) in drops {
+        stmt.execute(params![t, reason, i64::try_from(*n).unwrap_or(i64::MAX)])?;
+    }
+    Ok(())
+}
+
+/// Deletes the oldest rows of `lanes` (in that order) committed before this group, whole events,
+/// until `need` bytes are freed or none are left. Returns the bytes freed.
+fn evict(
+    conn: &Connection,
+    need: u64,
+    floor: i64,
+    lanes: &[i64],
+    reason: &'static str,
+    drops: &mut Drops,
+) -> Result<u64, rusqlite::Error> {
+    let mut freed = 0u64;
+    for &lane in lanes {
+        if freed >= need {
+            break;
+        }
+        let mut last = None;
+        {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, size, type FROM events WHERE lane = ?1 AND seq <= ?2 ORDER BY seq",
             )?;
-            let now = now_ms();
-            for (id, event_type, payload) in rows {
-                insert.execute(params![id, event_type, payload, now])?;
-            }
-            let mut save = tx.prepare_cached(
-                "INSERT INTO rule_state (rule, state) VALUES (?1, ?2) ON CONFLICT(rule) DO UPDATE SET state = excluded.state",
-            )?;
-            for (rule, value) in state {
-                save.execute(params![rule, value])?;
+            let mut rows = stmt.query(params![lane, floor])?;
+            while let Some(row) = rows.next()? {
+                let (seq, size, t): (i64, i64, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                freed += u64::try_from(size).unwrap_or(0);
+                *drops.entry((t, reason)).or_default() += 1;
+                last = Some(seq);
+                if freed >= need {
+                    break;
+                }
             }
         }
-        WriteOp::Ack { sink, upto, .. } => ack(tx, sink, *upto)?,
+        if let Some(last) = last {
+            conn.execute(
+                "DELETE FROM events WHERE lane = ?1 AND seq <= ?2",
+                params![lane, last],
+            )?;
+        }
+    }
+    Ok(freed)
+}
+
+fn apply_one(
+    tx: &Connection,
+    op: &WriteOp,
+    options: &StoreOptions,
+    books: Books,
+) -> Result<Effect, StoreError> {
+    let sqlite = |e| StoreError::from_sqlite(&options.path, e);
+    let mut effect = Effect::default();
+    match op {
+        WriteOp::Append { rows, state, .. } => {
+            let size = |r: &Row| r.payload.len() as u64;
+            let incoming: u64 = rows.iter().map(size).sum();
+            let mut keep: Vec<&Row> = rows.iter().collect();
+            let live = books.live;
+            if live.saturating_add(incoming) > options.max_bytes {
+                let need = live.saturating_add(incoming) - options.max_bytes;
+                let telemetry = sum_lane(tx, 0, books.floor).map_err(sqlite)?;
+                if options.when_full == WhenFull::BlockSources
+                    && telemetry < need
+                    && !rows.is_empty()
+                {
+                    return Err(StoreError::Full {
+                        path: options.path.clone(),
+                        max_bytes: options.max_bytes,
+                    });
+                }
+                let mut freed = evict(tx, need, books.floor, &[0], "buffer_full", &mut effect.drops)
+                    .map_err(sqlite)?;
+                if freed < need {
+                    match options.when_full {
+                        WhenFull::DropOldest | WhenFull::BlockSources => {
+                            freed += evict(
+                                tx,
+                                need - freed,
+                                books.floor,
+                                &[1, 2],
+                                "drop_oldest",
+                                &mut effect.drops,
+                            )
+                            .map_err(sqlite)?;
+                        }
+                        WhenFull::DropNewest => {
+                            // Refuse incoming events, lowest lane first, newest first.
+                            let mut order: Vec<usize> = (0..keep.len()).collect();
+                            order.sort_by_key(|&i| (keep[i].lane, std::cmp::Reverse(i)));
+                            let mut refused = vec![false; keep.len()];
+                            for i in order {
+                                if freed >= need {
+                                    break;
+                                }
+                                refused[i] = true;
+                                freed += size(keep[i]);
+                                *effect
+                                    .drops
+                                    .entry((keep[i].event_type.clone(), "drop_newest"))
+                                    .or_default() += 1;
+                            }
+                            let mut flags = refused.into_iter();
+                            keep.retain(|_| !flags.next().unwrap_or(false));
+                        }
+                    }
+                }
+                // Bytes refused by drop_newest were never stored: only evictions count here.
+                let refused: u64 = rows.iter().map(size).sum::<u64>()
+                    - keep.iter().map(|r| size(r)).sum::<u64>();
+                let evicted = freed.saturating_sub(refused).min(live);
+                effect.live_delta -= i64::try_from(evicted).unwrap_or(i64::MAX);
+            }
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (id, type, payload, created_at, size, lane) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sqlite)?;
+            let now = now_ms();
+            for row in &keep {
+                insert
+                    .execute(params![
+                        row.id,
+                        row.event_type,
+                        row.payload,
+                        now,
+                        row.payload.len() as i64,
+                        row.lane
+                    ])
+                    .map_err(sqlite)?;
+                effect.last_seq = Some(tx.last_insert_rowid());
+                effect.live_delta += row.payload.len() as i64;
+            }
+            effect.appended = keep.len();
+            let mut save = tx
+                .prepare_cached(
+                    "INSERT INTO rule_state (rule, state) VALUES (?1, ?2) ON CONFLICT(rule) DO UPDATE SET state = excluded.state",
+                )
+                .map_err(sqlite)?;
+            for (rule, value) in state {
+                save.execute(params![rule, value]).map_err(sqlite)?;
+            }
+        }
+        WriteOp::Ack { sink, upto, .. } => {
+            ack(tx, sink, *upto).map_err(sqlite)?;
+            effect.acked = true;
+        }
         WriteOp::DeadLetter {
             sink,
             seqs,
@@ -257,18 +576,73 @@ fn apply_one(tx: &rusqlite::Connection, op: &WriteOp) -> Result<(), rusqlite::Er
             upto,
             ..
         } => {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, payload, reason, failed_at) \
-                 SELECT ?1, seq, id, type, payload, ?2, ?3 FROM events WHERE seq = ?4",
-            )?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, payload, reason, failed_at, size) \
+                     SELECT ?1, seq, id, type, payload, ?2, ?3, size FROM events WHERE seq = ?4 RETURNING size",
+                )
+                .map_err(sqlite)?;
             let now = now_ms();
+            let mut added = 0u64;
             for seq in seqs {
-                insert.execute(params![sink, reason, now, seq])?;
+                let mut rows = insert.query(params![sink, reason, now, seq]).map_err(sqlite)?;
+                while let Some(row) = rows.next().map_err(sqlite)? {
+                    added += u64::try_from(row.get::<_, i64>(0).map_err(sqlite)?).unwrap_or(0);
+                    effect.dead_lettered += 1;
+                }
             }
-            ack(tx, sink, *upto)?;
+            let dead = books.dead.saturating_add(added);
+            let mut evicted = 0u64;
+            if dead > options.max_dead_bytes {
+                evicted = evict_dead(tx, dead - options.max_dead_bytes, &mut effect.drops)
+                    .map_err(sqlite)?;
+            }
+            effect.dead_delta = i64::try_from(added).unwrap_or(i64::MAX)
+                - i64::try_from(evicted).unwrap_or(i64::MAX);
+            ack(tx, sink, *upto).map_err(sqlite)?;
+            effect.acked = true;
+        }
+        WriteOp::PageLimit { pages, .. } => {
+            tx.pragma_update(None, "max_page_count", *pages as i64)
+                .map_err(sqlite)?;
         }
     }
-    Ok(())
+    persist_drops(tx, &effect.drops).map_err(sqlite)?;
+    Ok(effect)
+}
+
+fn sum_lane(conn: &Connection, lane: i64, floor: i64) -> Result<u64, rusqlite::Error> {
+    let n: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(size), 0) FROM events WHERE lane = ?1 AND seq <= ?2",
+        params![lane, floor],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Evicts the oldest dead letters, whole, until `need` bytes are freed.
+fn evict_dead(conn: &Connection, need: u64, drops: &mut Drops) -> Result<u64, rusqlite::Error> {
+    let mut freed = 0u64;
+    let mut victims = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached("SELECT rowid, size, type FROM dead_letters ORDER BY failed_at, rowid")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (rowid, size, t): (i64, i64, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            freed += u64::try_from(size).unwrap_or(0);
+            victims.push(rowid);
+            *drops.entry((t, DEAD_EVICTED)).or_default() += 1;
+            if freed >= need {
+                break;
+            }
+        }
+    }
+    let mut delete = conn.prepare_cached("DELETE FROM dead_letters WHERE rowid = ?1")?;
+    for rowid in victims {
+        delete.execute([rowid])?;
+    }
+    Ok(freed)
 }
 
 fn ack(tx: &rusqlite::Connection, sink: &str, upto: i64) -> Result<(), rusqlite::Error> {
