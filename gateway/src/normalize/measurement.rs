@@ -4,10 +4,15 @@
 //!
 //! A triggered sample whose value could not be read is still reported, with `value: null`,
 //! `verdict: "invalid"` and the reason: the QMS must learn that a part went unmeasured.
+//!
+//! Without a trigger, the last reported value is saved with the event (same transaction), so a
+//! restart does not report the same value again under a new id; an optional `deadband`
+//! (absolute, or percent of the last reported value) keeps analog noise from firing on every
+//! poll.
 
 use firmware_config::MeasurementRuleConfig;
 use protocols::model::{Quality, SampleBatch};
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 use super::{Latest, Output, sample_in};
 use crate::event::CloudEvent;
@@ -21,11 +26,24 @@ pub(super) struct MeasurementRule {
 }
 
 impl MeasurementRule {
-    pub(super) fn new(config: MeasurementRuleConfig) -> Self {
+    pub(super) fn new(config: MeasurementRuleConfig, saved: Option<&Json>) -> Self {
+        let last_value = saved
+            .filter(|_| config.trigger.is_none())
+            .and_then(|s| s.get("last"))
+            .and_then(Json::as_f64);
         MeasurementRule {
             config,
             last_trigger: None,
-            last_value: None,
+            last_value,
+        }
+    }
+
+    /// Whether an untriggered rule reports `value`.
+    fn moved(&self, value: f64) -> bool {
+        match (self.last_value, self.config.deadband) {
+            (None, _) => true,
+            (Some(last), Some(band)) => band.exceeded(last, value),
+            (Some(last), None) => last != value,
         }
     }
 
@@ -58,7 +76,7 @@ impl MeasurementRule {
             None => sample_in(batch, &self.config.tag.0)
                 .and_then(|s| s.value.as_ref())
                 .and_then(|v| v.as_f64())
-                .is_some_and(|v| self.last_value != Some(v)),
+                .is_some_and(|v| self.moved(v)),
         };
         if !fire {
             return;
@@ -81,6 +99,10 @@ impl MeasurementRule {
             (Quality::Good | Quality::Uncertain(_), Some(v)) => {
                 self.last_value = Some(v);
                 self.emit(Some(v), None, batch, gateway_id, out);
+                if self.config.trigger.is_none() {
+                    out.state
+                        .push((self.config.name.clone(), json!({ "last": v })));
+                }
             }
             (Quality::Bad(why) | Quality::Uncertain(why), _) => {
                 self.emit(None, Some(why.clone()), batch, gateway_id, out)

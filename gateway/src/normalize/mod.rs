@@ -13,10 +13,10 @@ mod state;
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
-pub use counter::{Step, step};
+pub use counter::{allowance, plausible};
 use firmware_config::{GatewayConfig, RuleConfig};
 use protocols::{
     backoff::Backoff,
@@ -90,7 +90,7 @@ impl Normalizer {
     pub fn new(config: &GatewayConfig, saved: &[(String, Json)]) -> Self {
         // The last entry wins, as in the store's upsert.
         let saved_of = |name: &str| saved.iter().rev().find(|(n, _)| n == name).map(|(_, s)| s);
-        let now = SystemTime::now();
+        let (wall, now) = (SystemTime::now(), Instant::now());
         let rules = config
             .rules
             .iter()
@@ -98,13 +98,17 @@ impl Normalizer {
                 RuleConfig::Counter(c) => Rule::Counter(Box::new(counter::CounterRule::new(
                     c.clone(),
                     saved_of(&c.name),
+                    wall,
                     now,
                 ))),
                 RuleConfig::State(c) => {
                     Rule::State(state::StateRule::new(c.clone(), saved_of(&c.name)))
                 }
                 RuleConfig::Measurement(c) => {
-                    Rule::Measurement(measurement::MeasurementRule::new(c.clone()))
+                    Rule::Measurement(measurement::MeasurementRule::new(
+                        c.clone(),
+                        saved_of(&c.name),
+                    ))
                 }
             })
             .collect();
@@ -134,18 +138,37 @@ impl Normalizer {
         }
         for rule in &mut self.rules {
             match rule {
-                Rule::Counter(r) => r.on_batch(batch, out),
+                Rule::Counter(r) => {
+                    r.on_batch(batch, out);
+                    if r.urgent() {
+                        let wall = batch
+                            .samples
+                            .first()
+                            .map_or_else(SystemTime::now, |s| s.gateway_time);
+                        r.on_tick(wall, Instant::now(), &self.latest, &self.gateway_id, true, out);
+                    }
+                }
                 Rule::State(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
                 Rule::Measurement(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
             }
         }
     }
 
-    /// Emits interval events that are due; with `force`, all pending counts (at shutdown).
-    pub fn on_tick(&mut self, now: SystemTime, force: bool, out: &mut Output) {
+    /// Whether every counter rule has decided its last reading (none waits for confirmation).
+    #[cfg(test)]
+    fn settled(&self) -> bool {
+        self.rules.iter().all(|r| match r {
+            Rule::Counter(c) => c.settled(),
+            _ => true,
+        })
+    }
+
+    /// Emits interval events that are due by the monotonic `now`, stamped `wall`; with
+    /// `force`, all pending counts (at shutdown).
+    pub fn on_tick(&mut self, wall: SystemTime, now: Instant, force: bool, out: &mut Output) {
         for rule in &mut self.rules {
             if let Rule::Counter(r) = rule {
-                r.on_tick(now, &self.latest, &self.gateway_id, force, out);
+                r.on_tick(wall, now, &self.latest, &self.gateway_id, force, out);
             }
         }
     }
@@ -167,14 +190,14 @@ impl Normalizer {
                     Some(batch) => self.on_batch(&batch, &mut out),
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(SystemTime::now(), false, &mut out),
+                _ = tick.tick() => self.on_tick(SystemTime::now(), Instant::now(), false, &mut out),
             }
             if !out.is_empty() && !commit(&store, out, &abort).await {
                 return;
             }
         }
         let mut out = Output::default();
-        self.on_tick(SystemTime::now(), true, &mut out);
+        self.on_tick(SystemTime::now(), Instant::now(), true, &mut out);
         if !out.is_empty() {
             commit(&store, out, &abort).await;
         }
