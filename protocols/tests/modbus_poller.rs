@@ -246,3 +246,35 @@ async fn a_server_that_vanishes_gives_bad_samples_and_is_reconnected_when_it_ret
     cancel.cancel();
     back.cancel();
 }
+
+#[tokio::test]
+async fn a_device_that_accepts_and_drops_every_request_is_not_hammered() {
+    // Accepts each connection, reads the request, and closes without answering.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepts);
+    let dropper = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 260];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            });
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let source = ModbusSource::new(config(addr.to_string()))
+        .with_reconnect(Duration::from_millis(20), Duration::from_secs(5));
+    tokio::spawn(source.run(tx, cancel.clone()));
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cancel.cancel();
+    let n = accepts.load(std::sync::atomic::Ordering::SeqCst);
+    // Doubling from 20 ms: 20+40+80+160+320+640 ms fits about 7 connects into 1.5 s. Before,
+    // the backoff reset on every connect and the device saw one every ~20 ms (over 40).
+    assert!((2..=12).contains(&n), "{n} connections in 1.5 s");
+    dropper.abort();
+    drain.abort();
+}

@@ -312,3 +312,213 @@ pub fn batch_body(batch: &[StoredEvent]) -> String {
     body.push(']');
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::SystemTime,
+    };
+
+    use firmware_config::WhenFull;
+
+    use super::*;
+    use crate::{
+        event::CloudEvent,
+        store::{StoreOptions, WriterThread},
+    };
+
+    /// A receiver in a test: refuses (422) any request holding an event whose `data.n` is
+    /// poisoned, refuses (413) requests of more than `max_events`, and records what it accepted
+    /// and every request's size.
+    #[derive(Debug, Clone)]
+    struct Scripted {
+        poisoned: Vec<u64>,
+        max_events: usize,
+        requests: Arc<Mutex<Vec<usize>>>,
+        accepted: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Scripted {
+        fn new(poisoned: &[u64], max_events: usize) -> Self {
+            Scripted {
+                poisoned: poisoned.to_vec(),
+                max_events,
+                requests: Arc::default(),
+                accepted: Arc::default(),
+            }
+        }
+    }
+
+    impl Deliver for Scripted {
+        async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+            self.requests.lock().unwrap().push(batch.len());
+            if batch.len() > self.max_events {
+                return Outcome::TooLarge {
+                    reason: "HTTP 413".into(),
+                };
+            }
+            let n = |e: &StoredEvent| {
+                serde_json::from_str::<CloudEvent>(&e.payload).unwrap().data["n"]
+                    .as_u64()
+                    .unwrap()
+            };
+            if batch.iter().any(|e| self.poisoned.contains(&n(e))) {
+                return Outcome::Reject {
+                    reason: "HTTP 422: bad".into(),
+                };
+            }
+            self.accepted
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|e| e.id.clone()));
+            Outcome::Delivered
+        }
+    }
+
+    fn sink_config(batch_size: usize, max_batch_bytes: u64) -> SinkConfig {
+        SinkConfig {
+            name: "erp".into(),
+            routes: vec!["*".into()],
+            batch_size,
+            max_batch_bytes,
+            kind: SinkKind::Stdout,
+        }
+    }
+
+    struct Drained {
+        ids: Vec<String>,
+        store: Store,
+        reader: Reader,
+        writer: WriterThread,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Appends `events` events (data.n = 0..), runs the sink until it has caught up.
+    async fn drain(sink: Scripted, config: SinkConfig, events: u64) -> Drained {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(StoreOptions {
+            path: dir.path().join("b.db"),
+            gateway_id: "gw".into(),
+            max_bytes: 64 << 20,
+            max_dead_bytes: 64 << 20,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+            max_batch: 64,
+            sinks: vec!["erp".into()],
+        })
+        .unwrap();
+        let made: Vec<CloudEvent> = (0..events)
+            .map(|n| {
+                CloudEvent::new(
+                    "gw",
+                    "m",
+                    "production.count",
+                    "m",
+                    SystemTime::now(),
+                    serde_json::json!({ "n": n }),
+                )
+            })
+            .collect();
+        store.append(made.clone(), vec![]).await.unwrap();
+        let stop = SinkStop {
+            inputs_done: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        };
+        stop.inputs_done.cancel();
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        };
+        let reader = store.reader().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            run_sink(
+                "erp".into(),
+                config,
+                sink,
+                store.clone(),
+                reader.clone(),
+                retry,
+                stop,
+            ),
+        )
+        .await
+        .expect("the sink drains");
+        Drained {
+            ids: made.into_iter().map(|e| e.id).collect(),
+            store,
+            reader,
+            writer,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_split_so_only_the_poisoned_events_are_dead_lettered() {
+        // Before: the whole batch of 100 went to dead letters.
+        let sink = Scripted::new(&[37, 90], usize::MAX);
+        let d = drain(sink.clone(), sink_config(100, 1 << 20), 100).await;
+        let accepted = sink.accepted.lock().unwrap().clone();
+        let expected: Vec<String> = d
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| *n != 37 && *n != 90)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(accepted, expected, "the good ones, in order, once each");
+        let dead = d.reader.dead_letters("erp").await.unwrap();
+        assert_eq!(
+            dead.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>(),
+            vec![d.ids[37].clone(), d.ids[90].clone()]
+        );
+        assert_eq!(d.reader.cursor("erp").await.unwrap(), 100);
+        let requests = sink.requests.lock().unwrap().len();
+        assert!(requests <= 2 * (2 * 7 + 2), "a binary search, not one request per event: {requests}");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_413_halves_the_batch_and_nothing_is_dead_lettered() {
+        // Before: a 413 dead-lettered the whole batch.
+        let sink = Scripted::new(&[], 30);
+        let d = drain(sink.clone(), sink_config(100, 1 << 20), 100).await;
+        assert_eq!(*sink.accepted.lock().unwrap(), d.ids);
+        assert!(d.reader.dead_letters("erp").await.unwrap().is_empty());
+        let requests = sink.requests.lock().unwrap().clone();
+        assert_eq!(&requests[..3], &[100, 50, 25], "halved until it fits");
+        assert!(requests[3..].iter().all(|n| *n <= 25), "{requests:?}");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_holds_more_than_max_batch_bytes() {
+        let sink = Scripted::new(&[], usize::MAX);
+        // Each stored event is about 230 bytes: 4 KiB holds 17 of them.
+        let d = drain(sink.clone(), sink_config(100, 4096), 100).await;
+        assert_eq!(*sink.accepted.lock().unwrap(), d.ids);
+        let requests = sink.requests.lock().unwrap().clone();
+        assert!(requests.iter().all(|n| (1..=20).contains(n)), "{requests:?}");
+        assert!(requests.len() >= 5, "{requests:?}");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[test]
+    fn take_counts_whole_events_within_the_byte_cap_and_always_at_least_one() {
+        let e = |n: usize| StoredEvent {
+            seq: 1,
+            id: "a".into(),
+            event_type: "t".into(),
+            payload: "x".repeat(n),
+        };
+        let events = vec![e(99), e(99), e(99)];
+        assert_eq!(take(&events, 10, 200), 2);
+        assert_eq!(take(&events, 1, 10_000), 1);
+        assert_eq!(take(&[e(5000)], 10, 200), 1, "one large event goes alone");
+        assert_eq!(take(&events, 0, 10_000), 1);
+    }
+}

@@ -95,8 +95,9 @@ impl ModbusSource {
             };
             let mut ctx = match connected {
                 Ok(ctx) => {
+                    // The backoff resets on a good read, not here: a device that accepts the
+                    // connection and then fails every request must not be hammered.
                     tracing::info!(source = %name, address = %self.config.address, "Connected to Modbus device.");
-                    self.reconnect.reset();
                     ctx
                 }
                 Err(error) => {
@@ -120,7 +121,10 @@ impl ModbusSource {
                     () = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let (batch, failure) = self.poll_once(&mut ctx).await;
+                let (batch, failure, answered) = self.poll_once(&mut ctx).await;
+                if answered {
+                    self.reconnect.reset();
+                }
                 if !send(&out, batch, &cancel).await {
                     return;
                 }
@@ -169,11 +173,13 @@ impl ModbusSource {
         }
     }
 
-    /// One pass over the plan. Returns the batch, and the failure that ended the pass early if the
-    /// connection must be rebuilt.
-    async fn poll_once(&self, ctx: &mut Context) -> (SampleBatch, Option<PollError>) {
+    /// One pass over the plan. Returns the batch, the failure that ended the pass early if the
+    /// connection must be rebuilt, and whether the device answered any request (a read, or an
+    /// exception: proof the link works).
+    async fn poll_once(&self, ctx: &mut Context) -> (SampleBatch, Option<PollError>, bool) {
         let mut samples: Vec<Option<Sample>> = vec![None; self.ids.len()];
         let mut failure = None;
+        let mut answered = false;
         for request in &self.plan.requests {
             let now = SystemTime::now();
             if let Some(error) = &failure {
@@ -186,13 +192,18 @@ impl ModbusSource {
                 continue;
             }
             match self.read(ctx, request).await {
-                Ok(words) => self.decode(&mut samples, request, &words, now),
+                Ok(words) => {
+                    answered = true;
+                    self.decode(&mut samples, request, &words, now);
+                }
                 Err(error) => {
                     let why = error_chain(&error);
                     tracing::debug!(source = %self.config.name, %why, "Modbus read failed.");
                     self.mark_bad(&mut samples, request, &why, now);
                     if error.needs_reconnect() {
                         failure = Some(error);
+                    } else {
+                        answered = true;
                     }
                 }
             }
@@ -204,6 +215,7 @@ impl ModbusSource {
                 samples,
             },
             failure,
+            answered,
         )
     }
 
