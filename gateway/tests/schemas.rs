@@ -85,7 +85,11 @@ fn events_of_every_type_match_their_published_schema() {
         good("done", Value::Bool(true), t),
     ];
     n.on_batch(&batch(unread), &mut out);
-    n.on_tick(t + Duration::from_secs(2), false, &mut out);
+    // A reset (26 -> 0 -> 2): the interval ends at once, with the step in data.anomaly.
+    n.on_batch(&batch(vec![good("total", Value::U64(0), t)]), &mut out);
+    n.on_batch(&batch(vec![good("total", Value::U64(2), t)]), &mut out);
+    let later = t + Duration::from_secs(2);
+    n.on_tick(later, std::time::Instant::now() + Duration::from_secs(2), false, &mut out);
 
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
     let mut seen = std::collections::BTreeMap::new();
@@ -107,7 +111,13 @@ fn events_of_every_type_match_their_published_schema() {
         );
         *seen.entry(event.event_type.clone()).or_insert(0) += 1;
     }
-    assert_eq!(seen.get("production.count"), Some(&1));
+    assert_eq!(seen.get("production.count"), Some(&1), "the reset ended the interval at once");
+    let anomalies: Vec<_> = out
+        .events
+        .iter()
+        .filter_map(|e| e.data["anomaly"].as_array())
+        .collect();
+    assert_eq!(anomalies.len(), 1, "one event carries the decided step");
     assert_eq!(
         seen.get("production.state"),
         Some(&3),
@@ -139,4 +149,36 @@ fn the_schemas_reject_what_they_should() {
         2,
         "a bad id and an unknown verdict"
     );
+}
+
+#[tokio::test]
+async fn the_buffer_reset_event_matches_its_published_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
+    let (store, writer) = gateway::store::Store::open(gateway::store::StoreOptions {
+        path,
+        gateway_id: "plant1".into(),
+        max_bytes: 1 << 20,
+        max_dead_bytes: 1 << 20,
+        max_age: None,
+        when_full: firmware_config::WhenFull::DropOldest,
+        max_batch: 16,
+        sinks: vec!["erp".into()],
+    })
+    .unwrap();
+    let reader = store.reader().unwrap();
+    let fetched = reader.fetch("erp", 0, &["production.*".to_owned()], 10).await.unwrap();
+    assert_eq!(fetched.events.len(), 1);
+    let json: serde_json::Value = serde_json::from_str(&fetched.events[0].payload).unwrap();
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(schemas.join("gateway.buffer_reset.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+    drop((store, reader));
+    writer.join();
 }
