@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `demo`, `simulate`.
+//! The command line: `run`, `check`, `demo`, `simulate`, `buffer`.
 
 use std::{
     io::IsTerminal,
@@ -67,6 +67,14 @@ enum Command {
         #[arg(long = "for", default_value = "30s")]
         duration: HumanDuration,
     },
+    /// Look into the buffer (works while the gateway runs) and act on its dead letters.
+    Buffer {
+        /// The configuration file (names the buffer and the sinks).
+        #[arg(short, long, env = "CAUSEWAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: BufferAction,
+    },
     /// Serve the simulated press line over Modbus TCP, for other tools.
     Simulate {
         /// Address to serve Modbus TCP on, e.g. 127.0.0.1:5020.
@@ -75,6 +83,45 @@ enum Command {
         /// Stop after this long (default: until SIGTERM or SIGINT).
         #[arg(long = "for")]
         duration: Option<HumanDuration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BufferAction {
+    /// Depth, bytes and oldest undelivered age per sink; dead letters; drops by type and reason.
+    Stats,
+    /// Dead letters with their reasons, one JSON object per line.
+    List {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Dead letters with the events themselves, as JSON lines.
+    Export {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Send dead letters again, each to the sink that refused it.
+    Requeue {
+        /// Every dead letter.
+        #[arg(long, conflicts_with_all = ["sink", "id"], required_unless_present_any = ["sink", "id"])]
+        all: bool,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -136,7 +183,64 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Simulate { modbus, duration } => simulate_line(modbus, duration.map(|d| d.0)),
+        Command::Buffer { config, action } => {
+            let config = config.context("give the configuration file: causeway buffer <action> -c causeway.toml")?;
+            buffer(&config, action)
+        }
     }
+}
+
+fn buffer(path: &Path, action: BufferAction) -> Result<ExitCode> {
+    use gateway::store::admin;
+    let config = match load(path)? {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let base = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let file = base.join(&config.buffer.path);
+    let mut conn = admin::open_existing(&file)
+        .with_context(|| format!("opening buffer `{}`", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    let mut line = |v: &serde_json::Value| -> Result<()> {
+        use std::io::Write;
+        writeln!(out, "{v}").context("writing to stdout")
+    };
+    match action {
+        BufferAction::Stats => {
+            let sinks: Vec<(String, Vec<String>)> = config
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), s.routes.clone()))
+                .collect();
+            let stats = admin::stats(&conn, &sinks)?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+        BufferAction::List { sink } => {
+            for v in admin::dead_letters(&conn, sink.as_deref(), false)? {
+                line(&v)?;
+            }
+        }
+        BufferAction::Export { sink } => {
+            for v in admin::dead_letters(&conn, sink.as_deref(), true)? {
+                line(&v)?;
+            }
+        }
+        BufferAction::Requeue { all: _, sink, id } => {
+            let n = admin::requeue(&mut conn, sink.as_deref(), id.as_deref())?;
+            eprintln!("buffer: requeued {n} dead letters; each goes again to the sink that refused it");
+        }
+        BufferAction::Purge { sink, yes } => {
+            if !yes {
+                eprintln!("buffer: purge deletes dead letters for good; add --yes to do it (export them first: causeway buffer export)");
+                return Ok(ExitCode::from(2));
+            }
+            let n = admin::purge(&conn, sink.as_deref())?;
+            eprintln!("buffer: purged {n} dead letters");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads and validates; on errors prints the report and returns the exit code to use.

@@ -248,3 +248,116 @@ fn simulate_serves_the_press_line_over_modbus_tcp() {
         "the order number"
     );
 }
+
+#[tokio::test]
+async fn buffer_commands_show_requeue_and_purge_dead_letters() {
+    use gateway::store::{Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("causeway.toml");
+    std::fs::write(
+        &config,
+        r#"
+gateway_id = "gw"
+[buffer]
+path = "buffer.db"
+[[sink]]
+name = "erp"
+kind = "file"
+path = "erp.jsonl"
+routes = ["production.*"]
+[[sink]]
+name = "qms"
+kind = "file"
+path = "qms.jsonl"
+routes = ["*"]
+"#,
+    )
+    .unwrap();
+    let options = StoreOptions {
+        path: dir.path().join("buffer.db"),
+        gateway_id: "gw".into(),
+        max_bytes: 1 << 20,
+        max_dead_bytes: 1 << 20,
+        max_age: None,
+        when_full: firmware_config::WhenFull::DropOldest,
+        max_batch: 16,
+        sinks: vec!["erp".into(), "qms".into()],
+    };
+    let events: Vec<gateway::event::CloudEvent> = (0..3)
+        .map(|n| {
+            gateway::event::CloudEvent::new(
+                "gw",
+                "press1",
+                "production.count",
+                "press1",
+                std::time::SystemTime::now(),
+                serde_json::json!({ "n": n }),
+            )
+        })
+        .collect();
+    {
+        let (store, writer) = Store::open(options.clone()).unwrap();
+        store.append(events.clone(), vec![]).await.unwrap();
+        let reader = store.reader().unwrap();
+        let batch = reader.fetch("erp", 0, &["production.*".into()], 10).await.unwrap();
+        store
+            .dead_letter("erp", &batch.events[..2], "HTTP 422: bad order", batch.upto)
+            .await
+            .unwrap();
+        let qms = reader.fetch("qms", 0, &["*".into()], 10).await.unwrap();
+        store.ack("qms", qms.upto).await.unwrap();
+        drop((store, reader));
+        writer.join();
+    }
+    let run = |args: &[&str]| {
+        causeway()
+            .arg("buffer")
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["list"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], events[0].id.as_str());
+    assert_eq!(lines[0]["reason"], "HTTP 422: bad order");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&run(&["stats"]).stdout).unwrap();
+    assert_eq!(stats["dead_letters"], 2);
+    assert_eq!(stats["sinks"][0]["sink"], "erp");
+    assert_eq!(stats["sinks"][0]["dead_letters"], 2);
+    let export = String::from_utf8(run(&["export", "--sink", "erp"]).stdout).unwrap();
+    assert!(export.lines().all(|l| l.contains("\"event\":{")), "{export}");
+
+    let refused = run(&["purge"]);
+    assert_eq!(refused.status.code(), Some(2), "purge needs --yes");
+    let requeued = run(&["requeue", "--id", &events[1].id]);
+    assert!(requeued.status.success());
+    {
+        let (store, writer) = Store::open(options.clone()).unwrap();
+        let reader = store.reader().unwrap();
+        let erp = reader
+            .fetch("erp", reader.cursor("erp").await.unwrap(), &["production.*".into()], 10)
+            .await
+            .unwrap();
+        assert_eq!(erp.events.len(), 1, "the requeued event, for erp");
+        assert_eq!(erp.events[0].id, events[1].id);
+        let qms = reader
+            .fetch("qms", reader.cursor("qms").await.unwrap(), &["*".into()], 10)
+            .await
+            .unwrap();
+        assert!(qms.events.is_empty(), "qms had it already: not sent twice");
+        drop((store, reader));
+        writer.join();
+    }
+    let purged = run(&["purge", "--yes"]);
+    assert!(purged.status.success());
+    assert!(run(&["list"]).stdout.is_empty());
+}

@@ -31,6 +31,7 @@
 //! # Format
 //! `PRAGMA user_version` tracks the schema (see `MIGRATIONS`); a newer file is refused.
 
+pub mod admin;
 mod reader;
 mod writer;
 
