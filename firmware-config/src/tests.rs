@@ -317,11 +317,17 @@ fn durations_and_sizes_are_bounded_with_the_range_in_the_message() {
     let huge = GOOD.replace("interval = \"5s\"", "interval = \"300000000000y\"");
     let problem = problems(&huge).into_iter().find(Problem::is_error);
     let problem = problem.expect("an absurd interval is refused");
-    assert_eq!(problem.message, "interval = \"300000000000years\" is too long");
+    assert_eq!(
+        problem.message,
+        "interval = \"300000000000years\" is too long"
+    );
     assert_eq!(problem.label, "at most 1day");
     assert_eq!(&huge[problem.span.unwrap()], "\"300000000000y\"");
     let long_poll = GOOD.replace("poll = \"200ms\"", "poll = \"2h\"");
-    assert_eq!(errors(&long_poll), vec!["poll = \"2h\" is too long".to_owned()]);
+    assert_eq!(
+        errors(&long_poll),
+        vec!["poll = \"2h\" is too long".to_owned()]
+    );
     let grace = format!("shutdown_grace = \"10d\"\n{GOOD}");
     assert_eq!(
         errors(&grace),
@@ -366,7 +372,10 @@ fn urls_are_parsed_by_check() {
     let scheme = GOOD.replace("url = \"https://", "url = \"ftp://");
     assert_eq!(
         errors(&scheme),
-        vec!["`ftp://erp.example.com/api/production` is not an http(s) URL (scheme `ftp`)".to_owned()]
+        vec![
+            "`ftp://erp.example.com/api/production` is not an http(s) URL (scheme `ftp`)"
+                .to_owned()
+        ]
     );
     let spaces = GOOD.replace("erp.example.com/", "erp example.com/");
     assert_eq!(errors(&spaces).len(), 1);
@@ -380,23 +389,43 @@ fn buffer_limits_and_policies_load_into_the_model() {
     );
     let config = load("t.toml", &text).unwrap();
     assert_eq!(config.buffer.max_dead_bytes, 8 << 20);
-    assert_eq!(config.buffer.max_age, Some(std::time::Duration::from_secs(7 * 86_400)));
+    assert_eq!(
+        config.buffer.max_age,
+        Some(std::time::Duration::from_secs(7 * 86_400))
+    );
     assert_eq!(config.buffer.when_full, WhenFull::BlockSources);
-    assert_eq!(config.sinks[0].max_batch_bytes, 1 << 20, "the default is 1 MiB");
-    let typo = GOOD.replace("max_bytes = \"64MiB\"", "max_bytes = \"64MiB\"\nwhen_full = \"drop-oldest\"");
+    assert_eq!(
+        config.sinks[0].max_batch_bytes,
+        1 << 20,
+        "the default is 1 MiB"
+    );
+    let typo = GOOD.replace(
+        "max_bytes = \"64MiB\"",
+        "max_bytes = \"64MiB\"\nwhen_full = \"drop-oldest\"",
+    );
     let problem = problems(&typo).into_iter().find(Problem::is_error).unwrap();
     assert_eq!(problem.message, "unknown when_full policy `drop-oldest`");
-    assert!(problem.help.unwrap().starts_with("did you mean \"drop_oldest\"?"));
+    assert!(
+        problem
+            .help
+            .unwrap()
+            .starts_with("did you mean \"drop_oldest\"?")
+    );
 }
 
 #[test]
 fn counter_max_rate_and_measurement_deadband_are_checked() {
     let rate = GOOD.replace("interval = \"5s\"", "interval = \"5s\"\nmax_rate = 50.0");
     let config = load("t.toml", &rate).unwrap();
-    let RuleConfig::Counter(counter) = &config.rules[0] else { panic!() };
+    let RuleConfig::Counter(counter) = &config.rules[0] else {
+        panic!()
+    };
     assert_eq!(counter.max_rate, 50.0);
     let zero = GOOD.replace("interval = \"5s\"", "interval = \"5s\"\nmax_rate = 0.0");
-    assert_eq!(errors(&zero), vec!["max_rate = 0 is out of range".to_owned()]);
+    assert_eq!(
+        errors(&zero),
+        vec!["max_rate = 0 is out of range".to_owned()]
+    );
     let on_state = GOOD.replace("states = {", "max_rate = 5.0\nstates = {");
     assert_eq!(
         errors(&on_state),
@@ -411,7 +440,9 @@ fn counter_max_rate_and_measurement_deadband_are_checked() {
     ] {
         let text = untriggered.replace("lsl = 40.0", &format!("lsl = 40.0\ndeadband = {written}"));
         let config = load("t.toml", &text).unwrap();
-        let RuleConfig::Measurement(m) = &config.rules[2] else { panic!() };
+        let RuleConfig::Measurement(m) = &config.rules[2] else {
+            panic!()
+        };
         assert_eq!(m.deadband, Some(expected), "{written}");
     }
     for bad in ["0", "-1.0", "\"abc\"", "\"0%\"", "\"150%\""] {

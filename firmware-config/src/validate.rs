@@ -220,7 +220,10 @@ impl Checker {
             MIN_MAX_BYTES..=MAX_SIZE,
             "max_bytes",
         );
-        if raw.max_bytes.as_ref().is_some_and(|m| m.get_ref().0 < MIN_MAX_BYTES)
+        if raw
+            .max_bytes
+            .as_ref()
+            .is_some_and(|m| m.get_ref().0 < MIN_MAX_BYTES)
             && let Some(problem) = self.problems.last_mut()
         {
             problem.help = Some(
@@ -240,7 +243,11 @@ impl Checker {
         let when_full = match &raw.when_full {
             None => WhenFull::DropOldest,
             Some(w) => {
-                let all = [WhenFull::DropOldest, WhenFull::DropNewest, WhenFull::BlockSources];
+                let all = [
+                    WhenFull::DropOldest,
+                    WhenFull::DropNewest,
+                    WhenFull::BlockSources,
+                ];
                 match all.into_iter().find(|p| p.as_str() == w.get_ref()) {
                     Some(policy) => policy,
                     None => {
@@ -1043,7 +1050,10 @@ impl Checker {
                 "outside lsl..usl",
             );
         }
-        let deadband = raw.deadband.as_ref().and_then(|d| self.deadband(d, &raw.trigger));
+        let deadband = raw
+            .deadband
+            .as_ref()
+            .and_then(|d| self.deadband(d, &raw.trigger));
         let machine = self.machine(raw, &tag);
         let name = raw.name.as_ref().map_or_else(
             || format!("measurement-{}", characteristic.get_ref()),

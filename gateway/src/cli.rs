@@ -184,7 +184,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Simulate { modbus, duration } => simulate_line(modbus, duration.map(|d| d.0)),
         Command::Buffer { config, action } => {
-            let config = config.context("give the configuration file: causeway buffer <action> -c causeway.toml")?;
+            let config = config.context(
+                "give the configuration file: causeway buffer <action> -c causeway.toml",
+            )?;
             buffer(&config, action)
         }
     }
@@ -229,11 +231,15 @@ fn buffer(path: &Path, action: BufferAction) -> Result<ExitCode> {
         }
         BufferAction::Requeue { all: _, sink, id } => {
             let n = admin::requeue(&mut conn, sink.as_deref(), id.as_deref())?;
-            eprintln!("buffer: requeued {n} dead letters; each goes again to the sink that refused it");
+            eprintln!(
+                "buffer: requeued {n} dead letters; each goes again to the sink that refused it"
+            );
         }
         BufferAction::Purge { sink, yes } => {
             if !yes {
-                eprintln!("buffer: purge deletes dead letters for good; add --yes to do it (export them first: causeway buffer export)");
+                eprintln!(
+                    "buffer: purge deletes dead letters for good; add --yes to do it (export them first: causeway buffer export)"
+                );
                 return Ok(ExitCode::from(2));
             }
             let n = admin::purge(&conn, sink.as_deref())?;

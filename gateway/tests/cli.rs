@@ -299,7 +299,10 @@ routes = ["*"]
         let (store, writer) = Store::open(options.clone()).unwrap();
         store.append(events.clone(), vec![]).await.unwrap();
         let reader = store.reader().unwrap();
-        let batch = reader.fetch("erp", 0, &["production.*".into()], 10).await.unwrap();
+        let batch = reader
+            .fetch("erp", 0, &["production.*".into()], 10)
+            .await
+            .unwrap();
         store
             .dead_letter("erp", &batch.events[..2], "HTTP 422: bad order", batch.upto)
             .await
@@ -319,7 +322,11 @@ routes = ["*"]
             .unwrap()
     };
     let list = run(&["list"]);
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(list.stdout)
         .unwrap()
         .lines()
@@ -328,13 +335,15 @@ routes = ["*"]
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], events[0].id.as_str());
     assert_eq!(lines[0]["reason"], "HTTP 422: bad order");
-    let stats: serde_json::Value =
-        serde_json::from_slice(&run(&["stats"]).stdout).unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&run(&["stats"]).stdout).unwrap();
     assert_eq!(stats["dead_letters"], 2);
     assert_eq!(stats["sinks"][0]["sink"], "erp");
     assert_eq!(stats["sinks"][0]["dead_letters"], 2);
     let export = String::from_utf8(run(&["export", "--sink", "erp"]).stdout).unwrap();
-    assert!(export.lines().all(|l| l.contains("\"event\":{")), "{export}");
+    assert!(
+        export.lines().all(|l| l.contains("\"event\":{")),
+        "{export}"
+    );
 
     let refused = run(&["purge"]);
     assert_eq!(refused.status.code(), Some(2), "purge needs --yes");
@@ -344,13 +353,23 @@ routes = ["*"]
         let (store, writer) = Store::open(options.clone()).unwrap();
         let reader = store.reader().unwrap();
         let erp = reader
-            .fetch("erp", reader.cursor("erp").await.unwrap(), &["production.*".into()], 10)
+            .fetch(
+                "erp",
+                reader.cursor("erp").await.unwrap(),
+                &["production.*".into()],
+                10,
+            )
             .await
             .unwrap();
         assert_eq!(erp.events.len(), 1, "the requeued event, for erp");
         assert_eq!(erp.events[0].id, events[1].id);
         let qms = reader
-            .fetch("qms", reader.cursor("qms").await.unwrap(), &["*".into()], 10)
+            .fetch(
+                "qms",
+                reader.cursor("qms").await.unwrap(),
+                &["*".into()],
+                10,
+            )
             .await
             .unwrap();
         assert!(qms.events.is_empty(), "qms had it already: not sent twice");

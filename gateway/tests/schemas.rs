@@ -89,7 +89,12 @@ fn events_of_every_type_match_their_published_schema() {
     n.on_batch(&batch(vec![good("total", Value::U64(0), t)]), &mut out);
     n.on_batch(&batch(vec![good("total", Value::U64(2), t)]), &mut out);
     let later = t + Duration::from_secs(2);
-    n.on_tick(later, std::time::Instant::now() + Duration::from_secs(2), false, &mut out);
+    n.on_tick(
+        later,
+        std::time::Instant::now() + Duration::from_secs(2),
+        false,
+        &mut out,
+    );
 
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
     let mut seen = std::collections::BTreeMap::new();
@@ -111,7 +116,11 @@ fn events_of_every_type_match_their_published_schema() {
         );
         *seen.entry(event.event_type.clone()).or_insert(0) += 1;
     }
-    assert_eq!(seen.get("production.count"), Some(&1), "the reset ended the interval at once");
+    assert_eq!(
+        seen.get("production.count"),
+        Some(&1),
+        "the reset ended the interval at once"
+    );
     let anomalies: Vec<_> = out
         .events
         .iter()
@@ -168,7 +177,10 @@ async fn the_buffer_reset_event_matches_its_published_schema() {
     })
     .unwrap();
     let reader = store.reader().unwrap();
-    let fetched = reader.fetch("erp", 0, &["production.*".to_owned()], 10).await.unwrap();
+    let fetched = reader
+        .fetch("erp", 0, &["production.*".to_owned()], 10)
+        .await
+        .unwrap();
     assert_eq!(fetched.events.len(), 1);
     let json: serde_json::Value = serde_json::from_str(&fetched.events[0].payload).unwrap();
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
@@ -177,7 +189,10 @@ async fn the_buffer_reset_event_matches_its_published_schema() {
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
     drop((store, reader));
     writer.join();

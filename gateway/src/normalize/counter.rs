@@ -164,7 +164,12 @@ impl Track {
             self.last_at = Some(at);
             return;
         };
-        let from_last = plausible(last, new, bits, self.allowed_since(self.last_at, at, max_rate));
+        let from_last = plausible(
+            last,
+            new,
+            bits,
+            self.allowed_since(self.last_at, at, max_rate),
+        );
         let Some((suspect, suspect_at)) = self.suspect.take() else {
             match from_last {
                 // A plausible rise is counted at once; any drop (a rollover too) waits for the
@@ -208,7 +213,8 @@ impl Track {
             }
             (None, Some((kind, via))) => {
                 if let Some(kind) = kind {
-                    let step = via.saturating_sub(plausible(suspect, new, bits, since_suspect).unwrap_or(0));
+                    let step = via
+                        .saturating_sub(plausible(suspect, new, bits, since_suspect).unwrap_or(0));
                     self.note(kind, last, suspect, step, rule);
                 }
                 via
@@ -246,7 +252,10 @@ impl CounterRule {
         let tracks = [
             config.total.clone().map(|i| Track::new("total", i, saved)),
             config.good.clone().map(|i| Track::new("good", i, saved)),
-            config.reject.clone().map(|i| Track::new("reject", i, saved)),
+            config
+                .reject
+                .clone()
+                .map(|i| Track::new("reject", i, saved)),
         ];
         let carry = saved
             .and_then(|s| s.get("carry"))
@@ -270,7 +279,10 @@ impl CounterRule {
 
     /// Whether a step needed deciding since the last event: the interval should end now.
     pub(super) fn urgent(&self) -> bool {
-        self.tracks.iter().flatten().any(|t| !t.anomalies.is_empty())
+        self.tracks
+            .iter()
+            .flatten()
+            .any(|t| !t.anomalies.is_empty())
     }
 
     pub(super) fn on_batch(&mut self, batch: &SampleBatch, out: &mut Output) {
@@ -407,11 +419,23 @@ mod tests {
         assert_eq!(allowance(100.0, Duration::from_millis(200)), 120);
         assert_eq!(plausible(10, 15, 16, 120), Some(5));
         assert_eq!(plausible(65_530, 4, 16, 120), Some(10), "a rollover");
-        assert_eq!(plausible(40_000, 12, 16, 120), None, "a reset is no rollover");
-        assert_eq!(plausible(100, 60_000, 16, 120), None, "nor a jump an increase");
+        assert_eq!(
+            plausible(40_000, 12, 16, 120),
+            None,
+            "a reset is no rollover"
+        );
+        assert_eq!(
+            plausible(100, 60_000, 16, 120),
+            None,
+            "nor a jump an increase"
+        );
         assert_eq!(plausible(u64::MAX - 1, 3, 64, 120), Some(5));
         assert_eq!(plausible(u32::MAX as u64, 0, 32, 120), Some(1));
-        assert_eq!(plausible(1_000_000, 0, 32, 120), None, "a transient 0 is no rollover");
+        assert_eq!(
+            plausible(1_000_000, 0, 32, 120),
+            None,
+            "a transient 0 is no rollover"
+        );
         assert_eq!(allowance(f64::MAX, Duration::MAX), u64::MAX, "saturates");
     }
 }

@@ -104,12 +104,10 @@ impl Normalizer {
                 RuleConfig::State(c) => {
                     Rule::State(state::StateRule::new(c.clone(), saved_of(&c.name)))
                 }
-                RuleConfig::Measurement(c) => {
-                    Rule::Measurement(measurement::MeasurementRule::new(
-                        c.clone(),
-                        saved_of(&c.name),
-                    ))
-                }
+                RuleConfig::Measurement(c) => Rule::Measurement(measurement::MeasurementRule::new(
+                    c.clone(),
+                    saved_of(&c.name),
+                )),
             })
             .collect();
         Normalizer {
@@ -145,7 +143,14 @@ impl Normalizer {
                             .samples
                             .first()
                             .map_or_else(SystemTime::now, |s| s.gateway_time);
-                        r.on_tick(wall, Instant::now(), &self.latest, &self.gateway_id, true, out);
+                        r.on_tick(
+                            wall,
+                            Instant::now(),
+                            &self.latest,
+                            &self.gateway_id,
+                            true,
+                            out,
+                        );
                     }
                 }
                 Rule::State(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),

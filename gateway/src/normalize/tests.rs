@@ -90,9 +90,19 @@ fn counts_are_reported_per_interval_as_deltas() {
         &batch(t0, &[("total", Value::U64(110)), ("reject", Value::U64(7))]),
         &mut out,
     );
-    n.on_tick(t0 + Duration::from_millis(500), mono(t0 + Duration::from_millis(500)), false, &mut out);
+    n.on_tick(
+        t0 + Duration::from_millis(500),
+        mono(t0 + Duration::from_millis(500)),
+        false,
+        &mut out,
+    );
     assert!(out.events.is_empty(), "not due yet");
-    n.on_tick(t0 + Duration::from_secs(2), mono(t0 + Duration::from_secs(2)), false, &mut out);
+    n.on_tick(
+        t0 + Duration::from_secs(2),
+        mono(t0 + Duration::from_secs(2)),
+        false,
+        &mut out,
+    );
     let counts = data(&out, "production.count");
     assert_eq!(counts.len(), 1);
     assert_eq!(
@@ -462,7 +472,13 @@ fn count(config: &ValidatedConfig, readings: &[Option<u64>]) -> (u64, Vec<Json>)
             Some(v) => vec![Sample::good("press.total".into(), Value::U64(*v), t)],
             None => vec![Sample::bad("press.total".into(), "timeout", t)],
         };
-        n.on_batch(&SampleBatch { source: "press".into(), samples }, &mut out);
+        n.on_batch(
+            &SampleBatch {
+                source: "press".into(),
+                samples,
+            },
+            &mut out,
+        );
         t += Duration::from_millis(200);
     }
     n.on_tick(t, mono(t), true, &mut out);
@@ -483,15 +499,17 @@ fn a_u16_reset_is_counted_as_the_parts_since_zero_not_as_a_rollover() {
     assert_eq!(total, 10 + 14);
     assert_eq!(anomalies.len(), 1);
     assert_eq!(anomalies[0]["kind"], "reset");
-    assert_eq!((anomalies[0]["from"].as_u64(), anomalies[0]["to"].as_u64()), (Some(40_000), Some(12)));
+    assert_eq!(
+        (anomalies[0]["from"].as_u64(), anomalies[0]["to"].as_u64()),
+        (Some(40_000), Some(12))
+    );
 }
 
 #[test]
 fn a_transient_zero_on_a_u32_counter_counts_nothing_twice() {
     // Before: 1,000,000 -> 0 -> 1,000,003 counted the whole counter again.
     let config = one_counter("u32", "");
-    let (total, anomalies) =
-        count(&config, &[Some(1_000_000), Some(0), None, Some(1_000_003)]);
+    let (total, anomalies) = count(&config, &[Some(1_000_000), Some(0), None, Some(1_000_003)]);
     assert_eq!(total, 3);
     assert_eq!(anomalies[0]["kind"], "transient");
 }
@@ -499,9 +517,16 @@ fn a_transient_zero_on_a_u32_counter_counts_nothing_twice() {
 #[test]
 fn a_rollover_is_still_a_rollover_and_an_impossible_jump_counts_nothing() {
     let config = one_counter("u16", "max_rate = 100.0");
-    assert_eq!(count(&config, &[Some(65_530), Some(4), Some(8)]), (14, vec![]));
+    assert_eq!(
+        count(&config, &[Some(65_530), Some(4), Some(8)]),
+        (14, vec![])
+    );
     let (total, anomalies) = count(&config, &[Some(100), Some(105), Some(60_000), Some(60_002)]);
-    assert_eq!(total, 5 + 2, "a preset to 60000 is no production at 100 parts/s");
+    assert_eq!(
+        total,
+        5 + 2,
+        "a preset to 60000 is no production at 100 parts/s"
+    );
     assert_eq!(anomalies[0]["kind"], "jump");
 }
 
@@ -519,7 +544,10 @@ fn parts_made_while_the_gateway_was_down_are_judged_by_the_time_it_was_down() {
     n.on_batch(&batch(now, &[("total", Value::U64(5_000))]), &mut out);
     n.on_tick(now, mono(now), true, &mut out);
     let counts = data(&out, "production.count");
-    assert_eq!(counts[0]["total"], 4_000, "4000 parts in 10 minutes is within 10 parts/s");
+    assert_eq!(
+        counts[0]["total"], 4_000,
+        "4000 parts in 10 minutes is within 10 parts/s"
+    );
     assert_eq!(counts[0]["anomaly"], Json::Null);
 }
 
@@ -531,7 +559,13 @@ fn rejects_that_lag_their_parts_are_carried_so_good_never_overcounts() {
     let mut at = t0;
     let mut step = |n: &mut Normalizer, total: u64, reject: u64, out: &mut Output| {
         at += Duration::from_millis(200);
-        n.on_batch(&batch(at, &[("total", Value::U64(total)), ("reject", Value::U64(reject))]), out);
+        n.on_batch(
+            &batch(
+                at,
+                &[("total", Value::U64(total)), ("reject", Value::U64(reject))],
+            ),
+            out,
+        );
         at += Duration::from_secs(2);
         n.on_tick(at, mono(at), false, out);
     };
@@ -541,7 +575,13 @@ fn rejects_that_lag_their_parts_are_carried_so_good_never_overcounts() {
     step(&mut n, 115, 3, &mut out); // 5 more parts
     let counts: Vec<(u64, u64, u64)> = data(&out, "production.count")
         .iter()
-        .map(|c| (c["total"].as_u64().unwrap(), c["good"].as_u64().unwrap(), c["reject"].as_u64().unwrap()))
+        .map(|c| {
+            (
+                c["total"].as_u64().unwrap(),
+                c["good"].as_u64().unwrap(),
+                c["reject"].as_u64().unwrap(),
+            )
+        })
         .collect();
     // Before: (10, 10, 0), (0, 0, 3), (5, 5, 0): 15 good + 3 rejects from 15 parts.
     assert_eq!(counts, vec![(10, 10, 0), (5, 2, 3)]);
@@ -557,8 +597,15 @@ fn an_untriggered_measurement_is_not_reported_again_after_a_restart_and_respects
     for v in [47.0, 47.2, 47.4, 47.6, 47.9] {
         n.on_batch(&batch(t, &[("force", Value::F64(v))]), &mut out);
     }
-    let values: Vec<f64> = data(&out, "quality.measurement").iter().map(|m| m["value"].as_f64().unwrap()).collect();
-    assert_eq!(values, vec![47.0, 47.6], "noise inside the deadband is not reported");
+    let values: Vec<f64> = data(&out, "quality.measurement")
+        .iter()
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![47.0, 47.6],
+        "noise inside the deadband is not reported"
+    );
     // Before: the restarted rule reported 47.9 again under a new id.
     let mut again = Normalizer::new(&config, &out.state);
     let mut out = Output::default();

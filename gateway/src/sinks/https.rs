@@ -129,8 +129,12 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
             reason,
             after: retry_after(headers),
         },
-        401 | 403 => retry("check the sink's auth: the credential is wrong, expired or lacks permission"),
-        404 => retry("check the sink's url path; a proxy may also answer 404 while the receiver restarts"),
+        401 | 403 => {
+            retry("check the sink's auth: the credential is wrong, expired or lacks permission")
+        }
+        404 => retry(
+            "check the sink's url path; a proxy may also answer 404 while the receiver restarts",
+        ),
         405 => retry("the url does not take POST: check the sink's url path"),
         415 => retry("the receiver does not take application/cloudevents-batch+json at this url"),
         300..=399 => {
@@ -138,7 +142,9 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("?");
-            retry(&format!("the receiver redirects to {to}: set the sink's url to the final address"))
+            retry(&format!(
+                "the receiver redirects to {to}: set the sink's url to the final address"
+            ))
         }
         _ => retry("an unexpected refusal; the response says why"),
     }
@@ -205,7 +211,9 @@ mod tests {
             classify(StatusCode::ACCEPTED, &none, ""),
             Outcome::Delivered
         );
-        for code in [408, 429, 500, 502, 503, 401, 403, 301, 307, 404, 405, 415, 409] {
+        for code in [
+            408, 429, 500, 502, 503, 401, 403, 301, 307, 404, 405, 415, 409,
+        ] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(classify(status, &none, ""), Outcome::Retry { .. }),

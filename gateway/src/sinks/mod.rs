@@ -475,7 +475,10 @@ mod tests {
         );
         assert_eq!(d.reader.cursor("erp").await.unwrap(), 100);
         let requests = sink.requests.lock().unwrap().len();
-        assert!(requests <= 2 * (2 * 7 + 2), "a binary search, not one request per event: {requests}");
+        assert!(
+            requests <= 2 * (2 * 7 + 2),
+            "a binary search, not one request per event: {requests}"
+        );
         drop((d.store, d.reader));
         d.writer.join();
     }
@@ -501,7 +504,10 @@ mod tests {
         let d = drain(sink.clone(), sink_config(100, 4096), 100).await;
         assert_eq!(*sink.accepted.lock().unwrap(), d.ids);
         let requests = sink.requests.lock().unwrap().clone();
-        assert!(requests.iter().all(|n| (1..=20).contains(n)), "{requests:?}");
+        assert!(
+            requests.iter().all(|n| (1..=20).contains(n)),
+            "{requests:?}"
+        );
         assert!(requests.len() >= 5, "{requests:?}");
         drop((d.store, d.reader));
         d.writer.join();

@@ -19,7 +19,9 @@ use super::{StoreError, configure, writer::now_ms};
 pub fn open_existing(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|source| StoreError::Open {
         path: path.to_owned(),
@@ -32,27 +34,44 @@ pub fn open_existing(path: &Path) -> Result<Connection, StoreError> {
 ///
 /// # Errors
 /// A read failed.
-pub fn stats(conn: &Connection, sinks: &[(String, Vec<String>)]) -> Result<serde_json::Value, StoreError> {
+pub fn stats(
+    conn: &Connection,
+    sinks: &[(String, Vec<String>)],
+) -> Result<serde_json::Value, StoreError> {
     let now = now_ms();
     let mut per_sink = Vec::new();
     for (sink, routes) in sinks {
-        let cursor: i64 = conn
-            .query_row("SELECT COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0)", [sink], |r| r.get(0))?;
+        let cursor: i64 = conn.query_row(
+            "SELECT COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0)",
+            [sink],
+            |r| r.get(0),
+        )?;
         let mut routes = routes.clone();
         routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
-        let filter = (0..routes.len()).map(|i| format!("type GLOB ?{}", i + 3)).collect::<Vec<_>>().join(" OR ");
+        let filter = (0..routes.len())
+            .map(|i| format!("type GLOB ?{}", i + 3))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let sql = format!(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_at) FROM events WHERE seq > ?1 \
              AND ((sink IS NULL AND ({filter})) OR sink = ?2)"
         );
-        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(cursor), Box::new(sink.clone())];
-        values.extend(routes.into_iter().map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>));
-        let (depth, bytes, oldest): (i64, i64, Option<i64>) = conn.query_row(
-            &sql,
-            rusqlite::params_from_iter(values.iter()),
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> =
+            vec![Box::new(cursor), Box::new(sink.clone())];
+        values.extend(
+            routes
+                .into_iter()
+                .map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>),
+        );
+        let (depth, bytes, oldest): (i64, i64, Option<i64>) =
+            conn.query_row(&sql, rusqlite::params_from_iter(values.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        let dead: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM dead_letters WHERE sink = ?1",
+            [sink],
+            |r| r.get(0),
         )?;
-        let dead: i64 = conn.query_row("SELECT COUNT(*) FROM dead_letters WHERE sink = ?1", [sink], |r| r.get(0))?;
         per_sink.push(json!({
             "sink": sink,
             "cursor": cursor,
@@ -62,13 +81,20 @@ pub fn stats(conn: &Connection, sinks: &[(String, Vec<String>)]) -> Result<serde
             "dead_letters": dead,
         }));
     }
-    let (events, bytes): (i64, i64) =
-        conn.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (dead, dead_bytes): (i64, i64) =
-        conn.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dead_letters", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (events, bytes): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (dead, dead_bytes): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dead_letters",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut drops = Vec::new();
     {
-        let mut stmt = conn.prepare("SELECT type, reason, count FROM drops ORDER BY type, reason")?;
+        let mut stmt =
+            conn.prepare("SELECT type, reason, count FROM drops ORDER BY type, reason")?;
         let rows = stmt.query_map([], |r| Ok(json!({ "type": r.get::<_, String>(0)?, "reason": r.get::<_, String>(1)?, "count": r.get::<_, i64>(2)? })))?;
         for row in rows {
             drops.push(row?);
@@ -105,7 +131,11 @@ fn dead_json(r: &rusqlite::Row<'_>, with_payload: bool) -> rusqlite::Result<serd
 ///
 /// # Errors
 /// A read failed.
-pub fn dead_letters(conn: &Connection, sink: Option<&str>, with_payload: bool) -> Result<Vec<serde_json::Value>, StoreError> {
+pub fn dead_letters(
+    conn: &Connection,
+    sink: Option<&str>,
+    with_payload: bool,
+) -> Result<Vec<serde_json::Value>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT sink, seq, id, type, reason, failed_at, payload FROM dead_letters \
          WHERE ?1 IS NULL OR sink = ?1 ORDER BY failed_at, rowid",
@@ -119,7 +149,11 @@ pub fn dead_letters(conn: &Connection, sink: Option<&str>, with_payload: bool) -
 ///
 /// # Errors
 /// Nothing was moved.
-pub fn requeue(conn: &mut Connection, sink: Option<&str>, id: Option<&str>) -> Result<usize, StoreError> {
+pub fn requeue(
+    conn: &mut Connection,
+    sink: Option<&str>,
+    id: Option<&str>,
+) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let now = now_ms();
     let moved = tx.execute(
@@ -141,5 +175,8 @@ pub fn requeue(conn: &mut Connection, sink: Option<&str>, id: Option<&str>) -> R
 /// # Errors
 /// Nothing was deleted.
 pub fn purge(conn: &Connection, sink: Option<&str>) -> Result<usize, StoreError> {
-    Ok(conn.execute("DELETE FROM dead_letters WHERE ?1 IS NULL OR sink = ?1", [sink])?)
+    Ok(conn.execute(
+        "DELETE FROM dead_letters WHERE ?1 IS NULL OR sink = ?1",
+        [sink],
+    )?)
 }

@@ -354,7 +354,9 @@ fn corruption(path: &Path) -> Result<Option<String>, StoreError> {
     })();
     match verdict {
         Ok(lines) if lines.first().is_some_and(|l| l == "ok") => Ok(None),
-        Ok(lines) => Ok(Some(lines.into_iter().take(3).collect::<Vec<_>>().join("; "))),
+        Ok(lines) => Ok(Some(
+            lines.into_iter().take(3).collect::<Vec<_>>().join("; "),
+        )),
         Err(e) if corrupt_code(&e) => Ok(Some(e.to_string())),
         Err(source) => Err(StoreError::Open {
             path: path.to_owned(),

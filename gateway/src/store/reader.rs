@@ -100,18 +100,28 @@ impl Reader {
             );
             let mut params: Vec<Box<dyn rusqlite::ToSql>> =
                 vec![Box::new(after), Box::new(limit as i64), Box::new(sink)];
-            params.extend(routes.into_iter().map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>));
+            params.extend(
+                routes
+                    .into_iter()
+                    .map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>),
+            );
             let events = {
                 let mut stmt = tx.prepare_cached(&sql)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                    Ok(StoredEvent { seq: r.get(0)?, id: r.get(1)?, event_type: r.get(2)?, payload: r.get(3)? })
+                    Ok(StoredEvent {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        event_type: r.get(2)?,
+                        payload: r.get(3)?,
+                    })
                 })?;
                 rows.collect::<Result<Vec<_>, _>>()?
             };
             let upto = if events.len() >= limit {
                 events.last().map_or(after, |e| e.seq)
             } else {
-                let high: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                let high: i64 =
+                    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
                 high.max(after)
             };
             tx.commit()?;

@@ -305,7 +305,14 @@ fn a_buffer_from_a_newer_version_is_refused() {
 fn sized(event_type: &str, n: usize, bytes: usize) -> Vec<CloudEvent> {
     (0..n)
         .map(|_| {
-            let mut e = CloudEvent::new("gw", "m", event_type, "m", SystemTime::now(), json!({ "pad": "" }));
+            let mut e = CloudEvent::new(
+                "gw",
+                "m",
+                event_type,
+                "m",
+                SystemTime::now(),
+                json!({ "pad": "" }),
+            );
             let base = serde_json::to_string(&e).unwrap().len();
             e.data = json!({ "pad": "x".repeat(bytes - base) });
             assert_eq!(serde_json::to_string(&e).unwrap().len(), bytes);
@@ -333,7 +340,10 @@ async fn drops_remove_exactly_as_many_whole_events_as_needed_and_never_from_the_
     assert_eq!(store.stats().dropped.load(Ordering::Relaxed), 0);
     // 1,200,000 stored + 10 x 2000 new; 1 MiB = 1,048,576: 171,424 bytes must go, which is
     // exactly 86 whole events of 2000 bytes (before: at least 100 at a time).
-    store.append(sized("production.count", 10, 2000), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 10, 2000), vec![])
+        .await
+        .unwrap();
     assert_eq!(store.stats().dropped.load(Ordering::Relaxed), 86);
     assert_eq!(reader.count().await.unwrap(), 600 - 86 + 10);
     let head = reader.fetch("erp", 0, &routes(&["*"]), 1).await.unwrap();
@@ -356,9 +366,23 @@ async fn dead_letters_do_not_count_against_max_bytes_and_have_their_own_cap() {
     let reader = store.reader().unwrap();
     // 900 KB of events, all refused by the receiver.
     for _ in 0..9 {
-        store.append(sized("quality.measurement", 50, 2000), vec![]).await.unwrap();
-        let batch = reader.fetch("erp", reader.cursor("erp").await.unwrap(), &routes(&["*"]), 1000).await.unwrap();
-        store.dead_letter("erp", &batch.events, "HTTP 422", batch.upto).await.unwrap();
+        store
+            .append(sized("quality.measurement", 50, 2000), vec![])
+            .await
+            .unwrap();
+        let batch = reader
+            .fetch(
+                "erp",
+                reader.cursor("erp").await.unwrap(),
+                &routes(&["*"]),
+                1000,
+            )
+            .await
+            .unwrap();
+        store
+            .dead_letter("erp", &batch.events, "HTTP 422", batch.upto)
+            .await
+            .unwrap();
     }
     // The dead letters hold the newest 100,000 bytes: 50 events; the other 400 were evicted,
     // oldest first, and counted.
@@ -368,7 +392,10 @@ async fn dead_letters_do_not_count_against_max_bytes_and_have_their_own_cap() {
     assert_eq!(store.stats().dead_evicted.load(Ordering::Relaxed), 400);
     // New events are not dropped for the dead letters' sake (before: every new event was
     // deleted right after its commit once dead letters outgrew max_bytes).
-    store.append(sized("quality.measurement", 100, 2000), vec![]).await.unwrap();
+    store
+        .append(sized("quality.measurement", 100, 2000), vec![])
+        .await
+        .unwrap();
     assert_eq!(reader.count().await.unwrap(), 100);
     assert_eq!(store.stats().dropped.load(Ordering::Relaxed), 0);
     assert_eq!(
@@ -385,16 +412,37 @@ async fn a_full_buffer_evicts_telemetry_first_and_quality_last() {
     let mut opts = options(&dir.path().join("b.db"), &["erp"]);
     opts.max_bytes = 1 << 20;
     let (store, writer) = Store::open(opts).unwrap();
-    store.append(sized("quality.measurement", 100, 2000), vec![]).await.unwrap();
-    store.append(sized("production.count", 200, 2000), vec![]).await.unwrap();
-    store.append(sized("telemetry.sample", 100, 2000), vec![]).await.unwrap();
-    store.append(sized("production.state", 100, 2000), vec![]).await.unwrap();
+    store
+        .append(sized("quality.measurement", 100, 2000), vec![])
+        .await
+        .unwrap();
+    store
+        .append(sized("production.count", 200, 2000), vec![])
+        .await
+        .unwrap();
+    store
+        .append(sized("telemetry.sample", 100, 2000), vec![])
+        .await
+        .unwrap();
+    store
+        .append(sized("production.state", 100, 2000), vec![])
+        .await
+        .unwrap();
     // 1,000,000 stored; 200,000 more needs 151,424: all 100 telemetry (200,000) would be more
     // than needed, so 76 of them go, then nothing else.
-    store.append(sized("quality.measurement", 100, 2000), vec![]).await.unwrap();
-    assert_eq!(drops(&store), vec![("telemetry.sample".to_owned(), "buffer_full", 76)]);
+    store
+        .append(sized("quality.measurement", 100, 2000), vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        drops(&store),
+        vec![("telemetry.sample".to_owned(), "buffer_full", 76)]
+    );
     // Next: 24 telemetry left (48,000), then production (oldest first) before any quality.
-    store.append(sized("quality.measurement", 100, 2000), vec![]).await.unwrap();
+    store
+        .append(sized("quality.measurement", 100, 2000), vec![])
+        .await
+        .unwrap();
     let dropped = drops(&store);
     assert_eq!(
         dropped,
@@ -404,8 +452,15 @@ async fn a_full_buffer_evicts_telemetry_first_and_quality_last() {
         ]
     );
     let reader = store.reader().unwrap();
-    let all = reader.fetch("erp", 0, &routes(&["*"]), 10_000).await.unwrap();
-    let quality = all.events.iter().filter(|e| e.event_type == "quality.measurement").count();
+    let all = reader
+        .fetch("erp", 0, &routes(&["*"]), 10_000)
+        .await
+        .unwrap();
+    let quality = all
+        .events
+        .iter()
+        .filter(|e| e.event_type == "quality.measurement")
+        .count();
     assert_eq!(quality, 300, "no quality event was evicted");
     drop((store, reader));
     writer.join();
@@ -421,16 +476,25 @@ async fn drop_newest_refuses_the_new_events_and_block_sources_refuses_the_append
     let kept = sized("production.count", 500, 2000);
     store.append(kept.clone(), vec![]).await.unwrap();
     store
-        .append(sized("production.count", 100, 2000), vec![("r".into(), json!({"total": 7}))])
+        .append(
+            sized("production.count", 100, 2000),
+            vec![("r".into(), json!({"total": 7}))],
+        )
         .await
         .unwrap();
     // 1,000,000 + 200,000 > 1,048,576: 76 of the new ones are refused.
-    assert_eq!(drops(&store), vec![("production.count".to_owned(), "drop_newest", 76)]);
+    assert_eq!(
+        drops(&store),
+        vec![("production.count".to_owned(), "drop_newest", 76)]
+    );
     let reader = store.reader().unwrap();
     assert_eq!(reader.count().await.unwrap(), 524);
     let head = reader.fetch("erp", 0, &routes(&["*"]), 1).await.unwrap();
     assert_eq!(head.events[0].id, kept[0].id, "what was stored stays");
-    assert_eq!(store.rule_state().unwrap(), vec![("r".to_owned(), json!({"total": 7}))]);
+    assert_eq!(
+        store.rule_state().unwrap(),
+        vec![("r".to_owned(), json!({"total": 7}))]
+    );
     drop((store, reader));
     writer.join();
 
@@ -438,17 +502,29 @@ async fn drop_newest_refuses_the_new_events_and_block_sources_refuses_the_append
     opts.max_bytes = 1 << 20;
     opts.when_full = WhenFull::BlockSources;
     let (store, writer) = Store::open(opts).unwrap();
-    store.append(sized("production.count", 500, 2000), vec![]).await.unwrap();
-    let refused = store.append(sized("production.count", 100, 2000), vec![]).await;
+    store
+        .append(sized("production.count", 500, 2000), vec![])
+        .await
+        .unwrap();
+    let refused = store
+        .append(sized("production.count", 100, 2000), vec![])
+        .await;
     let error = refused.unwrap_err();
     assert!(matches!(error, StoreError::Full { .. }), "{error}");
     assert!(error.to_string().contains("block_sources"), "{error}");
     let reader = store.reader().unwrap();
-    assert_eq!(reader.count().await.unwrap(), 500, "nothing dropped, nothing added");
+    assert_eq!(
+        reader.count().await.unwrap(),
+        500,
+        "nothing dropped, nothing added"
+    );
     // The receiver takes 200: room again.
     let batch = reader.fetch("erp", 0, &routes(&["*"]), 200).await.unwrap();
     store.ack("erp", batch.upto).await.unwrap();
-    store.append(sized("production.count", 100, 2000), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 100, 2000), vec![])
+        .await
+        .unwrap();
     assert_eq!(reader.count().await.unwrap(), 400);
     assert!(drops(&store).is_empty());
     drop((store, reader));
@@ -460,7 +536,10 @@ async fn events_older_than_max_age_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.db");
     let (store, writer) = Store::open(options(&path, &["erp"])).unwrap();
-    store.append(sized("production.count", 3, 500), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 3, 500), vec![])
+        .await
+        .unwrap();
     drop(store);
     writer.join();
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -471,7 +550,10 @@ async fn events_older_than_max_age_are_dropped_and_counted() {
     store.ack("erp", 0).await.unwrap();
     let reader = store.reader().unwrap();
     assert_eq!(reader.count().await.unwrap(), 0);
-    assert_eq!(drops(&store), vec![("production.count".to_owned(), "max_age", 3)]);
+    assert_eq!(
+        drops(&store),
+        vec![("production.count".to_owned(), "max_age", 3)]
+    );
     drop((store, reader));
     writer.join();
 }
@@ -485,7 +567,10 @@ async fn a_corrupt_or_truncated_buffer_is_moved_aside_and_the_receivers_are_told
             std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         } else {
             let (store, writer) = Store::open(options(&path, &["erp"])).unwrap();
-            store.append(sized("production.count", 400, 2000), vec![]).await.unwrap();
+            store
+                .append(sized("production.count", 400, 2000), vec![])
+                .await
+                .unwrap();
             drop(store);
             writer.join();
             let len = std::fs::metadata(&path).unwrap().len();
@@ -502,17 +587,30 @@ async fn a_corrupt_or_truncated_buffer_is_moved_aside_and_the_receivers_are_told
         assert_eq!(aside.len(), 1, "{damage}: {aside:?}");
         let reader = store.reader().unwrap();
         // Routed to every sink, whatever its routes.
-        let fetched = reader.fetch("erp", 0, &routes(&["quality.*"]), 10).await.unwrap();
+        let fetched = reader
+            .fetch("erp", 0, &routes(&["quality.*"]), 10)
+            .await
+            .unwrap();
         assert_eq!(fetched.events.len(), 1, "{damage}");
         let event: CloudEvent = serde_json::from_str(&fetched.events[0].payload).unwrap();
         assert_eq!(event.event_type, "gateway.buffer_reset");
         assert_eq!(event.source, "causeway://gw/gateway");
         assert!(
-            event.data["moved_to"].as_str().unwrap().ends_with(&aside[0]),
+            event.data["moved_to"]
+                .as_str()
+                .unwrap()
+                .ends_with(&aside[0]),
             "{event:?}"
         );
-        store.append(sized("production.count", 1, 500), vec![]).await.unwrap();
-        assert_eq!(reader.count().await.unwrap(), 2, "{damage}: the fresh buffer works");
+        store
+            .append(sized("production.count", 1, 500), vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.count().await.unwrap(),
+            2,
+            "{damage}: the fresh buffer works"
+        );
         drop((store, reader));
         writer.join();
     }
@@ -525,9 +623,15 @@ async fn the_buffer_and_its_wal_files_are_private_to_the_gateway_user() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.db");
     let (store, writer) = Store::open(options(&path, &["erp"])).unwrap();
-    store.append(sized("production.count", 1, 500), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 1, 500), vec![])
+        .await
+        .unwrap();
     for file in ["b.db", "b.db-wal", "b.db-shm"] {
-        let mode = std::fs::metadata(dir.path().join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
     }
     drop(store);
@@ -544,7 +648,8 @@ async fn a_full_disk_refuses_the_write_names_the_file_loses_nothing_and_recovers
     let reader = store.reader().unwrap();
     let pages: i64 = {
         let conn = connect(&path).unwrap();
-        conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap()
+        conn.pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap()
     };
     store.limit_pages(pages as u64).await.unwrap();
     let error = store
@@ -553,14 +658,24 @@ async fn a_full_disk_refuses_the_write_names_the_file_loses_nothing_and_recovers
         .unwrap_err();
     let text = crate::error_chain(&error);
     assert!(text.contains("is full") && text.contains("b.db"), "{text}");
-    assert_eq!(reader.count().await.unwrap(), 10, "what was accepted is intact");
+    assert_eq!(
+        reader.count().await.unwrap(),
+        10,
+        "what was accepted is intact"
+    );
     // Space returns: the same write goes through.
     store.limit_pages(1 << 30).await.unwrap();
-    store.append(sized("production.count", 200, 4000), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 200, 4000), vec![])
+        .await
+        .unwrap();
     let all = reader.fetch("erp", 0, &routes(&["*"]), 1000).await.unwrap();
     assert_eq!(all.events.len(), 210);
     assert_eq!(
-        all.events[..10].iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        all.events[..10]
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<Vec<_>>(),
         accepted.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
     );
     drop((store, reader));
@@ -584,10 +699,17 @@ async fn the_upgrade_keeps_the_sequence_so_no_cursor_skips_a_new_event() {
             .unwrap();
         }
         conn.execute("DELETE FROM events", []).unwrap();
-        conn.execute("INSERT INTO cursors (sink, acked_seq) VALUES ('erp', 5)", []).unwrap();
+        conn.execute(
+            "INSERT INTO cursors (sink, acked_seq) VALUES ('erp', 5)",
+            [],
+        )
+        .unwrap();
     }
     let (store, writer) = Store::open(options(&path, &["erp"])).unwrap();
-    store.append(sized("production.count", 1, 500), vec![]).await.unwrap();
+    store
+        .append(sized("production.count", 1, 500), vec![])
+        .await
+        .unwrap();
     let reader = store.reader().unwrap();
     let fetched = reader.fetch("erp", 5, &routes(&["*"]), 10).await.unwrap();
     assert_eq!(fetched.events.len(), 1);
@@ -604,12 +726,25 @@ async fn the_file_stops_growing_under_a_steady_load_that_is_delivered() {
     let reader = store.reader().unwrap();
     let mut sizes = Vec::new();
     for round in 0..60 {
-        store.append(sized("production.count", 50, 2000), vec![]).await.unwrap();
-        let batch = reader.fetch("erp", reader.cursor("erp").await.unwrap(), &routes(&["*"]), 1000).await.unwrap();
+        store
+            .append(sized("production.count", 50, 2000), vec![])
+            .await
+            .unwrap();
+        let batch = reader
+            .fetch(
+                "erp",
+                reader.cursor("erp").await.unwrap(),
+                &routes(&["*"]),
+                1000,
+            )
+            .await
+            .unwrap();
         store.ack("erp", batch.upto).await.unwrap();
         if round % 10 == 9 {
             let conn = connect(&path).unwrap();
-            let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+            let pages: i64 = conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))
+                .unwrap();
             sizes.push(pages);
         }
     }

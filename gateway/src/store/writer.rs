@@ -307,7 +307,8 @@ impl Writer {
             return;
         }
         self.last_age_check = Some(Instant::now());
-        let cutoff = now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let result = (|| -> Result<(u64, Drops), rusqlite::Error> {
             let tx = self.conn.transaction()?;
             let mut drops = Drops::new();
@@ -317,7 +318,11 @@ impl Writer {
                     "SELECT type, COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE created_at < ?1 GROUP BY type",
                 )?;
                 let rows = stmt.query_map([cutoff], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })?;
                 for row in rows {
                     let (t, n, bytes) = row?;
@@ -376,8 +381,10 @@ impl Writer {
                 .map_err(|e| StoreError::from_sqlite(&self.options.path, e))?;
             let mut freed = 0u64;
             for size in sizes {
-                freed += u64::try_from(size.map_err(|e| StoreError::from_sqlite(&self.options.path, e))?)
-                    .unwrap_or(0);
+                freed += u64::try_from(
+                    size.map_err(|e| StoreError::from_sqlite(&self.options.path, e))?,
+                )
+                .unwrap_or(0);
             }
             freed
         };
@@ -493,8 +500,15 @@ fn apply_one(
                         max_bytes: options.max_bytes,
                     });
                 }
-                let mut freed = evict(tx, need, books.floor, &[0], "buffer_full", &mut effect.drops)
-                    .map_err(sqlite)?;
+                let mut freed = evict(
+                    tx,
+                    need,
+                    books.floor,
+                    &[0],
+                    "buffer_full",
+                    &mut effect.drops,
+                )
+                .map_err(sqlite)?;
                 if freed < need {
                     match options.when_full {
                         WhenFull::DropOldest | WhenFull::BlockSources => {
@@ -530,8 +544,8 @@ fn apply_one(
                     }
                 }
                 // Bytes refused by drop_newest were never stored: only evictions count here.
-                let refused: u64 = rows.iter().map(size).sum::<u64>()
-                    - keep.iter().map(|r| size(r)).sum::<u64>();
+                let refused: u64 =
+                    rows.iter().map(size).sum::<u64>() - keep.iter().map(|r| size(r)).sum::<u64>();
                 let evicted = freed.saturating_sub(refused).min(live);
                 effect.live_delta -= i64::try_from(evicted).unwrap_or(i64::MAX);
             }
@@ -585,7 +599,9 @@ fn apply_one(
             let now = now_ms();
             let mut added = 0u64;
             for seq in seqs {
-                let mut rows = insert.query(params![sink, reason, now, seq]).map_err(sqlite)?;
+                let mut rows = insert
+                    .query(params![sink, reason, now, seq])
+                    .map_err(sqlite)?;
                 while let Some(row) = rows.next().map_err(sqlite)? {
                     added += u64::try_from(row.get::<_, i64>(0).map_err(sqlite)?).unwrap_or(0);
                     effect.dead_lettered += 1;
@@ -625,8 +641,9 @@ fn evict_dead(conn: &Connection, need: u64, drops: &mut Drops) -> Result<u64, ru
     let mut freed = 0u64;
     let mut victims = Vec::new();
     {
-        let mut stmt = conn
-            .prepare_cached("SELECT rowid, size, type FROM dead_letters ORDER BY failed_at, rowid")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT rowid, size, type FROM dead_letters ORDER BY failed_at, rowid",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (rowid, size, t): (i64, i64, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
