@@ -339,7 +339,10 @@ routes = ["*"]
     assert_eq!(stats["dead_letters"], 2);
     assert_eq!(stats["sinks"][0]["sink"], "erp");
     assert_eq!(stats["sinks"][0]["dead_letters"], 2);
-    let export = String::from_utf8(run(&["export", "--sink", "erp"]).stdout).unwrap();
+    let export = run(&["export", "--sink", "erp"]);
+    assert!(export.status.success());
+    let export = String::from_utf8(export.stdout).unwrap();
+    assert_eq!(export.lines().count(), 2, "{export}");
     assert!(
         export.lines().all(|l| l.contains("\"event\":{")),
         "{export}"
@@ -378,5 +381,7 @@ routes = ["*"]
     }
     let purged = run(&["purge", "--yes"]);
     assert!(purged.status.success());
-    assert!(run(&["list"]).stdout.is_empty());
+    let after = run(&["list"]);
+    assert!(after.status.success());
+    assert!(after.stdout.is_empty(), "the one left was purged");
 }

@@ -116,11 +116,12 @@ impl Track {
     }
 
     fn allowed_since(&self, from: Option<SystemTime>, at: SystemTime, max_rate: f64) -> u64 {
-        match from {
-            // A clock stepped backwards reads as no time at all: the tightest bound.
-            Some(from) => allowance(max_rate, at.duration_since(from).unwrap_or_default()),
-            // No time known (a baseline from an older release): half the range, as before.
-            None => {
+        match from.map(|from| at.duration_since(from)) {
+            Some(Ok(elapsed)) => allowance(max_rate, elapsed),
+            // No time known (a baseline from an older release), or a wall clock now behind the
+            // saved one (a box without a real-time clock, before NTP): half the range, as
+            // before, rather than a bound that would throw the downtime's parts away.
+            Some(Err(_)) | None => {
                 if self.input.bits >= 64 {
                     u64::MAX / 2
                 } else {

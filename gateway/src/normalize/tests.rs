@@ -343,7 +343,8 @@ proptest! {
         let mut after_poll = false;
         for op in ops {
             // The lines above hold for readings one poll apart.
-            let was_settled = n.settled() && std::mem::replace(&mut after_poll, matches!(op, Op::Produce(..)));
+            let previous_was_poll = std::mem::replace(&mut after_poll, matches!(op, Op::Produce(..)));
+            let was_settled = n.settled() && previous_was_poll;
             let reads = !matches!(op, Op::Crash | Op::Tick | Op::Restart | Op::Reset(..));
             match op {
                 Op::Produce(p, r) => {

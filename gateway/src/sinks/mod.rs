@@ -229,6 +229,9 @@ pub async fn run_sink<D: Deliver>(
                     if let Err(error) = store.ack(&name, upto).await {
                         // Delivered but not recorded: these events will be sent again, same ids.
                         tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
+                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
+                            return;
+                        }
                         break;
                     }
                     cursor = upto;
@@ -264,6 +267,9 @@ pub async fn run_sink<D: Deliver>(
                     tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refused this event for good; moved to dead letters (see `causeway buffer list`).");
                     if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
                         tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
+                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
+                            return;
+                        }
                         break;
                     }
                     cursor = upto;

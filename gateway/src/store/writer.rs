@@ -107,6 +107,9 @@ pub(super) struct Writer {
     /// The highest sequence number committed.
     last_seq: i64,
     last_age_check: Option<Instant>,
+    /// `PRAGMA data_version` as last seen: it changes when another connection (`causeway
+    /// buffer requeue|purge`) commits, and then the books are summed again.
+    data_version: i64,
     unlogged_drops: Drops,
     last_drop_log: Option<Instant>,
 }
@@ -132,7 +135,9 @@ impl Writer {
         let live_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM events")?;
         let dead_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM dead_letters")?;
         let last_seq = *appended.borrow();
+        let data_version = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
         Ok(Writer {
+            data_version,
             conn,
             options,
             appended,
@@ -155,6 +160,7 @@ impl Writer {
                 let Ok(op) = ops.try_recv() else { break };
                 batch.push(op);
             }
+            self.resync();
             let outcome = self.apply(&batch);
             // Housekeeping first, so a caller who sees its ack sees its effects too.
             let acked = outcome.as_ref().is_ok_and(|(_, acked)| *acked);
@@ -183,6 +189,40 @@ impl Writer {
         self.log_drops(true);
     }
 
+    /// Sums the books again if another connection changed the file since the last look.
+    fn resync(&mut self) {
+        let Ok(version) = self
+            .conn
+            .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+        else {
+            return;
+        };
+        if version == self.data_version {
+            return;
+        }
+        let books = (|| -> Result<(u64, u64, i64), rusqlite::Error> {
+            Ok((
+                sum(&self.conn, "SELECT COALESCE(SUM(size), 0) FROM events")?,
+                sum(
+                    &self.conn,
+                    "SELECT COALESCE(SUM(size), 0) FROM dead_letters",
+                )?,
+                self.conn
+                    .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?,
+            ))
+        })();
+        if let Ok((live, dead, last)) = books {
+            self.live_bytes = live;
+            self.dead_bytes = dead;
+            if last > self.last_seq {
+                self.last_seq = last;
+                // Wake the sinks: requeued rows are theirs to deliver.
+                self.appended.send_replace(last);
+            }
+            self.data_version = version;
+        }
+    }
+
     fn sqlite(&self, error: rusqlite::Error) -> StoreError {
         StoreError::from_sqlite(&self.options.path, error)
     }
@@ -203,7 +243,7 @@ impl Writer {
             let options = &self.options;
             let mut tx = self
                 .conn
-                .transaction()
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| StoreError::from_sqlite(&path, e))?;
             for op in batch {
                 let mut sp = tx
@@ -310,7 +350,9 @@ impl Writer {
         let cutoff =
             now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let result = (|| -> Result<(u64, Drops), rusqlite::Error> {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut drops = Drops::new();
             let mut freed = 0u64;
             {
@@ -511,7 +553,9 @@ fn apply_one(
                 .map_err(sqlite)?;
                 if freed < need {
                     match options.when_full {
-                        WhenFull::DropOldest | WhenFull::BlockSources => {
+                        // Reached with nothing new to store: never evict for it.
+                        WhenFull::BlockSources => {}
+                        WhenFull::DropOldest => {
                             freed += evict(
                                 tx,
                                 need - freed,
