@@ -108,7 +108,7 @@ fn main() {
             sink,
             store.clone(),
             reader,
-            RetryPolicy { initial: Duration::from_millis(50), max: Duration::from_secs(1) },
+            RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(1)),
             stop,
         )
         .await;

@@ -101,14 +101,10 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
 
     for ((sink_config, sink), reader) in sinks.into_iter().zip(readers) {
         let retry = match &sink_config.kind {
-            SinkKind::Https(h) => RetryPolicy {
-                initial: h.retry_initial,
-                max: h.retry_max,
-            },
-            SinkKind::File { .. } | SinkKind::Stdout => RetryPolicy {
-                initial: Duration::from_millis(500),
-                max: Duration::from_secs(30),
-            },
+            SinkKind::Https(h) => RetryPolicy::new(h.retry_initial, h.retry_max),
+            SinkKind::File { .. } | SinkKind::Stdout => {
+                RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(30))
+            }
         };
         let stop = SinkStop {
             inputs_done: inputs_done.clone(),

@@ -11,6 +11,14 @@
 //! halves it; a Reject of several events is split in halves until the refused event is alone,
 //! so only that event goes to dead letters and the good ones are delivered (O(log n) extra
 //! requests per poisoned event).
+//!
+//! Two guards keep a receiver-wide fault from emptying the buffer into dead letters: after
+//! [`REFUSALS_BEFORE_HOLD`] events refused in a row with none delivered in between, the sink
+//! holds the next refused event (retrying it with backoff, logged as an error) and dead-letters
+//! at most one per `refusal_hold` until the receiver accepts something again (a proxy that
+//! answers 400 to everything while the ERP restarts). A 413 for one event is retried unless the
+//! event alone is larger than `max_batch_bytes`, which makes it the event's fault. The batch
+//! size a 413 taught is kept for the sink's lifetime.
 
 mod https;
 mod lines;
@@ -142,6 +150,9 @@ pub struct SinkStop {
     pub abort: CancellationToken,
 }
 
+/// Events refused in a row, none delivered in between, before the sink suspects the receiver.
+pub const REFUSALS_BEFORE_HOLD: u32 = 3;
+
 /// Timing of a sink's retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -149,6 +160,19 @@ pub struct RetryPolicy {
     pub initial: Duration,
     /// Largest delay.
     pub max: Duration,
+    /// While the receiver refuses everything: at most one dead letter per this long.
+    pub refusal_hold: Duration,
+}
+
+impl RetryPolicy {
+    /// `initial` .. `max`, and the default 5 minute refusal hold.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        RetryPolicy {
+            initial,
+            max,
+            refusal_hold: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Drains `sink`'s share of the store until stopped. Delivery is at least once, in order: the
@@ -164,6 +188,11 @@ pub async fn run_sink<D: Deliver>(
 ) {
     let mut appended = store.appended();
     let mut backoff = Backoff::new(retry.initial, retry.max);
+    // Events refused in a row with none delivered in between, and since when the sink holds.
+    let mut refusals = 0u32;
+    let mut holding_since: Option<tokio::time::Instant> = None;
+    // The most events per request a 413 taught.
+    let mut learned_cap = usize::MAX;
     let mut cursor = match reader.cursor(&name).await {
         Ok(c) => c,
         Err(error) => {
@@ -208,7 +237,7 @@ pub async fn run_sink<D: Deliver>(
             continue;
         }
         let mut rest: &[StoredEvent] = &fetched.events;
-        let mut limit = rest.len();
+        let mut limit = rest.len().min(learned_cap);
         while !rest.is_empty() {
             let n = take(rest, limit, config.max_batch_bytes);
             let chunk = &rest[..n];
@@ -225,6 +254,8 @@ pub async fn run_sink<D: Deliver>(
             match outcome {
                 Outcome::Delivered => {
                     backoff.reset();
+                    refusals = 0;
+                    holding_since = None;
                     tracing::debug!(sink = %name, events = n, upto, "Delivered.");
                     if let Err(error) = store.ack(&name, upto).await {
                         // Delivered but not recorded: these events will be sent again, same ids.
@@ -250,7 +281,29 @@ pub async fn run_sink<D: Deliver>(
                 }
                 Outcome::TooLarge { reason } if n > 1 => {
                     limit = n / 2;
+                    learned_cap = limit;
                     tracing::warn!(sink = %name, %reason, events = n, now = limit, "The receiver refused the request size; sending fewer events at once (lower max_batch_bytes or batch_size to avoid this).");
+                }
+                Outcome::TooLarge { reason }
+                    if chunk[0].payload.len() as u64 > config.max_batch_bytes =>
+                {
+                    // Larger than the sink's own cap and refused for its size: the event's fault.
+                    let reason = format!(
+                        "{reason} (the event is {} bytes, more than max_batch_bytes = {})",
+                        chunk[0].payload.len(),
+                        config.max_batch_bytes
+                    );
+                    tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refuses this event for its size; moved to dead letters.");
+                    if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
+                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
+                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
+                            return;
+                        }
+                        break;
+                    }
+                    cursor = upto;
+                    rest = &rest[1..];
+                    limit = rest.len().min(learned_cap);
                 }
                 Outcome::TooLarge { reason } => {
                     let delay = backoff.next_delay();
@@ -264,6 +317,19 @@ pub async fn run_sink<D: Deliver>(
                     tracing::warn!(sink = %name, %reason, events = n, "The receiver refused a batch; splitting it to find the refused event.");
                 }
                 Outcome::Reject { reason } => {
+                    if refusals >= REFUSALS_BEFORE_HOLD {
+                        let since = *holding_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() < retry.refusal_hold {
+                            let delay = backoff.next_delay();
+                            tracing::error!(sink = %name, %reason, refused_in_a_row = refusals, retry_in = ?delay, "The receiver refuses every event and accepts none: holding them (not dead-lettering) until it accepts one. Check its URL, a proxy in front of it, and its logs.");
+                            if sleep_or_abort(delay, &stop.abort).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        // Held long enough: this one goes, the next waits again.
+                        holding_since = Some(tokio::time::Instant::now());
+                    }
                     tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refused this event for good; moved to dead letters (see `causeway buffer list`).");
                     if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
                         tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
@@ -272,9 +338,10 @@ pub async fn run_sink<D: Deliver>(
                         }
                         break;
                     }
+                    refusals = refusals.saturating_add(1);
                     cursor = upto;
                     rest = &rest[1..];
-                    limit = rest.len();
+                    limit = rest.len().min(learned_cap);
                 }
             }
         }
@@ -402,6 +469,17 @@ mod tests {
 
     /// Appends `events` events (data.n = 0..), runs the sink until it has caught up.
     async fn drain(sink: Scripted, config: SinkConfig, events: u64) -> Drained {
+        drain_for(sink, config, events, Duration::from_secs(3600), None).await
+    }
+
+    /// As [`drain`], with a refusal hold, and aborting the sink after `abort_after` if given.
+    async fn drain_for(
+        sink: Scripted,
+        config: SinkConfig,
+        events: u64,
+        refusal_hold: Duration,
+        abort_after: Option<Duration>,
+    ) -> Drained {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(StoreOptions {
             path: dir.path().join("b.db"),
@@ -435,7 +513,15 @@ mod tests {
         let retry = RetryPolicy {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(5),
+            refusal_hold,
         };
+        if let Some(after) = abort_after {
+            let abort = stop.abort.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                abort.cancel();
+            });
+        }
         let reader = store.reader().unwrap();
         tokio::time::timeout(
             Duration::from_secs(30),
@@ -515,6 +601,97 @@ mod tests {
             "{requests:?}"
         );
         assert!(requests.len() >= 5, "{requests:?}");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_refuses_everything_does_not_empty_the_buffer_into_dead_letters() {
+        // A proxy answering 400 to every request: before, the whole backlog became dead
+        // letters, and past max_dead_bytes, lost.
+        let sink = Scripted::new(&(0..100).collect::<Vec<_>>(), usize::MAX);
+        let d = drain_for(
+            sink.clone(),
+            sink_config(100, 1 << 20),
+            100,
+            Duration::from_millis(400),
+            Some(Duration::from_millis(1000)),
+        )
+        .await;
+        let dead = d.reader.dead_letters("erp").await.unwrap().len();
+        // Three go as the content's fault, then at most one per 400 ms hold: 3 + 2 in 1 s.
+        assert!((3..=6).contains(&dead), "{dead} dead letters");
+        assert_eq!(
+            d.reader.cursor("erp").await.unwrap(),
+            dead as i64,
+            "the rest stay buffered"
+        );
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_413_for_an_event_larger_than_max_batch_bytes_dead_letters_it_alone() {
+        let sink = Scripted::new(&[], 0); // refuses every request for its size
+        let d = drain_for(
+            sink.clone(),
+            sink_config(100, 4096),
+            1,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+        // The event is ~230 bytes, within max_batch_bytes: the receiver's limit is at fault,
+        // it stays buffered.
+        assert!(d.reader.dead_letters("erp").await.unwrap().is_empty());
+        assert_eq!(d.reader.cursor("erp").await.unwrap(), 0);
+        drop((d.store, d.reader));
+        d.writer.join();
+
+        let d = drain_for(
+            sink.clone(),
+            sink_config(100, 4096),
+            0,
+            Duration::from_secs(3600),
+            None,
+        )
+        .await;
+        let big = CloudEvent::new(
+            "gw",
+            "m",
+            "production.count",
+            "m",
+            SystemTime::now(),
+            serde_json::json!({ "n": 1000, "pad": "x".repeat(8000) }),
+        );
+        d.store.append(vec![big.clone()], vec![]).await.unwrap();
+        let stop = SinkStop {
+            inputs_done: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        };
+        stop.inputs_done.cancel();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run_sink(
+                "erp".into(),
+                sink_config(100, 4096),
+                sink,
+                d.store.clone(),
+                d.reader.clone(),
+                RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(5)),
+                stop,
+            ),
+        )
+        .await
+        .expect("drains");
+        let dead = d.reader.dead_letters("erp").await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1, big.id);
+        assert!(
+            dead[0].2.contains("more than max_batch_bytes"),
+            "{}",
+            dead[0].2
+        );
         drop((d.store, d.reader));
         d.writer.join();
     }

@@ -754,3 +754,90 @@ async fn the_file_stops_growing_under_a_steady_load_that_is_delivered() {
     drop((store, reader));
     writer.join();
 }
+
+#[tokio::test]
+async fn events_stamped_by_a_clock_not_yet_set_are_not_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let (store, writer) = Store::open(options(&path, &["erp"])).unwrap();
+    store
+        .append(sized("production.count", 3, 500), vec![])
+        .await
+        .unwrap();
+    drop(store);
+    writer.join();
+    // As a box without a real-time clock stamps them before NTP: 1970.
+    Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE events SET created_at = 5000", [])
+        .unwrap();
+    let mut opts = options(&path, &["erp"]);
+    opts.max_age = Some(std::time::Duration::from_secs(3600));
+    let (store, writer) = Store::open(opts).unwrap();
+    store.ack("erp", 0).await.unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(
+        reader.count().await.unwrap(),
+        3,
+        "their age is unknown: kept"
+    );
+    assert!(drops(&store).is_empty());
+    drop((store, reader));
+    writer.join();
+}
+
+#[tokio::test]
+async fn the_writer_resyncs_its_books_when_the_buffer_cli_changed_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let mut opts = options(&path, &["erp"]);
+    opts.max_dead_bytes = 100_000;
+    let (store, writer) = Store::open(opts).unwrap();
+    let reader = store.reader().unwrap();
+    let refuse_all = |n: usize| {
+        let (store, reader) = (store.clone(), reader.clone());
+        async move {
+            store
+                .append(sized("quality.measurement", n, 2000), vec![])
+                .await
+                .unwrap();
+            let cursor = reader.cursor("erp").await.unwrap();
+            let batch = reader
+                .fetch("erp", cursor, &routes(&["*"]), 1000)
+                .await
+                .unwrap();
+            store
+                .dead_letter("erp", &batch.events, "HTTP 422", batch.upto)
+                .await
+                .unwrap();
+        }
+    };
+    refuse_all(50).await; // the dead letters are at their cap
+    // While the gateway runs, an operator looks, then purges them from another connection.
+    let mut admin = admin::open_existing(&path).unwrap();
+    let stats = admin::stats(&admin, &[("erp".to_owned(), vec!["*".to_owned()])]).unwrap();
+    assert_eq!(
+        stats["dead_letters"], 50,
+        "read-only commands work while it runs"
+    );
+    assert_eq!(admin::purge(&admin, None).unwrap(), 50);
+    // Before: the writer still counted 100,000 dead bytes and evicted each new dead letter on
+    // arrival.
+    refuse_all(10).await;
+    assert_eq!(reader.dead_letters("erp").await.unwrap().len(), 10);
+    assert_eq!(store.stats().dead_evicted.load(Ordering::Relaxed), 0);
+    // A requeue from the CLI: the requeued rows count toward max_bytes and wake the sinks.
+    let mut woken = store.appended();
+    woken.borrow_and_update();
+    assert_eq!(admin::requeue(&mut admin, Some("erp"), None).unwrap(), 10);
+    store.ack("erp", 0).await.unwrap(); // any write lets the writer look
+    assert!(woken.has_changed().unwrap(), "the sinks are told");
+    let cursor = reader.cursor("erp").await.unwrap();
+    let again = reader
+        .fetch("erp", cursor, &routes(&["quality.*"]), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.events.len(), 10);
+    drop((store, reader, admin));
+    writer.join();
+}

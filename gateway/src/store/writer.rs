@@ -21,6 +21,12 @@ type Done = oneshot::Sender<Result<(), StoreError>>;
 const AGE_CHECK: Duration = Duration::from_secs(10);
 /// Drops are logged at most this often (a summary of everything dropped since).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// 2026-01-01T00:00:00Z. A row stamped before this was stamped by a clock not yet set (a box
+/// without a real-time clock, before NTP): its age is unknown, and it is restamped, never expired.
+const CLOCK_SET_MS: i64 = 1_767_225_600_000;
+/// A wall clock that ran this much faster than the monotonic one between two age checks was
+/// stepped forward: stored stamps are shifted with it, so the step ages nothing.
+const CLOCK_STEP: Duration = Duration::from_secs(60);
 
 /// An event row to insert.
 #[derive(Debug)]
@@ -106,7 +112,8 @@ pub(super) struct Writer {
     dead_bytes: u64,
     /// The highest sequence number committed.
     last_seq: i64,
-    last_age_check: Option<Instant>,
+    /// When ages were last checked: by the monotonic clock, and by the wall clock in ms.
+    last_age_check: Option<(Instant, i64)>,
     /// `PRAGMA data_version` as last seen: it changes when another connection (`causeway
     /// buffer requeue|purge`) commits, and then the books are summed again.
     data_version: i64,
@@ -340,21 +347,36 @@ impl Writer {
         let Some(max_age) = self.options.max_age else {
             return;
         };
-        if self
-            .last_age_check
-            .is_some_and(|at| at.elapsed() < AGE_CHECK)
-        {
-            return;
-        }
-        self.last_age_check = Some(Instant::now());
-        let cutoff =
-            now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let now = now_ms();
+        let step = match self.last_age_check {
+            Some((at, _)) if at.elapsed() < AGE_CHECK => return,
+            Some((at, wall)) => {
+                let mono = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let skew = now.saturating_sub(wall).saturating_sub(mono);
+                (skew > i64::try_from(CLOCK_STEP.as_millis()).unwrap_or(i64::MAX)).then_some(skew)
+            }
+            None => None,
+        };
+        self.last_age_check = Some((Instant::now(), now));
+        let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let result = (|| -> Result<(u64, Drops), rusqlite::Error> {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut drops = Drops::new();
             let mut freed = 0u64;
+            // Ages measured by a clock that was not set, or was stepped, mean nothing.
+            tx.execute(
+                "UPDATE events SET created_at = ?1 WHERE created_at < ?2",
+                params![now, CLOCK_SET_MS],
+            )?;
+            if let Some(skew) = step {
+                tracing::warn!(
+                    skew_ms = skew,
+                    "The wall clock was stepped forward; buffered events keep their age."
+                );
+                tx.execute("UPDATE events SET created_at = created_at + ?1", [skew])?;
+            }
             {
                 let mut stmt = tx.prepare(
                     "SELECT type, COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE created_at < ?1 GROUP BY type",
