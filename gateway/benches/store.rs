@@ -1,8 +1,8 @@
-//! Store benchmarks (issue 6): events accepted per second with FULL durability through group
-//! commit, and the drain of a backlog to the local HTTPS receiver.
+//! Store benchmarks (issue 6), one command: events accepted per second with FULL durability
+//! through group commit, then the drain of that backlog to the local HTTPS receiver, with the
+//! process's peak RSS while draining.
 //!
-//! `cargo bench -p gateway --bench store` (`CAUSEWAY_BENCH_EVENTS` sets the backlog, default
-//! 200000). Peak RSS: run the built binary under `/usr/bin/time -v`.
+//! `cargo bench -p gateway --bench store` (`CAUSEWAY_BENCH_EVENTS`, default 1000000).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,11 +15,28 @@ use gateway::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// Peak resident set size of this process so far (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Starts a new peak-RSS measurement (Linux: `echo 5 > /proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn main() {
     let n: usize = std::env::var("CAUSEWAY_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(1_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,25 +55,30 @@ fn main() {
             sinks: vec!["erp".into()],
         })
         .unwrap();
-        // Accept: 64 appenders, 10 events per append, as a normalizer with many rules would.
-        let started = Instant::now();
+        // Accept: 64 appenders of 10 events each (as many rules committing at once). Events are
+        // made from a template with a fresh id: the store's work (serialising, inserting,
+        // committing with fsync) is what is measured.
         let appenders = 64;
         let per = n / appenders / 10;
+        let template = CloudEvent::new(
+            "bench",
+            "press1",
+            "production.count",
+            "press1",
+            SystemTime::now(),
+            serde_json::json!({ "machine": "press1", "line": "line3", "order": "PO-4711", "total": 120, "good": 118, "reject": 2, "interval_start": "2026-11-28T10:00:00.000Z", "interval_end": "2026-11-28T10:00:10.000Z", "anomaly": null }),
+        );
+        let started = Instant::now();
         let mut handles = Vec::new();
-        for a in 0..appenders {
-            let store = store.clone();
+        for _ in 0..appenders {
+            let (store, template) = (store.clone(), template.clone());
             handles.push(tokio::spawn(async move {
-                for i in 0..per {
+                for _ in 0..per {
                     let events = (0..10)
-                        .map(|k| {
-                            CloudEvent::new(
-                                "bench",
-                                "press1",
-                                "production.count",
-                                "press1",
-                                SystemTime::now(),
-                                serde_json::json!({ "machine": "press1", "total": a * per + i * 10 + k, "good": 1, "reject": 0 }),
-                            )
+                        .map(|_| {
+                            let mut e = template.clone();
+                            e.id = uuid::Uuid::now_v7().to_string();
+                            e
                         })
                         .collect();
                     store.append(events, vec![]).await.unwrap();
@@ -69,14 +91,15 @@ fn main() {
         let accepted = appenders * per * 10;
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "accept (FULL sync, group commit): {accepted} events in {secs:.2} s = {:.0} events/s",
+            "accept (WAL, synchronous=FULL, group commit): {accepted} events in {secs:.2} s = {:.0} events/s",
             accepted as f64 / secs
         );
 
-        // Drain the backlog to the local HTTPS receiver.
+        // Drain the backlog to the local HTTPS receiver, counting only.
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let receiver = Receiver::start(&tasks, cancel.clone()).await.unwrap();
+        receiver.set_count_only(true);
         std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
         let https = HttpsSinkConfig {
             url: receiver.url(),
@@ -101,6 +124,8 @@ fn main() {
         };
         stop.inputs_done.cancel();
         let reader = store.reader().unwrap();
+        let before = peak_rss_kib();
+        reset_peak_rss();
         let started = Instant::now();
         run_sink(
             "erp".into(),
@@ -113,10 +138,15 @@ fn main() {
         )
         .await;
         let secs = started.elapsed().as_secs_f64();
-        let arrived = receiver.unique();
+        let arrived = receiver.counted();
         println!(
             "drain to local HTTPS receiver: {arrived} events in {secs:.2} s = {:.0} events/s",
             arrived as f64 / secs
+        );
+        println!(
+            "peak RSS while draining: {} KiB (whole process, receiver included; {} KiB before)",
+            peak_rss_kib(),
+            before
         );
         assert_eq!(arrived, accepted, "every accepted event arrived");
         cancel.cancel();

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct CloudEvent {
     /// Always "1.0".
     pub specversion: String,
-    /// UUID v4, assigned once.
+    /// UUID v7, assigned once: time-ordered, so the buffer's and the receivers' id indexes
+    /// grow at their end instead of at random pages (RFC 9562).
     pub id: String,
     /// `causeway://<gateway_id>/<machine>`.
     pub source: String,
@@ -39,7 +40,7 @@ impl CloudEvent {
     ) -> Self {
         CloudEvent {
             specversion: "1.0".to_owned(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             source: format!("causeway://{gateway_id}/{machine}"),
             event_type: event_type.to_owned(),
             time: rfc3339(at),

@@ -57,6 +57,10 @@ struct State {
     outage: bool,
     /// Statuses to answer the next requests with, before accepting.
     scripted: VecDeque<u16>,
+    /// Count events only, keeping neither them nor their ids (benchmarks of large backlogs).
+    count_only: bool,
+    /// Events accepted in count-only mode.
+    counted: usize,
 }
 
 /// A running receiver. Stops when its cancel token fires.
@@ -183,6 +187,17 @@ impl Receiver {
             .unwrap_or_default()
     }
 
+    /// Counts accepted events without keeping them or their ids, so a benchmark of millions of
+    /// events measures the gateway, not the receiver's memory. [`Receiver::counted`] tells how many.
+    pub fn set_count_only(&self, count_only: bool) {
+        self.state().count_only = count_only;
+    }
+
+    /// Events accepted while counting only.
+    pub fn counted(&self) -> usize {
+        self.state().counted
+    }
+
     /// Count of unique events received.
     pub fn unique(&self) -> usize {
         self.state().events.len()
@@ -242,6 +257,22 @@ async fn handle(
                 .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
         }
         return Ok(response);
+    }
+    if lock(&state).count_only {
+        return Ok(
+            match serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body) {
+                Ok(events) => {
+                    lock(&state).counted += events.len();
+                    Response::new(Full::from("ok"))
+                }
+                Err(error) => {
+                    let mut response =
+                        Response::new(Full::from(format!("not a JSON array: {error}")));
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    response
+                }
+            },
+        );
     }
     let events: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
         Ok(events) => events,

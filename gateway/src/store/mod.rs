@@ -466,6 +466,9 @@ impl Store {
         let (ops, rx) = mpsc::channel(options.max_batch.max(16));
         let (appended_tx, appended) = watch::channel(last);
         let stats = Arc::new(StoreStats::default());
+        // The writer's page cache: random event ids land all over the id index; 8 MiB keeps
+        // its hot pages in memory for a backlog of millions (SQLite's default is 2 MiB).
+        conn.pragma_update(None, "cache_size", -8192i64)?;
         let writer = writer::Writer::new(conn, options, appended_tx, Arc::clone(&stats))?;
         let handle = std::thread::Builder::new()
             .name("buffer-writer".into())

@@ -429,29 +429,31 @@ impl Writer {
                 .unwrap_or(0);
             lowest = lowest.min(acked);
         }
-        // Rows for every sink go once the slowest sink passed them; a requeued row for one sink
-        // goes once that sink passed it.
-        let freed = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "DELETE FROM events WHERE (sink IS NULL AND seq <= ?1) \
-                     OR (sink IS NOT NULL AND seq <= COALESCE((SELECT acked_seq FROM cursors c WHERE c.sink = events.sink), 0)) \
-                     RETURNING size",
-                )
-                .map_err(|e| self.sqlite(e))?;
+        // Rows for every sink go once the slowest sink passed them (a range of the primary
+        // key); a requeued row for one sink goes once that sink passed it (`events_by_sink`).
+        let path = self.options.path.clone();
+        let sqlite = |e| StoreError::from_sqlite(&path, e);
+        let mut freed = 0u64;
+        let mut delete = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
+            let mut stmt = self.conn.prepare_cached(sql).map_err(sqlite)?;
             let sizes = stmt
-                .query_map([lowest], |r| r.get::<_, i64>(0))
-                .map_err(|e| StoreError::from_sqlite(&self.options.path, e))?;
-            let mut freed = 0u64;
+                .query_map(params, |r| r.get::<_, i64>(0))
+                .map_err(sqlite)?;
             for size in sizes {
-                freed += u64::try_from(
-                    size.map_err(|e| StoreError::from_sqlite(&self.options.path, e))?,
-                )
-                .unwrap_or(0);
+                freed += u64::try_from(size.map_err(sqlite)?).unwrap_or(0);
             }
-            freed
+            Ok(())
         };
+        delete(
+            "DELETE FROM events WHERE seq <= ?1 AND sink IS NULL RETURNING size",
+            &[&lowest],
+        )?;
+        for sink in &self.options.sinks {
+            delete(
+                "DELETE FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) RETURNING size",
+                &[sink],
+            )?;
+        }
         self.live_bytes = self.live_bytes.saturating_sub(freed);
         if freed > 0 {
             self.reclaim();

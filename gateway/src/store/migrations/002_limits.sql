@@ -33,6 +33,8 @@ CREATE INDEX events_by_lane ON events (lane, seq);
 -- One row per event for every sink; a requeued row (for one sink) may repeat an id.
 CREATE UNIQUE INDEX events_id_unique ON events (id) WHERE sink IS NULL;
 CREATE INDEX events_by_age ON events (created_at);
+-- Requeued rows, found per sink when that sink's cursor passes them.
+CREATE INDEX events_by_sink ON events (sink, seq) WHERE sink IS NOT NULL;
 
 ALTER TABLE dead_letters ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 UPDATE dead_letters SET size = LENGTH(CAST(payload AS BLOB));
