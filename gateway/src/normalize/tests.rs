@@ -615,3 +615,98 @@ fn an_untriggered_measurement_is_not_reported_again_after_a_restart_and_respects
     again.on_batch(&batch(t, &[("force", Value::F64(48.2))]), &mut out);
     assert_eq!(data(&out, "quality.measurement").len(), 1);
 }
+
+#[tokio::test]
+async fn a_full_disk_holds_the_sources_back_and_loses_nothing_when_space_returns() {
+    use crate::store::{Store, StoreOptions};
+    let text = CONFIG.replace("trigger = \"press.done\"\n", "");
+    let config = firmware_config::load("t.toml", &text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let (store, writer) = Store::open(StoreOptions::from_config(&config, path.clone())).unwrap();
+    store
+        .append(vec![], vec![("warm".into(), serde_json::json!(1))])
+        .await
+        .unwrap();
+    let pages: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .unwrap();
+    store.limit_pages(pages as u64).await.unwrap(); // the disk is full from here on
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let abort = CancellationToken::new();
+    let normalizer = Normalizer::new(&config, &[]);
+    let task = tokio::spawn(normalizer.run(rx, store.clone(), abort.clone()));
+    // A source polling every 10 ms, each poll a new force value: a measurement event each.
+    let mut sent = 0u32;
+    let mut held_since: Option<tokio::time::Instant> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let b = batch(
+            SystemTime::now(),
+            &[("force", Value::F64(40.0 + f64::from(sent)))],
+        );
+        match tx.try_send(b) {
+            Ok(()) => {
+                sent += 1;
+                held_since = None;
+            }
+            Err(_) => {
+                let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > Duration::from_millis(1500) {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        held_since.is_some_and(|s| s.elapsed() > Duration::from_millis(1500)),
+        "the source is held back while the disk is full"
+    );
+    assert!(sent < 1000, "{sent}");
+    store.limit_pages(1 << 30).await.unwrap(); // space returns
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the normalizer catches up by itself")
+        .unwrap();
+    let reader = store.reader().unwrap();
+    let all = reader
+        .fetch("out", 0, &["quality.measurement".to_owned()], 100_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.events.len(),
+        sent as usize,
+        "every value sent was reported, once"
+    );
+    drop((store, reader));
+    writer.join();
+}
+
+#[test]
+fn a_wall_clock_stepped_backwards_does_not_hold_counts_back() {
+    mono(SystemTime::now());
+    let t0 = SystemTime::now();
+    let mut n = Normalizer::new(&config(), &[]);
+    let mut out = Output::default();
+    n.on_batch(
+        &batch(t0, &[("total", Value::U64(100)), ("reject", Value::U64(0))]),
+        &mut out,
+    );
+    n.on_batch(
+        &batch(
+            t0 + Duration::from_millis(200),
+            &[("total", Value::U64(110)), ("reject", Value::U64(0))],
+        ),
+        &mut out,
+    );
+    // NTP steps the wall clock back an hour; the monotonic clock says the interval is over.
+    let stepped = t0 - Duration::from_secs(3600);
+    n.on_tick(stepped, mono(t0) + Duration::from_secs(2), false, &mut out);
+    let counts = data(&out, "production.count");
+    assert_eq!(counts.len(), 1, "due by the monotonic clock");
+    assert_eq!(counts[0]["total"], 10);
+}

@@ -379,6 +379,55 @@ mod tests {
         hold.abort();
     }
 
+    #[tokio::test]
+    async fn a_receiver_that_streams_an_endless_body_is_read_no_further_than_the_excerpt() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers every request with `status` and a chunked body that never ends.
+        async fn endless(status: &'static str) -> std::net::SocketAddr {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut request = [0u8; 4096];
+                        let _ = stream.read(&mut request).await;
+                        let head =
+                            format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = format!("{:x}\r\n{}\r\n", 65536, "z".repeat(65536));
+                        while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+                    });
+                }
+            });
+            addr
+        }
+        let base = tempfile::tempdir().unwrap();
+        for (status, delivered) in [("200 OK", true), ("422 Unprocessable Entity", false)] {
+            let addr = endless(status).await;
+            let mut config = config(&format!("http://{addr}/"), None);
+            config.timeout = Duration::from_secs(5);
+            let mut sink = HttpsSink::new("erp", &config, base.path()).unwrap();
+            let started = std::time::Instant::now();
+            let outcome = sink.deliver(&one()).await;
+            // Before: the whole body was read, until the 5 s timeout (and into memory).
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{status}: {:?}",
+                started.elapsed()
+            );
+            match outcome {
+                Outcome::Delivered => assert!(delivered, "{status}"),
+                Outcome::Reject { reason } => {
+                    assert!(!delivered);
+                    assert!(reason.len() <= MAX_BODY_KEPT + 64, "{}", reason.len());
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn the_idempotency_key_is_fixed_by_the_batch() {
         let e = |id: &str| StoredEvent {

@@ -296,29 +296,24 @@ fn configure(conn: Connection, path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Creates the buffer file 0600 when it does not exist (SQLite gives `-wal` and `-shm` the
-/// same mode); warns when an existing one is readable by other users.
-fn secure_file(path: &Path) -> Result<(), StoreError> {
+/// same mode). Returns the mode of an existing file that other users may read, to warn about.
+fn secure_file(path: &Path) -> Result<Option<u32>, StoreError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             #[cfg(unix)]
             if let Ok(meta) = std::fs::metadata(path) {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        buffer = %path.display(),
-                        mode = format!("{mode:o}"),
-                        "The buffer holds the plant's production and quality data and is readable by other users; run: chmod 600 {0} {0}-wal {0}-shm",
-                        path.display()
-                    );
+                    return Ok(Some(mode));
                 }
             }
-            Ok(())
+            Ok(None)
         }
         Err(source) => Err(StoreError::Create {
             path: path.to_owned(),
@@ -433,7 +428,14 @@ impl Store {
             );
             reset = Some((aside, why));
         }
-        secure_file(path)?;
+        if let Some(mode) = secure_file(path)? {
+            tracing::warn!(
+                buffer = %path.display(),
+                mode = format!("{mode:o}"),
+                "The buffer holds the plant's production and quality data and is readable by other users; run: chmod 600 {0} {0}-wal {0}-shm",
+                path.display()
+            );
+        }
         let mut conn = connect(path)?;
         migrate(&mut conn, path)?;
         if let Some((aside, why)) = reset {

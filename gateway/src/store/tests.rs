@@ -636,6 +636,12 @@ async fn the_buffer_and_its_wal_files_are_private_to_the_gateway_user() {
     }
     drop(store);
     writer.join();
+    // An existing buffer readable by others is reported (and logged at start), not changed.
+    let shared = dir.path().join("shared.db");
+    std::fs::write(&shared, b"").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(secure_file(&shared).unwrap(), Some(0o644));
+    assert_eq!(secure_file(&path).unwrap(), None, "ours is private");
 }
 
 #[tokio::test]
