@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use firmware_config::{HttpsSinkConfig, SinkConfig, SinkKind, WhenFull};
+use firmware_config::{HttpsSinkConfig, SinkConfig, SinkKind};
 use gateway::{
     event::CloudEvent,
     receiver::Receiver,
@@ -45,14 +45,9 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(StoreOptions {
-            path: dir.path().join("bench.db"),
             gateway_id: "bench".into(),
             max_bytes: 4 << 30,
-            max_dead_bytes: 64 << 20,
-            max_age: None,
-            when_full: WhenFull::DropOldest,
-            max_batch: 512,
-            sinks: vec!["erp".into()],
+            ..StoreOptions::new(dir.path().join("bench.db"), &["erp"])
         })
         .unwrap();
         // Accept: 64 appenders of 10 events each (as many rules committing at once). Events are

@@ -194,13 +194,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 
 fn buffer(path: &Path, action: BufferAction) -> Result<ExitCode> {
     use gateway::store::admin;
-    let config = match load(path)? {
-        Ok(config) => config,
+    let (config, base) = match load_with_base(path)? {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let base = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let file = base.join(&config.buffer.path);
     let mut conn = admin::open_existing(&file)
         .with_context(|| format!("opening buffer `{}`", file.display()))?;
@@ -270,6 +267,16 @@ fn load(path: &Path) -> Result<Result<ValidatedConfig, ExitCode>> {
     })
 }
 
+/// [`load`], and the folder relative paths in the config are taken from.
+fn load_with_base(path: &Path) -> Result<Result<(ValidatedConfig, PathBuf), ExitCode>> {
+    Ok(load(path)?.map(|config| {
+        let base = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (config, base)
+    }))
+}
+
 fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> {
     let config = match load(path)? {
         Ok(config) => config,
@@ -317,13 +324,10 @@ fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> 
 }
 
 fn run(path: &Path) -> Result<ExitCode> {
-    let config = match load(path)? {
-        Ok(config) => config,
+    let (config, base) = match load_with_base(path)? {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let base = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     runtime()?.block_on(async {
         let running = topology::start(&config, &base).context("starting the pipeline")?;
         shutdown_signal()

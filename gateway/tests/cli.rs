@@ -274,14 +274,8 @@ routes = ["*"]
     )
     .unwrap();
     let options = StoreOptions {
-        path: dir.path().join("buffer.db"),
         gateway_id: "gw".into(),
-        max_bytes: 1 << 20,
-        max_dead_bytes: 1 << 20,
-        max_age: None,
-        when_full: firmware_config::WhenFull::DropOldest,
-        max_batch: 16,
-        sinks: vec!["erp".into(), "qms".into()],
+        ..StoreOptions::new(dir.path().join("buffer.db"), &["erp", "qms"])
     };
     let events: Vec<gateway::event::CloudEvent> = (0..3)
         .map(|n| {

@@ -166,14 +166,8 @@ async fn the_buffer_reset_event_matches_its_published_schema() {
     let path = dir.path().join("b.db");
     std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
     let (store, writer) = gateway::store::Store::open(gateway::store::StoreOptions {
-        path,
         gateway_id: "plant1".into(),
-        max_bytes: 1 << 20,
-        max_dead_bytes: 1 << 20,
-        max_age: None,
-        when_full: firmware_config::WhenFull::DropOldest,
-        max_batch: 16,
-        sinks: vec!["erp".into()],
+        ..gateway::store::StoreOptions::new(path, &["erp"])
     })
     .unwrap();
     let reader = store.reader().unwrap();

@@ -185,14 +185,10 @@ retry_max = "300ms"
     /// Opens the buffer file directly, to look at what is in it between runs.
     pub fn open_buffer(&self) -> (gateway::store::Store, gateway::store::WriterThread) {
         let options = gateway::store::StoreOptions {
-            path: self.buffer(),
             gateway_id: "it".into(),
             max_bytes: 1 << 30,
-            max_dead_bytes: 1 << 30,
-            max_age: None,
-            when_full: firmware_config::WhenFull::DropOldest,
             max_batch: 16,
-            sinks: vec!["erp".into()],
+            ..gateway::store::StoreOptions::new(self.buffer(), &["erp"])
         };
         gateway::store::Store::open(options).expect("the buffer opens")
     }

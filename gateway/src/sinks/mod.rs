@@ -393,8 +393,6 @@ mod tests {
         time::SystemTime,
     };
 
-    use firmware_config::WhenFull;
-
     use super::*;
     use crate::{
         event::CloudEvent,
@@ -482,14 +480,9 @@ mod tests {
     ) -> Drained {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(StoreOptions {
-            path: dir.path().join("b.db"),
             gateway_id: "gw".into(),
             max_bytes: 64 << 20,
-            max_dead_bytes: 64 << 20,
-            max_age: None,
-            when_full: WhenFull::DropOldest,
-            max_batch: 64,
-            sinks: vec!["erp".into()],
+            ..StoreOptions::new(dir.path().join("b.db"), &["erp"])
         })
         .unwrap();
         let made: Vec<CloudEvent> = (0..events)

@@ -179,6 +179,21 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
+    /// A buffer at `path` for `sinks`, with the config file's defaults (512 MiB, 64 MiB of dead
+    /// letters, no age limit, `drop_oldest`, 512 writes per commit) and gateway id `gateway`.
+    pub fn new(path: PathBuf, sinks: &[&str]) -> Self {
+        StoreOptions {
+            path,
+            gateway_id: "gateway".to_owned(),
+            max_bytes: 512 << 20,
+            max_dead_bytes: 64 << 20,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+            max_batch: 512,
+            sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
     /// The options for `config`'s buffer at `path`.
     pub fn from_config(config: &firmware_config::GatewayConfig, path: PathBuf) -> Self {
         StoreOptions {

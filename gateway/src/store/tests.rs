@@ -7,14 +7,10 @@ use crate::event::CloudEvent;
 
 fn options(path: &Path, sinks: &[&str]) -> StoreOptions {
     StoreOptions {
-        path: path.to_owned(),
         gateway_id: "gw".to_owned(),
         max_bytes: 64 << 20,
-        max_dead_bytes: 64 << 20,
-        max_age: None,
-        when_full: WhenFull::DropOldest,
         max_batch: 64,
-        sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
+        ..StoreOptions::new(path.to_owned(), sinks)
     }
 }
 
