@@ -143,7 +143,8 @@ fn main() {
             peak_rss_kib(),
             before
         );
-        assert_eq!(arrived, accepted, "every accepted event arrived");
+        // A request retried after a timeout counts twice at the receiver: at least, not equal.
+        assert!(arrived >= accepted, "every accepted event arrived");
         cancel.cancel();
         tasks.close();
         tasks.wait().await;

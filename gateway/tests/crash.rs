@@ -27,6 +27,34 @@ fn set_total(registers: &Registers, total: u32) {
     );
 }
 
+/// The counter baseline the gateway has committed, if any.
+fn saved_baseline(buffer: &std::path::Path) -> Option<u64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(buffer, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM rule_state WHERE rule = 'counter-press'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    serde_json::from_str::<serde_json::Value>(&state).ok()?["total"].as_u64()
+}
+
+/// Waits (bounded) until the committed baseline is `total`.
+async fn until_saved(buffer: &std::path::Path, total: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while saved_baseline(buffer) != Some(u64::from(total)) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway saved no baseline of {total}: {:?}",
+            saved_baseline(buffer)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn start(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_causeway"))
         .args(["run", "-c"])
@@ -95,9 +123,10 @@ retry_max = "200ms"
     .unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
+    let buffer = dir.path().join("buffer.db");
     let mut child = start(&config);
-    // Let the first run read (and save) the starting value before anything is made.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The first run reads (and saves) the starting value before anything is made.
+    until_saved(&buffer, total).await;
     let mut rng = fastrand::Rng::with_seed(6);
     for kill in 0..KILLS {
         assert!(
@@ -124,8 +153,11 @@ retry_max = "200ms"
         }
         child = start(&config);
     }
-    // The last run: stop making parts, let it read the final value, then stop it gracefully.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The last run makes the last parts; once it has read and saved the final value itself
+    // (so its signal handler is long installed), it is stopped gracefully.
+    total = total.wrapping_add(7);
+    set_total(&registers, total);
+    until_saved(&buffer, total).await;
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

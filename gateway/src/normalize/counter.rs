@@ -72,6 +72,30 @@ pub fn plausible(last: u64, new: u64, bits: u32, allowed: u64) -> Option<u64> {
     (wrapped <= u128::from(allowed)).then_some(wrapped as u64)
 }
 
+/// Plausibility bounds between two readings.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// Most parts for a rise, or since a reset.
+    rise: u64,
+    /// Most parts for a rollover.
+    wrap: u64,
+}
+
+impl Bound {
+    fn both(n: u64) -> Self {
+        Bound { rise: n, wrap: n }
+    }
+
+    /// [`plausible`] with a bound for rises and one for rollovers.
+    fn judge(self, last: u64, new: u64, bits: u32) -> Option<u64> {
+        if new >= last {
+            plausible(last, new, bits, self.rise)
+        } else {
+            plausible(last, new, bits, self.wrap)
+        }
+    }
+}
+
 fn ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -115,19 +139,24 @@ impl Track {
         }
     }
 
-    fn allowed_since(&self, from: Option<SystemTime>, at: SystemTime, max_rate: f64) -> u64 {
+    /// The most parts plausibly made between `from` and `at`: for a rise (and for parts made
+    /// since a reset), and for a rollover.
+    fn allowed_since(&self, from: Option<SystemTime>, at: SystemTime, max_rate: f64) -> Bound {
         match from.map(|from| at.duration_since(from)) {
-            Some(Ok(elapsed)) => allowance(max_rate, elapsed),
+            Some(Ok(elapsed)) => Bound::both(allowance(max_rate, elapsed)),
             // No time known (a baseline from an older release), or a wall clock now behind the
-            // saved one (a box without a real-time clock, before NTP): half the range, as
-            // before, rather than a bound that would throw the downtime's parts away.
-            Some(Err(_)) | None => {
-                if self.input.bits >= 64 {
+            // saved one (a box without a real-time clock, before NTP): the downtime is unknown.
+            // A rise of up to half the range is counted, as before (parts made while down);
+            // a drop is a rollover only right at the top of the range, so a reset during the
+            // downtime is not read as a wrap (which would invent parts).
+            Some(Err(_)) | None => Bound {
+                rise: if self.input.bits >= 64 {
                     u64::MAX / 2
                 } else {
                     (1u64 << self.input.bits) / 2
-                }
-            }
+                },
+                wrap: allowance(max_rate, Duration::ZERO),
+            },
         }
     }
 
@@ -165,12 +194,9 @@ impl Track {
             self.last_at = Some(at);
             return;
         };
-        let from_last = plausible(
-            last,
-            new,
-            bits,
-            self.allowed_since(self.last_at, at, max_rate),
-        );
+        let from_last = self
+            .allowed_since(self.last_at, at, max_rate)
+            .judge(last, new, bits);
         let Some((suspect, suspect_at)) = self.suspect.take() else {
             match from_last {
                 // A plausible rise is counted at once; any drop (a rollover too) waits for the
@@ -190,9 +216,9 @@ impl Track {
             let allowed = self.allowed_since(self.last_at, suspect_at, max_rate);
             let (kind, step) = if suspect > last {
                 (Some("jump"), 0)
-            } else if let Some(wrapped) = plausible(last, suspect, bits, allowed) {
+            } else if let Some(wrapped) = allowed.judge(last, suspect, bits) {
                 (None, wrapped)
-            } else if suspect <= allowed {
+            } else if suspect <= allowed.rise {
                 (Some("reset"), suspect)
             } else {
                 (Some("preset"), 0)

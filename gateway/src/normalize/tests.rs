@@ -710,3 +710,41 @@ fn a_wall_clock_stepped_backwards_does_not_hold_counts_back() {
     assert_eq!(counts.len(), 1, "due by the monotonic clock");
     assert_eq!(counts[0]["total"], 10);
 }
+
+#[test]
+fn a_wall_clock_behind_the_saved_baseline_counts_the_downtime_but_reads_no_reset_as_a_wrap() {
+    // A box without a real-time clock boots in the past: the saved baseline looks newer than
+    // the readings.
+    let config = one_counter("u16", "max_rate = 10.0");
+    let future = SystemTime::now() + Duration::from_secs(86_400);
+    let at_ms = future
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let saved = |total: u64| {
+        vec![(
+            "counter-press".to_owned(),
+            serde_json::json!({ "total": total, "total_at_ms": at_ms, "carry": 0 }),
+        )]
+    };
+    let run = |saved: Vec<(String, Json)>, readings: &[u64]| {
+        let mut n = Normalizer::new(&config, &saved);
+        let mut out = Output::default();
+        let mut t = SystemTime::now();
+        for r in readings {
+            n.on_batch(&batch(t, &[("total", Value::U64(*r))]), &mut out);
+            t += Duration::from_millis(200);
+        }
+        n.on_tick(t, mono(t), true, &mut out);
+        data(&out, "production.count")
+    };
+    // Parts made while down are counted (before: judged against no time at all, thrown away).
+    let counts = run(saved(1_000), &[21_000, 21_002]);
+    let total: u64 = counts.iter().map(|c| c["total"].as_u64().unwrap()).sum();
+    assert_eq!(total, 20_002);
+    // A reset while down is a reset, not a wrap of 25,536 invented parts.
+    let counts = run(saved(40_000), &[0, 5]);
+    let total: u64 = counts.iter().map(|c| c["total"].as_u64().unwrap()).sum();
+    assert_eq!(total, 5);
+    assert_eq!(counts[0]["anomaly"][0]["kind"], "reset");
+}

@@ -188,11 +188,13 @@ pub async fn run_sink<D: Deliver>(
 ) {
     let mut appended = store.appended();
     let mut backoff = Backoff::new(retry.initial, retry.max);
-    // Events refused in a row with none delivered in between, and since when the sink holds.
-    let mut refusals = 0u32;
+    // Events refused in a row with none delivered in between (kept in the store, so a restart
+    // does not reset it), and since when the sink holds.
+    let mut refusals = reader.refusals(&name).await.unwrap_or(0);
     let mut holding_since: Option<tokio::time::Instant> = None;
-    // The most events per request a 413 taught.
+    // The most events per request a 413 taught; it doubles back after 10 deliveries in a row.
     let mut learned_cap = usize::MAX;
+    let mut since_shrunk = 0u32;
     let mut cursor = match reader.cursor(&name).await {
         Ok(c) => c,
         Err(error) => {
@@ -222,7 +224,7 @@ pub async fn run_sink<D: Deliver>(
             }
         };
         if fetched.events.is_empty() {
-            if fetched.upto > cursor && store.ack(&name, fetched.upto).await.is_ok() {
+            if fetched.upto > cursor && store.pass(&name, fetched.upto).await.is_ok() {
                 cursor = fetched.upto;
             }
             if stop.inputs_done.is_cancelled() {
@@ -256,6 +258,16 @@ pub async fn run_sink<D: Deliver>(
                     backoff.reset();
                     refusals = 0;
                     holding_since = None;
+                    if learned_cap < usize::MAX {
+                        since_shrunk += 1;
+                        if since_shrunk >= 10 {
+                            since_shrunk = 0;
+                            learned_cap = learned_cap.saturating_mul(2);
+                            if learned_cap >= config.batch_size {
+                                learned_cap = usize::MAX;
+                            }
+                        }
+                    }
                     tracing::debug!(sink = %name, events = n, upto, "Delivered.");
                     if let Err(error) = store.ack(&name, upto).await {
                         // Delivered but not recorded: these events will be sent again, same ids.
@@ -282,17 +294,37 @@ pub async fn run_sink<D: Deliver>(
                 Outcome::TooLarge { reason } if n > 1 => {
                     limit = n / 2;
                     learned_cap = limit;
+                    since_shrunk = 0;
                     tracing::warn!(sink = %name, %reason, events = n, now = limit, "The receiver refused the request size; sending fewer events at once (lower max_batch_bytes or batch_size to avoid this).");
                 }
-                Outcome::TooLarge { reason }
-                    if chunk[0].payload.len() as u64 > config.max_batch_bytes =>
-                {
-                    // Larger than the sink's own cap and refused for its size: the event's fault.
-                    let reason = format!(
-                        "{reason} (the event is {} bytes, more than max_batch_bytes = {})",
-                        chunk[0].payload.len(),
-                        config.max_batch_bytes
-                    );
+                Outcome::TooLarge { reason } => {
+                    // One event, refused for its size. Larger than the sink's own cap: the
+                    // event's fault, dead-lettered. Otherwise the receiver's limit is at fault:
+                    // held (retried, logged) for `refusal_hold`, then dead-lettered, so one event
+                    // cannot stall the sink for good.
+                    let bytes = chunk[0].payload.len();
+                    let oversized = bytes as u64 > config.max_batch_bytes;
+                    let since = *holding_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !oversized && since.elapsed() < retry.refusal_hold {
+                        let delay = backoff.next_delay();
+                        tracing::error!(sink = %name, %reason, bytes, id = %chunk[0].id, retry_in = ?delay, "The receiver refuses even one event for its size; raise the receiver's request body limit. Events stay buffered.");
+                        if sleep_or_abort(delay, &stop.abort).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    holding_since = None;
+                    let reason = if oversized {
+                        format!(
+                            "{reason} (the event is {bytes} bytes, more than max_batch_bytes = {})",
+                            config.max_batch_bytes
+                        )
+                    } else {
+                        format!(
+                            "{reason} (refused for its size of {bytes} bytes for {:?})",
+                            retry.refusal_hold
+                        )
+                    };
                     tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refuses this event for its size; moved to dead letters.");
                     if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
                         tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
@@ -304,13 +336,6 @@ pub async fn run_sink<D: Deliver>(
                     cursor = upto;
                     rest = &rest[1..];
                     limit = rest.len().min(learned_cap);
-                }
-                Outcome::TooLarge { reason } => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(sink = %name, %reason, bytes = chunk[0].payload.len(), id = %chunk[0].id, retry_in = ?delay, "The receiver refuses even one event for its size; raise the receiver's request body limit. Events stay buffered.");
-                    if sleep_or_abort(delay, &stop.abort).await {
-                        return;
-                    }
                 }
                 Outcome::Reject { reason } if n > 1 => {
                     limit = n / 2;
@@ -598,6 +623,18 @@ mod tests {
         d.writer.join();
     }
 
+    /// Waits (bounded) until `check` holds.
+    async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_receiver_that_refuses_everything_does_not_empty_the_buffer_into_dead_letters() {
         // A proxy answering 400 to every request: before, the whole backlog became dead
@@ -606,19 +643,88 @@ mod tests {
         let d = drain_for(
             sink.clone(),
             sink_config(100, 1 << 20),
-            100,
-            Duration::from_millis(400),
-            Some(Duration::from_millis(1000)),
+            0,
+            Duration::ZERO,
+            None,
         )
         .await;
-        let dead = d.reader.dead_letters("erp").await.unwrap().len();
-        // Three go as the content's fault, then at most one per 400 ms hold: 3 + 2 in 1 s.
-        assert!((3..=6).contains(&dead), "{dead} dead letters");
+        d.store
+            .append(
+                (0..100)
+                    .map(|n| {
+                        CloudEvent::new(
+                            "gw",
+                            "m",
+                            "production.count",
+                            "m",
+                            SystemTime::now(),
+                            serde_json::json!({ "n": n }),
+                        )
+                    })
+                    .collect(),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let run = |hold: Duration, sink: Scripted| {
+            let stop = SinkStop {
+                inputs_done: CancellationToken::new(),
+                abort: CancellationToken::new(),
+            };
+            let retry = RetryPolicy {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+                refusal_hold: hold,
+            };
+            let task = tokio::spawn(run_sink(
+                "erp".into(),
+                sink_config(100, 1 << 20),
+                sink,
+                d.store.clone(),
+                d.reader.clone(),
+                retry,
+                stop.clone(),
+            ));
+            (stop, task)
+        };
+        let dead = || async { d.reader.dead_letters("erp").await.unwrap().len() };
+        let (stop, task) = run(Duration::from_secs(3600), sink.clone());
+        until("three dead letters", async || dead().await >= 3).await;
+        // Then it holds: many more refused requests, not one more dead letter.
+        let requests = sink.requests.lock().unwrap().len();
+        until("ten more refused requests", async || {
+            sink.requests.lock().unwrap().len() >= requests + 10
+        })
+        .await;
+        assert_eq!(dead().await, 3);
         assert_eq!(
             d.reader.cursor("erp").await.unwrap(),
-            dead as i64,
+            3,
             "the rest stay buffered"
         );
+        stop.abort.cancel();
+        task.await.unwrap();
+        // A restart does not forget the streak: the next refused event is held too.
+        let (stop, task) = run(Duration::from_secs(3600), sink.clone());
+        let requests = sink.requests.lock().unwrap().len();
+        until("ten more refused requests", async || {
+            sink.requests.lock().unwrap().len() >= requests + 10
+        })
+        .await;
+        assert_eq!(dead().await, 3);
+        stop.abort.cancel();
+        task.await.unwrap();
+        // With a short hold, one goes per hold, no faster.
+        let (stop, task) = run(Duration::from_millis(300), sink.clone());
+        let started = tokio::time::Instant::now();
+        until("a fourth dead letter", async || dead().await >= 4).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        stop.abort.cancel();
+        task.await.unwrap();
         drop((d.store, d.reader));
         d.writer.join();
     }

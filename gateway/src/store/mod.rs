@@ -281,9 +281,13 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 
 fn configure(conn: Connection, path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Takes effect only on a new, empty file: freed pages can then be given back after a
-    // backlog drains (see `Writer::reclaim`).
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // Only on a new, empty file (on an existing one the pragma writes page 1, a commit every
+    // reader would make): freed pages can then be given back after a backlog drains (see
+    // `Writer::reclaim`).
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |row| row.get(0))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Bounds the WAL file left after a checkpoint.
@@ -373,6 +377,32 @@ fn corruption(path: &Path) -> Result<Option<String>, StoreError> {
             source,
         }),
     }
+}
+
+/// Requeued events for a sink no longer configured would never be delivered nor deleted: they
+/// go back to that sink's dead letters, where `causeway buffer` shows them.
+fn orphans_back_to_dead_letters(conn: &mut Connection, sinks: &[String]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let orphans: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT seq, sink FROM events WHERE sink IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(_, sink)| !sinks.contains(sink))
+            .collect()
+    };
+    for (seq, sink) in &orphans {
+        tx.execute(
+            "INSERT OR REPLACE INTO dead_letters (sink, seq, id, type, payload, reason, failed_at, size) \
+             SELECT sink, seq, id, type, payload, 'requeued for a sink that is no longer configured', ?2, size \
+             FROM events WHERE seq = ?1",
+            rusqlite::params![seq, writer::now_ms()],
+        )?;
+        tx.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
+        tracing::warn!(sink = %sink, seq, "A requeued event's sink is no longer configured; it is back in dead letters.");
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Moves a corrupt buffer (and its `-wal`, `-shm`) aside; returns where it went.
@@ -478,6 +508,7 @@ impl Store {
                 [sink],
             )?;
         }
+        orphans_back_to_dead_letters(&mut conn, &options.sinks)?;
         let last: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         let (ops, rx) = mpsc::channel(options.max_batch.max(16));
@@ -573,6 +604,21 @@ impl Store {
         self.submit(|done| WriteOp::Ack {
             sink: sink.to_owned(),
             upto,
+            delivered: true,
+            done,
+        })
+        .await
+    }
+
+    /// Moves `sink`'s cursor to `upto` over events not routed to it (nothing was delivered).
+    ///
+    /// # Errors
+    /// The cursor did not move.
+    pub async fn pass(&self, sink: &str, upto: i64) -> Result<(), StoreError> {
+        self.submit(|done| WriteOp::Ack {
+            sink: sink.to_owned(),
+            upto,
+            delivered: false,
             done,
         })
         .await

@@ -72,6 +72,23 @@ impl Reader {
         .await
     }
 
+    /// Events `sink` dead-lettered in a row with none delivered since.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn refusals(&self, sink: &str) -> Result<u32, StoreError> {
+        let sink = sink.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE((SELECT refusals FROM cursors WHERE sink = ?1), 0)",
+                [sink],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// Up to `limit` events after `after` for `sink`: those whose type matches one of `routes`
     /// (`*` wildcards) or is a gateway event (`gateway.*`, for every sink), and those requeued
     /// for this sink alone.

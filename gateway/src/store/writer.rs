@@ -46,8 +46,14 @@ pub(super) enum WriteOp {
         state: Vec<(String, String)>,
         done: Done,
     },
-    /// A sink delivered everything up to `upto`.
-    Ack { sink: String, upto: i64, done: Done },
+    /// A sink passed everything up to `upto`: delivered it (`delivered`), or found nothing
+    /// routed to it there.
+    Ack {
+        sink: String,
+        upto: i64,
+        delivered: bool,
+        done: Done,
+    },
     /// A sink refused these events for good.
     DeadLetter {
         sink: String,
@@ -132,6 +138,15 @@ fn sum(conn: &Connection, sql: &str) -> Result<u64, rusqlite::Error> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// Payload bytes of events and of dead letters, and the highest sequence number, as stored.
+fn books(conn: &Connection) -> Result<(u64, u64, i64), rusqlite::Error> {
+    Ok((
+        sum(conn, "SELECT COALESCE(SUM(size), 0) FROM events")?,
+        sum(conn, "SELECT COALESCE(SUM(size), 0) FROM dead_letters")?,
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?,
+    ))
+}
+
 impl Writer {
     pub(super) fn new(
         conn: Connection,
@@ -139,8 +154,7 @@ impl Writer {
         appended: watch::Sender<i64>,
         stats: Arc<StoreStats>,
     ) -> Result<Self, rusqlite::Error> {
-        let live_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM events")?;
-        let dead_bytes = sum(&conn, "SELECT COALESCE(SUM(size), 0) FROM dead_letters")?;
+        let (live_bytes, dead_bytes, _) = books(&conn)?;
         let last_seq = *appended.borrow();
         let data_version = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
         Ok(Writer {
@@ -167,7 +181,6 @@ impl Writer {
                 let Ok(op) = ops.try_recv() else { break };
                 batch.push(op);
             }
-            self.resync();
             let outcome = self.apply(&batch);
             // Housekeeping first, so a caller who sees its ack sees its effects too.
             let acked = outcome.as_ref().is_ok_and(|(_, acked)| *acked);
@@ -196,40 +209,6 @@ impl Writer {
         self.log_drops(true);
     }
 
-    /// Sums the books again if another connection changed the file since the last look.
-    fn resync(&mut self) {
-        let Ok(version) = self
-            .conn
-            .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
-        else {
-            return;
-        };
-        if version == self.data_version {
-            return;
-        }
-        let books = (|| -> Result<(u64, u64, i64), rusqlite::Error> {
-            Ok((
-                sum(&self.conn, "SELECT COALESCE(SUM(size), 0) FROM events")?,
-                sum(
-                    &self.conn,
-                    "SELECT COALESCE(SUM(size), 0) FROM dead_letters",
-                )?,
-                self.conn
-                    .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?,
-            ))
-        })();
-        if let Ok((live, dead, last)) = books {
-            self.live_bytes = live;
-            self.dead_bytes = dead;
-            if last > self.last_seq {
-                self.last_seq = last;
-                // Wake the sinks: requeued rows are theirs to deliver.
-                self.appended.send_replace(last);
-            }
-            self.data_version = version;
-        }
-    }
-
     fn sqlite(&self, error: rusqlite::Error) -> StoreError {
         StoreError::from_sqlite(&self.options.path, error)
     }
@@ -241,10 +220,11 @@ impl Writer {
         &mut self,
         batch: &[WriteOp],
     ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
-        let floor = self.last_seq;
+        let mut floor = self.last_seq;
         let (mut live, mut dead) = (self.live_bytes, self.dead_bytes);
         let mut total = Effect::default();
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut resynced = None;
         {
             let path = self.options.path.clone();
             let options = &self.options;
@@ -252,6 +232,17 @@ impl Writer {
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| StoreError::from_sqlite(&path, e))?;
+            // Another connection (`causeway buffer requeue|purge`) may have changed the file:
+            // sum the books again, inside this transaction, so nothing can change them under it.
+            let version: i64 = tx
+                .pragma_query_value(None, "data_version", |r| r.get(0))
+                .map_err(|e| StoreError::from_sqlite(&path, e))?;
+            if version != self.data_version {
+                let (l, d, last) = books(&tx).map_err(|e| StoreError::from_sqlite(&path, e))?;
+                (live, dead) = (l, d);
+                floor = floor.max(last);
+                resynced = Some((version, last));
+            }
             for op in batch {
                 let mut sp = tx
                     .savepoint()
@@ -285,6 +276,14 @@ impl Writer {
         }
         self.live_bytes = live;
         self.dead_bytes = dead;
+        if let Some((version, last)) = resynced {
+            self.data_version = version;
+            if last > self.last_seq {
+                self.last_seq = last;
+                // Wake the sinks: requeued rows are theirs to deliver.
+                self.appended.send_replace(last);
+            }
+        }
         count(&self.stats.appended, total.appended);
         count(&self.stats.dead_lettered, total.dead_lettered);
         if let Some(last) = total.last_seq {
@@ -353,11 +352,17 @@ impl Writer {
             Some((at, wall)) => {
                 let mono = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
                 let skew = now.saturating_sub(wall).saturating_sub(mono);
-                (skew > i64::try_from(CLOCK_STEP.as_millis()).unwrap_or(i64::MAX)).then_some(skew)
+                // (the step, and the latest stamp the old clock can have given)
+                (skew > i64::try_from(CLOCK_STEP.as_millis()).unwrap_or(i64::MAX))
+                    .then_some((skew, wall.saturating_add(mono)))
             }
             None => None,
         };
         self.last_age_check = Some((Instant::now(), now));
+        if now < CLOCK_SET_MS {
+            // The clock is not set: no age can be told, and no row is touched.
+            return;
+        }
         let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let result = (|| -> Result<(u64, Drops), rusqlite::Error> {
             let tx = self
@@ -365,18 +370,23 @@ impl Writer {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut drops = Drops::new();
             let mut freed = 0u64;
-            // Ages measured by a clock that was not set, or was stepped, mean nothing.
-            tx.execute(
-                "UPDATE events SET created_at = ?1 WHERE created_at < ?2",
-                params![now, CLOCK_SET_MS],
-            )?;
-            if let Some(skew) = step {
+            // Ages measured by a clock that was stepped, or not set, mean nothing. Rows stamped
+            // by the clock before a forward step move with it (first), then rows stamped before
+            // the clock was ever set are stamped now.
+            if let Some((skew, boundary)) = step {
                 tracing::warn!(
                     skew_ms = skew,
                     "The wall clock was stepped forward; buffered events keep their age."
                 );
-                tx.execute("UPDATE events SET created_at = created_at + ?1", [skew])?;
+                tx.execute(
+                    "UPDATE events SET created_at = created_at + ?1 WHERE created_at <= ?2",
+                    params![skew, boundary],
+                )?;
             }
+            tx.execute(
+                "UPDATE events SET created_at = ?1 WHERE created_at < ?2",
+                params![now, CLOCK_SET_MS],
+            )?;
             {
                 let mut stmt = tx.prepare(
                     "SELECT type, COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE created_at < ?1 GROUP BY type",
@@ -647,8 +657,17 @@ fn apply_one(
                 save.execute(params![rule, value]).map_err(sqlite)?;
             }
         }
-        WriteOp::Ack { sink, upto, .. } => {
+        WriteOp::Ack {
+            sink,
+            upto,
+            delivered,
+            ..
+        } => {
             ack(tx, sink, *upto).map_err(sqlite)?;
+            if *delivered {
+                tx.execute("UPDATE cursors SET refusals = 0 WHERE sink = ?1", [sink])
+                    .map_err(sqlite)?;
+            }
             effect.acked = true;
         }
         WriteOp::DeadLetter {
@@ -684,6 +703,11 @@ fn apply_one(
             effect.dead_delta = i64::try_from(added).unwrap_or(i64::MAX)
                 - i64::try_from(evicted).unwrap_or(i64::MAX);
             ack(tx, sink, *upto).map_err(sqlite)?;
+            tx.execute(
+                "UPDATE cursors SET refusals = refusals + ?2 WHERE sink = ?1",
+                params![sink, seqs.len() as i64],
+            )
+            .map_err(sqlite)?;
             effect.acked = true;
         }
         WriteOp::PageLimit { pages, .. } => {
