@@ -738,7 +738,7 @@ fn a_wall_clock_behind_the_saved_baseline_counts_the_downtime_but_reads_no_reset
         n.on_tick(t, mono(t), true, &mut out);
         data(&out, "production.count")
     };
-    // Parts made while down are counted (before: judged against no time at all, thrown away).
+    // Parts made while down are counted: a rise up to half the range.
     let counts = run(saved(1_000), &[21_000, 21_002]);
     let total: u64 = counts.iter().map(|c| c["total"].as_u64().unwrap()).sum();
     assert_eq!(total, 20_002);

@@ -190,8 +190,17 @@ pub async fn run_sink<D: Deliver>(
     let mut backoff = Backoff::new(retry.initial, retry.max);
     // Events refused in a row with none delivered in between (kept in the store, so a restart
     // does not reset it), and since when the sink holds.
-    let mut refusals = reader.refusals(&name).await.unwrap_or(0);
-    let mut holding_since: Option<tokio::time::Instant> = None;
+    let mut refusals = match reader.refusals(&name).await {
+        Ok(n) => n,
+        Err(error) => {
+            tracing::error!(sink = %name, error = %crate::error_chain(&error), "Cannot read the sink's refusal streak; the sink does not start.");
+            return;
+        }
+    };
+    // Since when the sink holds refused events (a receiver refusing everything).
+    let mut refuse_hold: Option<tokio::time::Instant> = None;
+    // The one event held for a 413, and since when.
+    let mut size_hold: Option<(i64, tokio::time::Instant)> = None;
     // The most events per request a 413 taught; it doubles back after 10 deliveries in a row.
     let mut learned_cap = usize::MAX;
     let mut since_shrunk = 0u32;
@@ -256,8 +265,19 @@ pub async fn run_sink<D: Deliver>(
             match outcome {
                 Outcome::Delivered => {
                     backoff.reset();
+                    tracing::debug!(sink = %name, events = n, upto, "Delivered.");
+                    if let Err(error) = store.ack(&name, upto).await {
+                        // Delivered but not recorded: these events will be sent again, same ids.
+                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
+                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
+                            return;
+                        }
+                        break;
+                    }
+                    // The ack reset the stored streak too.
                     refusals = 0;
-                    holding_since = None;
+                    refuse_hold = None;
+                    size_hold = None;
                     if learned_cap < usize::MAX {
                         since_shrunk += 1;
                         if since_shrunk >= 10 {
@@ -267,15 +287,6 @@ pub async fn run_sink<D: Deliver>(
                                 learned_cap = usize::MAX;
                             }
                         }
-                    }
-                    tracing::debug!(sink = %name, events = n, upto, "Delivered.");
-                    if let Err(error) = store.ack(&name, upto).await {
-                        // Delivered but not recorded: these events will be sent again, same ids.
-                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
-                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
-                            return;
-                        }
-                        break;
                     }
                     cursor = upto;
                     rest = &rest[n..];
@@ -304,7 +315,14 @@ pub async fn run_sink<D: Deliver>(
                     // cannot stall the sink for good.
                     let bytes = chunk[0].payload.len();
                     let oversized = bytes as u64 > config.max_batch_bytes;
-                    let since = *holding_since.get_or_insert_with(tokio::time::Instant::now);
+                    let since = match size_hold {
+                        Some((seq, since)) if seq == chunk[0].seq => since,
+                        _ => {
+                            let now = tokio::time::Instant::now();
+                            size_hold = Some((chunk[0].seq, now));
+                            now
+                        }
+                    };
                     if !oversized && since.elapsed() < retry.refusal_hold {
                         let delay = backoff.next_delay();
                         tracing::error!(sink = %name, %reason, bytes, id = %chunk[0].id, retry_in = ?delay, "The receiver refuses even one event for its size; raise the receiver's request body limit. Events stay buffered.");
@@ -313,7 +331,6 @@ pub async fn run_sink<D: Deliver>(
                         }
                         continue;
                     }
-                    holding_since = None;
                     let reason = if oversized {
                         format!(
                             "{reason} (the event is {bytes} bytes, more than max_batch_bytes = {})",
@@ -325,14 +342,23 @@ pub async fn run_sink<D: Deliver>(
                             retry.refusal_hold
                         )
                     };
-                    tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refuses this event for its size; moved to dead letters.");
-                    if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
-                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
-                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
-                            return;
-                        }
-                        break;
+                    match dead_letter(
+                        &store,
+                        &name,
+                        chunk,
+                        &reason,
+                        upto,
+                        &mut backoff,
+                        &stop.abort,
+                    )
+                    .await
+                    {
+                        Recorded::Yes => {}
+                        Recorded::No => break,
+                        Recorded::Aborted => return,
                     }
+                    size_hold = None;
+                    refusals = refusals.saturating_add(1);
                     cursor = upto;
                     rest = &rest[1..];
                     limit = rest.len().min(learned_cap);
@@ -342,8 +368,9 @@ pub async fn run_sink<D: Deliver>(
                     tracing::warn!(sink = %name, %reason, events = n, "The receiver refused a batch; splitting it to find the refused event.");
                 }
                 Outcome::Reject { reason } => {
-                    if refusals >= REFUSALS_BEFORE_HOLD {
-                        let since = *holding_since.get_or_insert_with(tokio::time::Instant::now);
+                    let holding = refusals >= REFUSALS_BEFORE_HOLD;
+                    if holding {
+                        let since = *refuse_hold.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() < retry.refusal_hold {
                             let delay = backoff.next_delay();
                             tracing::error!(sink = %name, %reason, refused_in_a_row = refusals, retry_in = ?delay, "The receiver refuses every event and accepts none: holding them (not dead-lettering) until it accepts one. Check its URL, a proxy in front of it, and its logs.");
@@ -352,22 +379,65 @@ pub async fn run_sink<D: Deliver>(
                             }
                             continue;
                         }
-                        // Held long enough: this one goes, the next waits again.
-                        holding_since = Some(tokio::time::Instant::now());
                     }
-                    tracing::error!(sink = %name, %reason, id = %chunk[0].id, "The receiver refused this event for good; moved to dead letters (see `causeway buffer list`).");
-                    if let Err(error) = store.dead_letter(&name, chunk, &reason, upto).await {
-                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
-                        if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
-                            return;
-                        }
-                        break;
+                    match dead_letter(
+                        &store,
+                        &name,
+                        chunk,
+                        &reason,
+                        upto,
+                        &mut backoff,
+                        &stop.abort,
+                    )
+                    .await
+                    {
+                        Recorded::Yes => {}
+                        Recorded::No => break,
+                        Recorded::Aborted => return,
+                    }
+                    if holding {
+                        // Held long enough: this one went, the next waits again.
+                        refuse_hold = Some(tokio::time::Instant::now());
                     }
                     refusals = refusals.saturating_add(1);
                     cursor = upto;
                     rest = &rest[1..];
                     limit = rest.len().min(learned_cap);
                 }
+            }
+        }
+    }
+}
+
+/// Whether a dead letter was recorded.
+enum Recorded {
+    Yes,
+    /// Not recorded (logged, backed off): fetch again.
+    No,
+    /// The sink was aborted while backing off.
+    Aborted,
+}
+
+/// Records `chunk` (one event) as refused for good by `sink`, moving its cursor to `upto`.
+async fn dead_letter(
+    store: &Store,
+    sink: &str,
+    chunk: &[StoredEvent],
+    reason: &str,
+    upto: i64,
+    backoff: &mut Backoff,
+    abort: &CancellationToken,
+) -> Recorded {
+    let id = chunk.first().map_or("", |e| e.id.as_str());
+    tracing::error!(sink, %reason, id, "The receiver refused this event for good; moved to dead letters (see `causeway buffer list`).");
+    match store.dead_letter(sink, chunk, reason, upto).await {
+        Ok(()) => Recorded::Yes,
+        Err(error) => {
+            tracing::error!(sink, error = %crate::error_chain(&error), "Could not record the dead letter; will retry.");
+            if sleep_or_abort(backoff.next_delay(), abort).await {
+                Recorded::Aborted
+            } else {
+                Recorded::No
             }
         }
     }
@@ -791,6 +861,114 @@ mod tests {
             "{}",
             dead[0].2
         );
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_413_held_event_within_the_cap_goes_to_dead_letters_after_the_hold_and_the_rest_flow()
+    {
+        // The receiver refuses requests of more than 0 events for their size... only while the
+        // first event is in them: a scripted sink that 413s any batch holding n = 0.
+        #[derive(Clone)]
+        struct FirstTooLarge(Scripted);
+        impl Deliver for FirstTooLarge {
+            async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+                if batch.iter().any(|e| e.payload.contains("\"n\":0}")) {
+                    self.0.requests.lock().unwrap().push(batch.len());
+                    return Outcome::TooLarge {
+                        reason: "HTTP 413".into(),
+                    };
+                }
+                self.0.deliver(batch).await
+            }
+        }
+        let inner = Scripted::new(&[], usize::MAX);
+        let d = drain_for(
+            inner.clone(),
+            sink_config(100, 1 << 20),
+            0,
+            Duration::ZERO,
+            None,
+        )
+        .await;
+        let made: Vec<CloudEvent> = (0..5)
+            .map(|n| {
+                CloudEvent::new(
+                    "gw",
+                    "m",
+                    "production.count",
+                    "m",
+                    SystemTime::now(),
+                    serde_json::json!({ "n": n }),
+                )
+            })
+            .collect();
+        d.store.append(made.clone(), vec![]).await.unwrap();
+        let stop = SinkStop {
+            inputs_done: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        };
+        stop.inputs_done.cancel();
+        let hold = Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            run_sink(
+                "erp".into(),
+                sink_config(100, 1 << 20),
+                FirstTooLarge(inner.clone()),
+                d.store.clone(),
+                d.reader.clone(),
+                RetryPolicy {
+                    initial: Duration::from_millis(1),
+                    max: Duration::from_millis(5),
+                    refusal_hold: hold,
+                },
+                stop,
+            ),
+        )
+        .await
+        .expect("drains");
+        assert!(
+            started.elapsed() >= hold,
+            "held first: {:?}",
+            started.elapsed()
+        );
+        let dead = d.reader.dead_letters("erp").await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1, made[0].id);
+        assert!(dead[0].2.contains("refused for its size"), "{}", dead[0].2);
+        assert_eq!(
+            *inner.accepted.lock().unwrap(),
+            made[1..].iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            "the others are delivered"
+        );
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn the_batch_size_a_413_taught_grows_back_after_ten_deliveries() {
+        let sink = Scripted::new(&[], 25);
+        let d = drain_for(
+            sink.clone(),
+            sink_config(100, 1 << 20),
+            400,
+            Duration::from_secs(3600),
+            None,
+        )
+        .await;
+        assert_eq!(*sink.accepted.lock().unwrap(), d.ids);
+        let requests = sink.requests.lock().unwrap().clone();
+        // 100 -> 50 -> 25 (taught); after ten deliveries of 25, 50 is tried again (and halved).
+        assert_eq!(&requests[..3], &[100, 50, 25], "{requests:?}");
+        let again = 3 + requests[3..]
+            .iter()
+            .position(|n| *n == 50)
+            .expect("tried again");
+        assert!(again >= 12, "{requests:?}");
+        assert!(requests[2..again].iter().all(|n| *n == 25), "{requests:?}");
         drop((d.store, d.reader));
         d.writer.join();
     }

@@ -58,6 +58,7 @@ use crate::event::CloudEvent;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_outbox.sql"),
     include_str!("migrations/002_limits.sql"),
+    include_str!("migrations/003_refusals.sql"),
 ];
 
 /// Why the buffer failed.

@@ -40,10 +40,6 @@ ALTER TABLE dead_letters ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 UPDATE dead_letters SET size = LENGTH(CAST(payload AS BLOB));
 CREATE INDEX dead_letters_by_age ON dead_letters (failed_at);
 
--- Events a sink dead-lettered in a row with none delivered since: the sink holds further
--- refusals past a threshold (a receiver refusing everything), across restarts too.
-ALTER TABLE cursors ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
-
 -- Every event the buffer dropped, by type and reason, kept for `causeway buffer stats`.
 CREATE TABLE drops (
     type   TEXT    NOT NULL,
