@@ -463,3 +463,65 @@ fn counter_max_rate_and_measurement_deadband_are_checked() {
     assert!(Deadband::Percent(10.0).exceeded(-50.0, -44.0));
     assert!(!Deadband::Percent(10.0).exceeded(-50.0, -46.0));
 }
+
+/// Each replacement in GOOD makes exactly the one error named, at the text named.
+#[test]
+fn every_remaining_check_reports_its_one_error_at_its_place() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace, with, the one error, the text it points at)
+        (
+            "kind = \"state\"\ntag",
+            "kind = \"state\"\nname = \"counter-press1\"\ntag",
+            "two rules are named `counter-press1`",
+            "\"counter-press1\"",
+        ),
+        ("max_bytes = \"64MiB\"", "max_bytes = \"512KiB\"", "max_bytes = 512KiB is too small", "\"512KiB\""),
+        ("max_bytes = \"64MiB\"", "max_bytes = \"64MiB\"\nmax_batch = 0", "max_batch = 0 is out of range", "0"),
+        (
+            "max_bytes = \"64MiB\"",
+            "max_bytes = \"64MiB\"\nmax_batch = 100001",
+            "max_batch = 100001 is out of range",
+            "100001",
+        ),
+        ("poll = \"200ms\"", "poll = \"200ms\"\nunit = 256", "unit 256 is out of range", "256"),
+        ("poll = \"200ms\"", "poll = \"5ms\"", "poll = \"5ms\" is too short", "\"5ms\""),
+        ("poll = \"200ms\"", "poll = \"200ms\"\nmax_gap = 125", "max_gap = 125 is out of range", "125"),
+        ("poll = \"200ms\"", "poll = \"200ms\"\nmax_gap = -1", "max_gap = -1 is out of range", "-1"),
+        (
+            "usl = 55.0",
+            "usl = 55.0\nnominal = 60.0",
+            "nominal 60 lies outside the specification limits",
+            "60.0",
+        ),
+        (
+            "trigger = \"press1.cycle_done\"",
+            "trigger = \"press1.state\"",
+            "trigger tag `press1.state` is not a bool",
+            "\"press1.state\"",
+        ),
+        (
+            "reject = \"press1.parts_reject\"",
+            "reject = \"press1.parts_reject\"\ngood = \"press1.parts_reject\"",
+            "a counter rule takes two of `total`, `good` and `reject`",
+            "\"press1.parts_reject\"",
+        ),
+        (
+            "type = \"u32\", order = \"CDAB\" }",
+            "type = \"u32\", order = \"CDAB\", scale = 2.0 }",
+            "counter tag `press1.parts_total` is scaled",
+            "\"press1.parts_total\"",
+        ),
+    ];
+    for (from, to, message, at) in cases {
+        assert!(GOOD.contains(from), "{from}");
+        let text = GOOD.replacen(from, to, 1);
+        let found: Vec<Problem> = problems(&text).into_iter().filter(Problem::is_error).collect();
+        assert_eq!(
+            found.iter().map(|p| p.message.as_str()).collect::<Vec<_>>(),
+            vec![*message],
+            "{to}"
+        );
+        let span = found[0].span.clone().expect("located");
+        assert_eq!(&text[span], *at, "{message}");
+    }
+}
