@@ -475,18 +475,48 @@ fn every_remaining_check_reports_its_one_error_at_its_place() {
             "two rules are named `counter-press1`",
             "\"counter-press1\"",
         ),
-        ("max_bytes = \"64MiB\"", "max_bytes = \"512KiB\"", "max_bytes = 512KiB is too small", "\"512KiB\""),
-        ("max_bytes = \"64MiB\"", "max_bytes = \"64MiB\"\nmax_batch = 0", "max_batch = 0 is out of range", "0"),
+        (
+            "max_bytes = \"64MiB\"",
+            "max_bytes = \"512KiB\"",
+            "max_bytes = 512KiB is too small",
+            "\"512KiB\"",
+        ),
+        (
+            "max_bytes = \"64MiB\"",
+            "max_bytes = \"64MiB\"\nmax_batch = 0",
+            "max_batch = 0 is out of range",
+            "0",
+        ),
         (
             "max_bytes = \"64MiB\"",
             "max_bytes = \"64MiB\"\nmax_batch = 100001",
             "max_batch = 100001 is out of range",
             "100001",
         ),
-        ("poll = \"200ms\"", "poll = \"200ms\"\nunit = 256", "unit 256 is out of range", "256"),
-        ("poll = \"200ms\"", "poll = \"5ms\"", "poll = \"5ms\" is too short", "\"5ms\""),
-        ("poll = \"200ms\"", "poll = \"200ms\"\nmax_gap = 125", "max_gap = 125 is out of range", "125"),
-        ("poll = \"200ms\"", "poll = \"200ms\"\nmax_gap = -1", "max_gap = -1 is out of range", "-1"),
+        (
+            "poll = \"200ms\"",
+            "poll = \"200ms\"\nunit = 256",
+            "unit 256 is out of range",
+            "256",
+        ),
+        (
+            "poll = \"200ms\"",
+            "poll = \"5ms\"",
+            "poll = \"5ms\" is too short",
+            "\"5ms\"",
+        ),
+        (
+            "poll = \"200ms\"",
+            "poll = \"200ms\"\nmax_gap = 125",
+            "max_gap = 125 is out of range",
+            "125",
+        ),
+        (
+            "poll = \"200ms\"",
+            "poll = \"200ms\"\nmax_gap = -1",
+            "max_gap = -1 is out of range",
+            "-1",
+        ),
         (
             "usl = 55.0",
             "usl = 55.0\nnominal = 60.0",
@@ -515,7 +545,10 @@ fn every_remaining_check_reports_its_one_error_at_its_place() {
     for (from, to, message, at) in cases {
         assert!(GOOD.contains(from), "{from}");
         let text = GOOD.replacen(from, to, 1);
-        let found: Vec<Problem> = problems(&text).into_iter().filter(Problem::is_error).collect();
+        let found: Vec<Problem> = problems(&text)
+            .into_iter()
+            .filter(Problem::is_error)
+            .collect();
         assert_eq!(
             found.iter().map(|p| p.message.as_str()).collect::<Vec<_>>(),
             vec![*message],

@@ -42,8 +42,12 @@ pub struct SeenRequest {
     pub idempotency_key: Option<String>,
     /// `Authorization` header.
     pub authorization: Option<String>,
-    /// Events in the body (0 when refused before parsing).
+    /// Events in the body (0 when it was not a JSON array).
     pub events: usize,
+    /// `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The ids of the events in the body, in order (also for refused requests).
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +65,11 @@ struct State {
     count_only: bool,
     /// Events accepted in count-only mode.
     counted: usize,
+    /// TLS handshakes that failed (a client that does not trust the certificate).
+    handshake_failures: usize,
+    /// Record the events, then wait this long before answering (a crash between delivery and
+    /// the sender's cursor update).
+    answer_after: Option<std::time::Duration>,
 }
 
 /// A running receiver. Stops when its cancel token fires.
@@ -139,6 +148,7 @@ impl Receiver {
                     )
                     .await
                     else {
+                        lock(&state).handshake_failures += 1;
                         return;
                     };
                     let service = service_fn(move |req| handle(req, Arc::clone(&state)));
@@ -187,6 +197,17 @@ impl Receiver {
             .unwrap_or_default()
     }
 
+    /// TLS handshakes that failed so far.
+    pub fn handshake_failures(&self) -> usize {
+        self.state().handshake_failures
+    }
+
+    /// From now on, records each accepted request's events and then waits `delay` before
+    /// answering (`None`: answers at once).
+    pub fn answer_after(&self, delay: Option<std::time::Duration>) {
+        self.state().answer_after = delay;
+    }
+
     /// Counts accepted events without keeping them or their ids, so a benchmark of millions of
     /// events measures the gateway, not the receiver's memory. [`Receiver::counted`] tells how many.
     pub fn set_count_only(&self, count_only: bool) {
@@ -230,34 +251,12 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (idempotency_key, authorization) = (header("idempotency-key"), header("authorization"));
+    let (idempotency_key, authorization, content_type) = (
+        header("idempotency-key"),
+        header("authorization"),
+        header("content-type"),
+    );
     let body = req.into_body().collect().await?.to_bytes();
-    let refuse = {
-        let mut s = lock(&state);
-        if s.outage {
-            Some(503)
-        } else {
-            s.scripted.pop_front()
-        }
-    };
-    let seen = |status, events| SeenRequest {
-        status,
-        idempotency_key: idempotency_key.clone(),
-        authorization: authorization.clone(),
-        events,
-    };
-    if let Some(status) = refuse.filter(|s| !(200..300).contains(s)) {
-        lock(&state).requests.push(seen(status, 0));
-        let mut response = Response::new(Full::from(format!("refused on purpose ({status})")));
-        *response.status_mut() =
-            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        if status == 503 || status == 429 {
-            response
-                .headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-        }
-        return Ok(response);
-    }
     if lock(&state).count_only {
         return Ok(
             match serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body) {
@@ -274,7 +273,50 @@ async fn handle(
             },
         );
     }
-    let events: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+    let parsed: Result<Vec<serde_json::Value>, _> = serde_json::from_slice(&body);
+    let ids: Vec<String> = parsed
+        .as_ref()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| {
+                    e.get("id")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let seen = |status, events| SeenRequest {
+        status,
+        idempotency_key: idempotency_key.clone(),
+        authorization: authorization.clone(),
+        events,
+        content_type: content_type.clone(),
+        ids: ids.clone(),
+    };
+    let refuse = {
+        let mut s = lock(&state);
+        if s.outage {
+            Some(503)
+        } else {
+            s.scripted.pop_front()
+        }
+    };
+    if let Some(status) = refuse.filter(|s| !(200..300).contains(s)) {
+        lock(&state).requests.push(seen(status, ids.len()));
+        let mut response = Response::new(Full::from(format!("refused on purpose ({status})")));
+        *response.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        if status == 503 || status == 429 {
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        }
+        return Ok(response);
+    }
+    let events = match parsed {
         Ok(events) => events,
         Err(error) => {
             lock(&state).requests.push(seen(400, 0));
@@ -285,19 +327,25 @@ async fn handle(
             return Ok(response);
         }
     };
-    let mut s = lock(&state);
-    s.requests.push(seen(200, events.len()));
-    for event in events {
-        let id = event
-            .get("id")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        if s.ids.insert(id) {
-            s.events.push(event);
-        } else {
-            s.duplicates += 1;
+    let delay = {
+        let mut s = lock(&state);
+        s.requests.push(seen(200, events.len()));
+        for event in events {
+            let id = event
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            if s.ids.insert(id) {
+                s.events.push(event);
+            } else {
+                s.duplicates += 1;
+            }
         }
+        s.answer_after
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
     Ok(Response::new(Full::from("ok")))
 }

@@ -8,7 +8,7 @@
 //! If the grace period ends first, the sinks are aborted: what they had not delivered stays in the
 //! buffer for the next start. The writer thread is joined last, after its final commit.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use firmware_config::{GatewayConfig, SinkKind, SourceConfig};
 use protocols::modbus::ModbusSource;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    normalize::Normalizer,
+    normalize::{Normalizer, NormalizerStats},
     sinks::{AnySink, RetryPolicy, SinkError, SinkStop, run_sink},
     store::{Store, StoreError, StoreOptions, WriterThread},
 };
@@ -53,6 +53,7 @@ pub struct Running {
     store: Store,
     writer: WriterThread,
     grace: Duration,
+    normalizer: Arc<NormalizerStats>,
 }
 
 /// Starts every task for `config`; relative paths are taken from `base`.
@@ -93,6 +94,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
     drop(tx);
 
     let normalizer = Normalizer::new(config, &saved);
+    let normalizer_stats = normalizer.stats();
     let (n_store, n_abort, n_done) = (store.clone(), abort.clone(), inputs_done.clone());
     tasks.spawn(async move {
         normalizer.run(rx, n_store, n_abort).await;
@@ -136,6 +138,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
         store,
         writer,
         grace: config.shutdown_grace,
+        normalizer: normalizer_stats,
     })
 }
 
@@ -143,6 +146,11 @@ impl Running {
     /// The buffer.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// What the normalizer saw (samples, Bad samples), shared: readable after shutdown.
+    pub fn normalizer_stats(&self) -> Arc<NormalizerStats> {
+        Arc::clone(&self.normalizer)
     }
 
     /// Stops the sources, lets the rest drain for up to the grace period, then stops everything.

@@ -129,12 +129,30 @@ fn strings_with_odd_lengths_nul_padding_and_trailing_spaces_decode_in_both_byte_
         // Trailing spaces are trimmed, NUL padding ends the text.
         let want = Value::Str(text.trim_end().to_owned());
         let string = DataType::String(*registers);
-        assert_eq!(decode_registers(&tag(string, WordOrder::Abcd), abcd), Ok(want.clone()), "{text:?}");
-        assert_eq!(decode_registers(&tag(string, WordOrder::Badc), swapped), Ok(want.clone()), "{text:?} swapped");
+        assert_eq!(
+            decode_registers(&tag(string, WordOrder::Abcd), abcd),
+            Ok(want.clone()),
+            "{text:?}"
+        );
+        assert_eq!(
+            decode_registers(&tag(string, WordOrder::Badc), swapped),
+            Ok(want.clone()),
+            "{text:?} swapped"
+        );
         // Strings are per register: word order does not apply.
-        assert_eq!(decode_registers(&tag(string, WordOrder::Cdab), abcd), Ok(want.clone()), "{text:?} CDAB");
-        assert_eq!(encode_registers(string, WordOrder::Abcd, &Value::Str((*text).to_owned())), abcd.to_vec());
-        assert_eq!(encode_registers(string, WordOrder::Badc, &Value::Str((*text).to_owned())), swapped.to_vec());
+        assert_eq!(
+            decode_registers(&tag(string, WordOrder::Cdab), abcd),
+            Ok(want.clone()),
+            "{text:?} CDAB"
+        );
+        assert_eq!(
+            encode_registers(string, WordOrder::Abcd, &Value::Str((*text).to_owned())),
+            abcd.to_vec()
+        );
+        assert_eq!(
+            encode_registers(string, WordOrder::Badc, &Value::Str((*text).to_owned())),
+            swapped.to_vec()
+        );
     }
 }
 

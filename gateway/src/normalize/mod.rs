@@ -77,12 +77,24 @@ enum Rule {
     Measurement(measurement::MeasurementRule),
 }
 
+/// Counters of what the normalizer saw, for logs, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct NormalizerStats {
+    /// Batches taken from the sources.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Samples in them.
+    pub samples: std::sync::atomic::AtomicU64,
+    /// Samples of Bad quality (a device down, an exception, a value that did not decode).
+    pub bad: std::sync::atomic::AtomicU64,
+}
+
 /// The rules engine.
 #[derive(Debug)]
 pub struct Normalizer {
     gateway_id: String,
     rules: Vec<Rule>,
     latest: Latest,
+    stats: Arc<NormalizerStats>,
 }
 
 impl Normalizer {
@@ -114,11 +126,28 @@ impl Normalizer {
             gateway_id: config.gateway_id.clone(),
             rules,
             latest: Latest::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The counters, shared: they outlive the normalizer.
+    pub fn stats(&self) -> Arc<NormalizerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Applies one batch.
     pub fn on_batch(&mut self, batch: &SampleBatch, out: &mut Output) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats
+            .samples
+            .fetch_add(batch.samples.len() as u64, Relaxed);
+        let bad = batch
+            .samples
+            .iter()
+            .filter(|s| matches!(s.quality, Quality::Bad(_)))
+            .count();
+        self.stats.bad.fetch_add(bad as u64, Relaxed);
         for sample in &batch.samples {
             let previous = self.latest.0.get(&sample.tag).map(|s| s.quality.clone());
             match (&previous, &sample.quality) {

@@ -40,6 +40,20 @@ impl HttpsSink {
     /// # Errors
     /// The CA file or the credential cannot be read.
     pub fn new(sink: &str, config: &HttpsSinkConfig, base: &Path) -> Result<Self, SinkError> {
+        Self::with_env(sink, config, base, |name| std::env::var(name).ok())
+    }
+
+    /// As [`HttpsSink::new`], reading environment variables through `env` (tests pass their
+    /// own: setting the process environment while other threads run is unsound).
+    ///
+    /// # Errors
+    /// The CA file or the credential cannot be read.
+    pub fn with_env(
+        sink: &str,
+        config: &HttpsSinkConfig,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SinkError> {
         let ca = config.ca_file.as_ref().map(|p| base.join(p));
         let tls = crate::tls::client_config(ca.as_deref()).map_err(|source| SinkError::Tls {
             sink: sink.to_owned(),
@@ -58,7 +72,7 @@ impl HttpsSink {
             })?;
         let bearer = match &config.auth {
             None => None,
-            Some(HttpAuth::BearerEnv(var)) => Some(std::env::var(var).map_err(|_| SinkError::Credential {
+            Some(HttpAuth::BearerEnv(var)) => Some(env(var).ok_or_else(|| SinkError::Credential {
                 sink: sink.to_owned(),
                 why: format!("environment variable `{var}` (auth.bearer_env) is not set; export it before starting causeway"),
             })?),
@@ -298,15 +312,14 @@ mod tests {
             error.contains("`CAUSEWAY_TEST_NO_SUCH_VAR`") && error.contains("not set"),
             "{error}"
         );
-        // SAFETY: this test alone uses this variable, and sets it before any thread reads it.
-        unsafe { std::env::set_var("CAUSEWAY_TEST_TOKEN", "from-env") };
-        let sink = HttpsSink::new(
+        let sink = HttpsSink::with_env(
             "erp",
             &config(
                 "https://127.0.0.1:1/",
                 Some(HttpAuth::BearerEnv("CAUSEWAY_TEST_TOKEN".into())),
             ),
             base.path(),
+            |name| (name == "CAUSEWAY_TEST_TOKEN").then(|| "from-env".to_owned()),
         )
         .unwrap();
         assert_eq!(sink.bearer.as_deref(), Some("from-env"));

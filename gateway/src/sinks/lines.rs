@@ -1,10 +1,17 @@
 //! `file` and `stdout` sinks: one CloudEvent JSON per line. A file batch counts as delivered
 //! once written, flushed and synced to disk.
+//!
+//! - A failed write is truncated back to where the batch began: no half line stays, and the
+//!   retry writes the whole batch again.
+//! - Before each batch the open file is checked against its path: if the file was moved or
+//!   deleted (log rotation, a folder removed), it is opened again at the path, so events are
+//!   never "delivered" into a file nobody can see. A folder that is gone fails the batch (it
+//!   stays buffered and is retried) with an error naming the path.
 
 use std::{
     fs::{File, OpenOptions},
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -13,8 +20,95 @@ use crate::store::StoredEvent;
 
 #[derive(Debug)]
 enum Target {
-    File(Arc<Mutex<File>>),
+    File(Arc<Mutex<OpenFile>>),
     Stdout,
+}
+
+/// The file a sink appends to, and the path it must still be at.
+#[derive(Debug)]
+struct OpenFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether `file` is still the file at `path`.
+#[cfg(unix)]
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn still_at(_file: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+impl OpenFile {
+    /// The file to append to: the one open if it is still at the path, else the path opened
+    /// again.
+    fn current(&mut self) -> std::io::Result<&mut File> {
+        let file = match self.file.take() {
+            Some(file) if still_at(&file, &self.path) => file,
+            stale => {
+                if stale.is_some() {
+                    tracing::warn!(path = %self.path.display(), "The sink's file was moved or deleted; opening it again at its path.");
+                }
+                open_append(&self.path).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open `{}`: {e}", self.path.display()),
+                    )
+                })?
+            }
+        };
+        Ok(self.file.insert(file))
+    }
+}
+
+/// What appending needs of a file; a test double fails on purpose.
+pub(crate) trait Append {
+    /// Current length.
+    fn len(&self) -> std::io::Result<u64>;
+    /// Writes, flushes and syncs all of `bytes`.
+    fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Cuts the file back to `len`.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Append for File {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)
+            .and_then(|()| self.flush())
+            .and_then(|()| self.sync_data())
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// Appends `bytes` whole or not at all: a failed write is cut back to where it began.
+pub(crate) fn append_whole(file: &mut impl Append, bytes: &[u8]) -> std::io::Result<()> {
+    let before = file.len()?;
+    let written = file.write_synced(bytes);
+    if written.is_err() {
+        // No half line may stay behind: the retry writes the whole batch again.
+        if let Err(error) = file.truncate(before) {
+            tracing::error!(%error, "Could not cut a failed write back; the file may end in a partial line.");
+        }
+    }
+    written
 }
 
 /// JSON lines to a file or standard output.
@@ -29,17 +123,16 @@ impl LinesSink {
     /// # Errors
     /// The file cannot be opened for appending.
     pub fn file(sink: &str, path: &Path) -> Result<Self, SinkError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| SinkError::File {
-                sink: sink.to_owned(),
-                path: path.display().to_string(),
-                source,
-            })?;
+        let file = open_append(path).map_err(|source| SinkError::File {
+            sink: sink.to_owned(),
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(LinesSink {
-            target: Target::File(Arc::new(Mutex::new(file))),
+            target: Target::File(Arc::new(Mutex::new(OpenFile {
+                path: path.to_owned(),
+                file: Some(file),
+            }))),
         })
     }
 
@@ -71,19 +164,10 @@ impl Deliver for LinesSink {
             Target::File(file) => {
                 let file = Arc::clone(file);
                 tokio::task::spawn_blocking(move || {
-                    let mut f = file
+                    let mut open = file
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let before = f.metadata()?.len();
-                    let written = f
-                        .write_all(&bytes)
-                        .and_then(|()| f.flush())
-                        .and_then(|()| f.sync_data());
-                    if written.is_err() {
-                        // No half line may stay behind: the retry writes the whole batch again.
-                        let _ = f.set_len(before);
-                    }
-                    written
+                    append_whole(open.current()?, &bytes)
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -97,5 +181,119 @@ impl Deliver for LinesSink {
                 after: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(from: i64, n: i64) -> Vec<StoredEvent> {
+        (from..from + n)
+            .map(|seq| StoredEvent {
+                seq,
+                id: format!("id-{seq}"),
+                event_type: "production.count".into(),
+                payload: format!("{{\"id\":\"id-{seq}\"}}"),
+            })
+            .collect()
+    }
+
+    fn whole_lines(path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "no partial line: {text:?}"
+        );
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn a_folder_that_disappears_fails_the_batch_until_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("out");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("events.jsonl");
+        let mut sink = LinesSink::file("qms", &path).unwrap();
+        assert_eq!(sink.deliver(&batch(1, 2)).await, Outcome::Delivered);
+        std::fs::remove_dir_all(&folder).unwrap();
+        // Before: written into the deleted file and reported delivered.
+        let Outcome::Retry { reason, .. } = sink.deliver(&batch(3, 2)).await else {
+            panic!("nothing can be delivered into a folder that is gone");
+        };
+        assert!(reason.contains("events.jsonl"), "{reason}");
+        std::fs::create_dir(&folder).unwrap();
+        assert_eq!(sink.deliver(&batch(3, 2)).await, Outcome::Delivered);
+        assert_eq!(
+            whole_lines(&path),
+            vec![r#"{"id":"id-3"}"#, r#"{"id":"id-4"}"#]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotated_file_is_opened_again_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut sink = LinesSink::file("qms", &path).unwrap();
+        assert_eq!(sink.deliver(&batch(1, 1)).await, Outcome::Delivered);
+        let rotated = dir.path().join("events.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        assert_eq!(sink.deliver(&batch(2, 1)).await, Outcome::Delivered);
+        assert_eq!(whole_lines(&rotated), vec![r#"{"id":"id-1"}"#]);
+        assert_eq!(
+            whole_lines(&path),
+            vec![r#"{"id":"id-2"}"#],
+            "the new batch is where the path says"
+        );
+    }
+
+    /// A real file that fails a write after `room` more bytes, as a full disk does.
+    struct FillsUp {
+        file: File,
+        room: usize,
+    }
+
+    impl Append for FillsUp {
+        fn len(&self) -> std::io::Result<u64> {
+            Append::len(&self.file)
+        }
+
+        fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            if bytes.len() > self.room {
+                self.file.write_all(&bytes[..self.room])?;
+                self.room = 0;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device",
+                ));
+            }
+            self.room -= bytes.len();
+            self.file.write_synced(bytes)
+        }
+
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.file.truncate(len)
+        }
+    }
+
+    #[test]
+    fn a_write_that_fails_halfway_is_cut_back_to_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut file = FillsUp {
+            file: open_append(&path).unwrap(),
+            room: 20,
+        };
+        append_whole(&mut file, &lines(&batch(1, 1))).unwrap();
+        let error = append_whole(&mut file, &lines(&batch(2, 3))).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            whole_lines(&path),
+            vec![r#"{"id":"id-1"}"#],
+            "the partial batch was cut back"
+        );
+        file.room = 1000;
+        append_whole(&mut file, &lines(&batch(2, 3))).unwrap();
+        assert_eq!(whole_lines(&path).len(), 4);
     }
 }

@@ -28,6 +28,12 @@ struct Map {
     words: HashMap<(RegisterKind, u16), u16>,
     bits: HashMap<(RegisterKind, u16), bool>,
     fail_with: Option<ExceptionCode>,
+    /// Fail only the requests for this table.
+    fail_kind: Option<(RegisterKind, ExceptionCode)>,
+    /// Requests answered (or refused) so far.
+    reads: u64,
+    /// Connections accepted so far.
+    connections: u64,
 }
 
 impl Registers {
@@ -65,9 +71,38 @@ impl Registers {
         self.map().fail_with = code;
     }
 
+    /// Makes the requests for one table fail with `code` (`None`: stop failing them).
+    pub fn fail_kind(&self, kind: RegisterKind, code: Option<ExceptionCode>) {
+        self.map().fail_kind = code.map(|c| (kind, c));
+    }
+
+    /// Requests served so far: a test waits on this to know the device was polled after a
+    /// change, instead of sleeping.
+    pub fn reads(&self) -> u64 {
+        self.map().reads
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.map().connections
+    }
+
     fn answer(&self, request: Request<'static>) -> Result<Response, ExceptionCode> {
-        let map = self.map();
+        let mut map = self.map();
+        map.reads += 1;
         if let Some(code) = map.fail_with {
+            return Err(code);
+        }
+        let kind = match &request {
+            Request::ReadHoldingRegisters(..) => Some(RegisterKind::Holding),
+            Request::ReadInputRegisters(..) => Some(RegisterKind::Input),
+            Request::ReadCoils(..) => Some(RegisterKind::Coil),
+            Request::ReadDiscreteInputs(..) => Some(RegisterKind::Discrete),
+            _ => None,
+        };
+        if let Some((failing, code)) = map.fail_kind
+            && kind == Some(failing)
+        {
             return Err(code);
         }
         let words = |kind, start: u16, count: u16| -> Result<Vec<u16>, ExceptionCode> {
@@ -134,9 +169,11 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let server = Server::new(listener);
+    let counted = registers.clone();
     let service = Arc::new(Service { registers });
     let new_service = move |_addr: SocketAddr| Ok(Some(Arc::clone(&service)));
     let on_connected = move |stream, addr| {
+        counted.map().connections += 1;
         let new_service = new_service.clone();
         async move { accept_tcp_connection(stream, addr, new_service) }
     };
