@@ -278,3 +278,104 @@ async fn a_device_that_accepts_and_drops_every_request_is_not_hammered() {
     dropper.abort();
     drain.abort();
 }
+
+fn quality_of<'a>(batch: &'a SampleBatch, tag: &str) -> &'a Quality {
+    &batch
+        .samples
+        .iter()
+        .find(|s| &*s.tag == tag)
+        .unwrap_or_else(|| panic!("no sample of {tag}"))
+        .quality
+}
+
+#[tokio::test]
+async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let regs = registers();
+    let server_cancel = CancellationToken::new();
+    tokio::spawn(serve(listener, regs.clone(), server_cancel.clone()));
+    // Holding registers (parts, done) are one request; input (force) and coil (door) others.
+    regs.fail_kind(RegisterKind::Holding, Some(ExceptionCode::ServerDeviceFailure));
+    let (tx, mut rx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    tokio::spawn(ModbusSource::new(config(addr.to_string())).run(tx, cancel.clone()));
+    let batch = next(&mut rx).await;
+    for tag in ["press.parts", "press.done"] {
+        let Quality::Bad(why) = quality_of(&batch, tag) else {
+            panic!("{tag} is read by the failing request: {batch:?}");
+        };
+        assert!(why.contains("exception 0x04"), "{why}");
+    }
+    for tag in ["press.force", "press.door"] {
+        assert!(quality_of(&batch, tag).is_good(), "{tag} is read by another request: {batch:?}");
+    }
+    assert_eq!(value(&batch, "press.force"), Some(Value::F64(47.5)));
+    regs.fail_kind(RegisterKind::Holding, None);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if all_good(&next(&mut rx).await) {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the same connection reads again");
+    assert_eq!(regs.connections(), 1, "an exception is no reason to reconnect");
+    cancel.cancel();
+    server_cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_device_that_accepts_and_then_stalls_is_timed_out_and_the_connection_rebuilt() {
+    // A real server behind a front that holds its first connection silent, as a stalled
+    // device (or a gateway with a dead serial line behind it) does.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let regs = registers();
+    let server_cancel = CancellationToken::new();
+    tokio::spawn(serve(backend, regs.clone(), server_cancel.clone()));
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let proxy = tokio::spawn(async move {
+        while let Ok((mut client, _)) = front.accept().await {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if n == 0 {
+                    // Accept, read, never answer.
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut sink).await;
+                } else if let Ok(mut server) = tokio::net::TcpStream::connect(backend_addr).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let mut config = config(front_addr.to_string());
+    config.timeout = Duration::from_millis(200);
+    let (tx, mut rx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    tokio::spawn(
+        ModbusSource::new(config)
+            .with_reconnect(Duration::from_millis(20), Duration::from_millis(100))
+            .run(tx, cancel.clone()),
+    );
+    let stalled = next(&mut rx).await;
+    let Quality::Bad(why) = quality_of(&stalled, "press.parts") else {
+        panic!("a stalled device gives Bad samples: {stalled:?}");
+    };
+    assert!(why.contains("no answer within 200ms"), "{why}");
+    let mut recovered = false;
+    for _ in 0..50 {
+        if all_good(&next(&mut rx).await) {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "a new connection reads again");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the connection was rebuilt");
+    cancel.cancel();
+    server_cancel.cancel();
+    proxy.abort();
+}
