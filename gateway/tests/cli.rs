@@ -205,18 +205,42 @@ fn version_is_printed() {
 
 #[test]
 fn simulate_serves_the_press_line_over_modbus_tcp() {
-    // An ephemeral port, released for the child to bind.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = causeway()
-        .args(["simulate", "--for", "20s", "--modbus", &addr])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    // An ephemeral port must be released for the child to bind it, and another process may
+    // take it in between: try again on a fresh port if the child could not listen.
+    let mut tries = 0;
+    let (mut child, addr) = loop {
+        tries += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = causeway()
+            .args(["simulate", "--for", "20s", "--modbus", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It prints one line once it listens, or exits with "cannot listen".
+        let mut line = String::new();
+        let listening = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .is_ok_and(|n| n > 0);
+        if listening {
+            assert!(
+                line.starts_with("simulate: press line on modbus-tcp"),
+                "{line}"
+            );
+            break (child, addr);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot listen"), "{stderr}");
+        assert!(tries < 5, "no free port in 5 tries: {stderr}");
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let state = runtime.block_on(async {
         use tokio_modbus::prelude::*;

@@ -226,3 +226,93 @@ retry_max = "200ms"
     tasks.close();
     tasks.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_delivery_and_the_cursor_update_redelivers_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let receiver = Receiver::start(&tasks, cancel.clone()).await.unwrap();
+    std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
+    let registers = Registers::default();
+    registers.set_words(RegisterKind::Holding, 0, &[1]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plc = listener.local_addr().unwrap();
+    tokio::spawn(protocols::modbus::server::serve(
+        listener,
+        registers.clone(),
+        cancel.clone(),
+    ));
+    let config = dir.path().join("causeway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+gateway_id = "crash"
+[buffer]
+path = "buffer.db"
+[[source]]
+name = "press"
+kind = "modbus-tcp"
+address = "{plc}"
+poll = "20ms"
+tags = [ {{ name = "state", register = "holding:0", type = "u16" }} ]
+[[rule]]
+kind = "state"
+tag = "press.state"
+states = {{ 0 = "idle", 1 = "running", 2 = "down" }}
+[[sink]]
+name = "erp"
+kind = "https"
+url = "{url}"
+ca_file = "ca.pem"
+routes = ["*"]
+timeout = "1m"
+retry_initial = "20ms"
+retry_max = "200ms"
+"#,
+            url = receiver.url()
+        ),
+    )
+    .unwrap();
+    // The receiver takes the request and keeps its answer back: the gateway is killed after
+    // the delivery and before its cursor moves.
+    receiver.answer_after(Some(Duration::from_secs(60)));
+    let mut child = start(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.unique() == 0 {
+        assert!(Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let first = receiver.requests()[0].clone();
+    assert!(!first.ids.is_empty());
+
+    receiver.answer_after(None);
+    let mut child = start(&config);
+    while receiver.duplicates() < first.ids.len() {
+        assert!(Instant::now() < deadline, "no redelivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let again = receiver
+        .requests()
+        .into_iter()
+        .skip(1)
+        .find(|r| r.status == 200)
+        .expect("a second delivery");
+    assert_eq!(
+        again.ids[..first.ids.len()],
+        first.ids[..],
+        "the same events, the same ids"
+    );
+    assert_eq!(
+        again.idempotency_key, first.idempotency_key,
+        "the same run of events, the same key"
+    );
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+}

@@ -296,7 +296,10 @@ async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad
     let server_cancel = CancellationToken::new();
     tokio::spawn(serve(listener, regs.clone(), server_cancel.clone()));
     // Holding registers (parts, done) are one request; input (force) and coil (door) others.
-    regs.fail_kind(RegisterKind::Holding, Some(ExceptionCode::ServerDeviceFailure));
+    regs.fail_kind(
+        RegisterKind::Holding,
+        Some(ExceptionCode::ServerDeviceFailure),
+    );
     let (tx, mut rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
     tokio::spawn(ModbusSource::new(config(addr.to_string())).run(tx, cancel.clone()));
@@ -308,7 +311,10 @@ async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad
         assert!(why.contains("exception 0x04"), "{why}");
     }
     for tag in ["press.force", "press.door"] {
-        assert!(quality_of(&batch, tag).is_good(), "{tag} is read by another request: {batch:?}");
+        assert!(
+            quality_of(&batch, tag).is_good(),
+            "{tag} is read by another request: {batch:?}"
+        );
     }
     assert_eq!(value(&batch, "press.force"), Some(Value::F64(47.5)));
     regs.fail_kind(RegisterKind::Holding, None);
@@ -320,7 +326,11 @@ async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad
         }
     }
     assert!(recovered, "the same connection reads again");
-    assert_eq!(regs.connections(), 1, "an exception is no reason to reconnect");
+    assert_eq!(
+        regs.connections(),
+        1,
+        "an exception is no reason to reconnect"
+    );
     cancel.cancel();
     server_cancel.cancel();
 }
@@ -374,7 +384,10 @@ async fn a_device_that_accepts_and_then_stalls_is_timed_out_and_the_connection_r
         }
     }
     assert!(recovered, "a new connection reads again");
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the connection was rebuilt");
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the connection was rebuilt"
+    );
     cancel.cancel();
     server_cancel.cancel();
     proxy.abort();

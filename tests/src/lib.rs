@@ -76,6 +76,18 @@ impl Plc {
             .set_words(RegisterKind::Holding, 2, &[rejects]);
     }
 
+    /// Waits (bounded) until the gateway has polled the device twice since the call: whatever
+    /// was set before it has been read. The site's config reads three requests per poll.
+    pub async fn polled(&self) {
+        let from = self.registers.reads();
+        let registers = self.registers.clone();
+        eventually(Duration::from_secs(20), "two polls of the device", || {
+            let registers = registers.clone();
+            async move { registers.reads() >= from + 6 }
+        })
+        .await;
+    }
+
     /// Sets the state code (holding:3).
     pub fn set_state(&self, code: u16) {
         self.registers.set_words(RegisterKind::Holding, 3, &[code]);
@@ -121,6 +133,19 @@ impl Site {
             cancel,
             tasks,
         }
+    }
+
+    /// Starts another receiver (a QMS beside the ERP) and writes its CA to `<name>-ca.pem`.
+    pub async fn another_receiver(&self, name: &str) -> Receiver {
+        let receiver = Receiver::start(&self.tasks, self.cancel.clone())
+            .await
+            .expect("receiver starts");
+        std::fs::write(
+            self.dir.path().join(format!("{name}-ca.pem")),
+            receiver.ca_pem(),
+        )
+        .expect("write CA");
+        receiver
     }
 
     /// The buffer file.

@@ -1,11 +1,26 @@
 //! The whole pipeline, from a real Modbus TCP server to the real HTTPS receiver.
+//!
+//! Every wait is on a condition, bounded in time: a value set on the PLC is known to be read
+//! once the PLC has served two more polls (`Plc::polled`), never after a fixed sleep.
 
-use std::{collections::HashSet, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use causeway_tests::{Plc, Site, eventually, sum};
-use gateway::topology::{self, Drained};
+use gateway::{
+    receiver::SeenRequest,
+    topology::{self, Drained},
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// The `Idempotency-Key` a request must carry: its first and last event ids.
+fn key_of(request: &SeenRequest) -> String {
+    match request.ids.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, .., last] => format!("{first}..{last}"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_states_and_measurements_travel_from_the_plc_to_the_erp_over_https() {
@@ -22,22 +37,18 @@ async fn parts_states_and_measurements_travel_from_the_plc_to_the_erp_over_https
     .await;
 
     // Ten parts, two of them rejects, across the u32 rollover; one measured part in tolerance,
-    // one out; then the machine goes down.
+    // one out; then the machine goes down. Each change is read before the next.
     for i in 1..=10u32 {
         plc.set_counts(
             (u32::MAX - 2).wrapping_add(i),
             u16::from(i > 8) + u16::from(i > 9),
         );
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        plc.polled().await;
     }
-    plc.set_force(47.5, false);
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    plc.set_force(47.5, true);
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    plc.set_force(58.0, false);
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    plc.set_force(58.0, true);
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    for (force, done) in [(47.5, false), (47.5, true), (58.0, false), (58.0, true)] {
+        plc.set_force(force, done);
+        plc.polled().await;
+    }
     plc.set_state(2);
 
     eventually(LIMIT, "10 parts, 2 measurements, 2 states", || async {
@@ -58,6 +69,11 @@ async fn parts_states_and_measurements_travel_from_the_plc_to_the_erp_over_https
     assert_eq!(running.shutdown().await, Drained::Fully);
 
     let events = receiver.events_since(0);
+    assert_eq!(
+        sum(&events, "production.count", "total"),
+        10,
+        "not one more"
+    );
     assert_eq!(sum(&events, "production.count", "reject"), 2);
     assert_eq!(sum(&events, "production.count", "good"), 8);
     let verdicts: Vec<&str> = events
@@ -71,28 +87,38 @@ async fn parts_states_and_measurements_travel_from_the_plc_to_the_erp_over_https
         .find(|e| e["type"] == "production.state" && e["data"]["state"] == "down")
         .unwrap();
     assert_eq!(down["data"]["previous_state"], "running");
+    // The body the receiver got is a JSON array of whole CloudEvents.
     for e in &events {
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["source"], "causeway://it/press");
-        assert!(uuid_like(e["id"].as_str().unwrap()), "{e}");
+        assert_eq!(e["datacontenttype"], "application/json");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(e["data"].is_object(), "{e}");
+        let id = uuid::Uuid::parse_str(e["id"].as_str().unwrap()).expect("a UUID");
+        assert_eq!(id.get_version_num(), 7, "{e}");
     }
     let requests = receiver.requests();
-    assert!(
-        requests
-            .iter()
-            .all(|r| r.authorization.as_deref() == Some("Bearer t0ken")),
-        "the token from the file is sent"
-    );
-    assert!(requests.iter().all(|r| r.idempotency_key.is_some()));
+    for r in &requests {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("Bearer t0ken"),
+            "the token from the file"
+        );
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/cloudevents-batch+json")
+        );
+        assert_eq!(
+            r.idempotency_key.as_deref(),
+            Some(key_of(r).as_str()),
+            "the key names the request's first and last event"
+        );
+    }
     site.stop().await;
 }
 
-fn uuid_like(id: &str) -> bool {
-    id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_outage_loses_nothing_and_repeats_only_known_ids() {
+async fn a_receiver_outage_loses_nothing_and_a_retry_repeats_the_same_request() {
     let plc = Plc::start().await;
     let site = Site::start().await;
     plc.set_state(1);
@@ -104,39 +130,163 @@ async fn a_receiver_outage_loses_nothing_and_repeats_only_known_ids() {
     let mut total = 0u32;
     for state in [2u16, 1, 0, 1, 2, 1] {
         plc.set_state(state);
-        for _ in 0..5 {
-            total += 1;
-            plc.set_counts(total, 0);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        total += 5;
+        plc.set_counts(total, 0);
+        plc.polled().await;
     }
-    let refused_before = receiver
-        .requests()
-        .iter()
-        .filter(|r| r.status == 503)
-        .count();
-    assert!(refused_before > 0, "the sink kept trying during the outage");
+    eventually(LIMIT, "the sink to meet the outage", || async {
+        receiver.requests().iter().any(|r| r.status == 503)
+    })
+    .await;
     receiver.set_outage(false);
     let stats = running.store().shared_stats();
     let drained = running.shutdown().await;
     assert_eq!(drained, Drained::Fully);
-    let accepted = stats.appended.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = stats.appended.load(Ordering::Relaxed);
     let events = receiver.events_since(0);
     assert_eq!(
         events.len() as u64,
         accepted,
         "every accepted event arrived"
     );
+    // Counted before the receiver's dedupe: every event in an accepted request, once.
+    let requests = receiver.requests();
+    let arrived: usize = requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.events)
+        .sum();
+    assert_eq!(arrived, events.len(), "no event was accepted twice");
+    assert_eq!(receiver.duplicates(), 0);
     assert_eq!(
         events
             .iter()
             .filter(|e| e["type"] == "production.state")
             .count(),
-        7
+        7,
+        "the first state and six changes"
     );
     assert_eq!(sum(&events, "production.count", "total"), u64::from(total));
-    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), events.len());
+    // A request refused with 503 is sent again as it was: same events, same key.
+    let refused = requests
+        .iter()
+        .find(|r| r.status == 503)
+        .expect("a refused request");
+    let retried = requests
+        .iter()
+        .find(|r| r.status == 200 && r.ids == refused.ids)
+        .expect("the same events were accepted later");
+    assert_eq!(retried.idempotency_key, refused.idempotency_key);
+    assert_eq!(
+        refused.idempotency_key.as_deref(),
+        Some(key_of(refused).as_str())
+    );
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erp_outage_never_holds_back_the_qms() {
+    let plc = Plc::start().await;
+    let site = Site::start().await;
+    let qms = site.another_receiver("qms").await;
+    plc.set_state(1);
+    let erp = site.receiver.clone();
+    erp.set_outage(true);
+    let extra = format!(
+        r#"
+[[sink]]
+name = "qms"
+kind = "https"
+url = "{}"
+ca_file = "qms-ca.pem"
+routes = ["production.state"]
+retry_initial = "50ms"
+retry_max = "300ms"
+"#,
+        qms.url()
+    );
+    let running =
+        topology::start(&site.config(&plc.address, &extra), site.dir.path()).expect("starts");
+    plc.polled().await; // the first state is read
+    for state in [2u16, 1, 2] {
+        plc.set_state(state);
+        plc.polled().await;
+    }
+    eventually(LIMIT, "the QMS to get all four states", || async {
+        qms.unique() == 4
+    })
+    .await;
+    assert_eq!(erp.unique(), 0, "the ERP is still down");
+    assert!(erp.requests().iter().all(|r| r.status == 503));
+    erp.set_outage(false);
+    eventually(LIMIT, "the ERP to catch up", || async {
+        erp.events_since(0)
+            .iter()
+            .filter(|e| e["type"] == "production.state")
+            .count()
+            == 4
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Fully);
+    let ids = |events: Vec<serde_json::Value>| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "production.state")
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(erp.events_since(0)),
+        ids(qms.events_since(0)),
+        "the same events, in the same order"
+    );
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_certificate_is_not_trusted_is_refused_and_nothing_is_marked_delivered() {
+    let plc = Plc::start().await;
+    let site = Site::start().await;
+    plc.set_state(1);
+    // The same receiver, without its CA in `ca_file`: its certificate chains to nothing the
+    // gateway trusts.
+    let text = site.config(&plc.address, "");
+    let mut config = text.config().clone();
+    for sink in &mut config.sinks {
+        if let firmware_config::SinkKind::Https(https) = &mut sink.kind {
+            https.ca_file = None;
+        }
+    }
+    config.shutdown_grace = Duration::from_millis(500);
+    let running = topology::start(&config, site.dir.path()).expect("pipeline starts");
+    let stats = running.store().shared_stats();
+    let receiver = site.receiver.clone();
+    eventually(LIMIT, "an event to be buffered", || async {
+        stats.appended.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    eventually(LIMIT, "two refused handshakes", || async {
+        receiver.handshake_failures() >= 2
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Deadline);
+    assert!(
+        receiver.requests().is_empty(),
+        "no request got past the handshake"
+    );
+    let (store, writer) = site.open_buffer();
+    let reader = store.reader().unwrap();
+    assert_eq!(
+        reader.cursor("erp").await.unwrap(),
+        0,
+        "nothing marked delivered"
+    );
+    assert!(
+        reader.count().await.unwrap() >= 1,
+        "the events wait in the buffer"
+    );
+    drop((store, reader));
+    writer.join();
     site.stop().await;
 }
 
@@ -151,18 +301,18 @@ async fn events_buffered_before_a_restart_are_delivered_after_it_with_the_same_i
     let store = running.store().shared_stats();
     // The first poll (state "running") also sets the counter's baseline at 0.
     eventually(LIMIT, "the first poll", || async {
-        store.appended.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        store.appended.load(Ordering::Relaxed) >= 1
     })
     .await;
     for (i, state) in [2u16, 1, 2].into_iter().enumerate() {
         plc.set_state(state);
         plc.set_counts(5 * (i as u32 + 1), 0);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        plc.polled().await;
     }
     // The receiver never came back: shutdown gives up after the grace period.
     let drained = running.shutdown().await;
     assert_eq!(drained, Drained::Deadline);
-    let accepted = store.appended.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = store.appended.load(Ordering::Relaxed);
     assert!(accepted >= 4, "states and counts were accepted: {accepted}");
     assert_eq!(site.receiver.unique(), 0);
 
@@ -183,12 +333,19 @@ async fn events_buffered_before_a_restart_are_delivered_after_it_with_the_same_i
     drop(buffered);
     writer.join();
 
+    // Parts are made while the gateway is down.
+    plc.set_counts(22, 0);
     site.receiver.set_outage(false);
     let running = topology::start(&config, site.dir.path()).expect("pipeline restarts");
     let receiver = site.receiver.clone();
-    eventually(LIMIT, "the buffered events", || async {
-        receiver.unique() >= ids_before.len()
-    })
+    eventually(
+        LIMIT,
+        "the buffered events and the downtime's parts",
+        || async {
+            receiver.unique() > ids_before.len()
+                && sum(&receiver.events_since(0), "production.count", "total") >= 22
+        },
+    )
     .await;
     assert_eq!(running.shutdown().await, Drained::Fully);
     let received: Vec<String> = receiver
@@ -201,16 +358,76 @@ async fn events_buffered_before_a_restart_are_delivered_after_it_with_the_same_i
         ids_before[..],
         "same ids, same order"
     );
-    // The counter's baseline survived too: 15 parts in all, counted once.
+    // The counter's baseline survived: 15 parts before, 7 while down, each counted once.
     assert_eq!(
         sum(&receiver.events_since(0), "production.count", "total"),
-        15
+        22
     );
     site.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_permanently_refused_batch_goes_to_dead_letters_and_the_rest_flows() {
+async fn a_restart_restores_counter_and_state_rules_from_the_store() {
+    let plc = Plc::start().await;
+    let site = Site::start().await;
+    plc.set_state(1);
+    plc.set_counts(1000, 10);
+    let config = site.config(&plc.address, "");
+    let running = topology::start(&config, site.dir.path()).expect("starts");
+    plc.polled().await;
+    plc.set_counts(1010, 11);
+    plc.polled().await;
+    let receiver = site.receiver.clone();
+    eventually(LIMIT, "10 parts and the first state", || async {
+        let events = receiver.events_since(0);
+        sum(&events, "production.count", "total") == 10
+            && events.iter().any(|e| e["type"] == "production.state")
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Fully);
+    let before = receiver.unique();
+
+    // A restart in the same state says nothing; the counter goes on from its saved baseline.
+    let running = topology::start(&config, site.dir.path()).expect("restarts");
+    plc.polled().await;
+    plc.polled().await;
+    let stats = running.normalizer_stats();
+    assert!(
+        stats.batches.load(Ordering::Relaxed) >= 2,
+        "it has read the PLC"
+    );
+    plc.set_counts(1013, 11);
+    plc.polled().await;
+    plc.set_state(2);
+    eventually(LIMIT, "the change and the parts", || async {
+        let events = receiver.events_since(before);
+        events.iter().any(|e| e["type"] == "production.state")
+            && sum(&events, "production.count", "total") == 3
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Fully);
+    let after = receiver.events_since(before);
+    let states: Vec<&serde_json::Value> = after
+        .iter()
+        .filter(|e| e["type"] == "production.state")
+        .collect();
+    assert_eq!(
+        states.len(),
+        1,
+        "no event for the unchanged state: {states:?}"
+    );
+    assert_eq!(states[0]["data"]["state"], "down");
+    assert_eq!(
+        states[0]["data"]["previous_state"], "running",
+        "the saved state is the previous one"
+    );
+    assert_eq!(sum(&after, "production.count", "total"), 3);
+    assert_eq!(sum(&after, "production.count", "reject"), 0);
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_refused_event_goes_to_dead_letters_and_the_rest_flows() {
     let plc = Plc::start().await;
     let site = Site::start().await;
     plc.set_state(1);
@@ -226,12 +443,7 @@ async fn a_permanently_refused_batch_goes_to_dead_letters_and_the_rest_flows() {
     eventually(LIMIT, "the next event", || async { receiver.unique() >= 1 }).await;
     let stats = running.store().shared_stats();
     assert_eq!(running.shutdown().await, Drained::Fully);
-    assert_eq!(
-        stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
     let events = receiver.events_since(0);
     assert_eq!(
         events[0]["data"]["state"], "down",
@@ -260,20 +472,30 @@ async fn a_plc_that_vanishes_and_returns_neither_loses_nor_doubles_parts() {
     plc.set_counts(100, 0);
     let running =
         topology::start(&site.config(&plc.address, ""), site.dir.path()).expect("pipeline starts");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = running.normalizer_stats();
+    plc.polled().await;
     plc.set_counts(103, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    plc.polled().await;
+    assert_eq!(stats.bad.load(Ordering::Relaxed), 0, "all good so far");
     plc.vanish();
     plc.set_counts(110, 1); // made while the gateway could not read
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(LIMIT, "the outage to show as Bad samples", || async {
+        stats.bad.load(Ordering::Relaxed) >= 5
+    })
+    .await;
     let back = plc.come_back().await;
     back.set_counts(112, 1);
+    back.polled().await;
+    assert!(
+        back.registers.connections() >= 2,
+        "the gateway reconnected by itself"
+    );
     let receiver = site.receiver.clone();
     eventually(LIMIT, "12 parts counted", || async {
         sum(&receiver.events_since(0), "production.count", "total") >= 12
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Shutdown flushes what is pending: after it, nothing more can come.
     assert_eq!(running.shutdown().await, Drained::Fully);
     let events = receiver.events_since(0);
     assert_eq!(sum(&events, "production.count", "total"), 12);

@@ -759,11 +759,19 @@ fn a_value_exactly_on_a_limit_passes_and_one_limit_alone_judges_one_side() {
         let mut n = Normalizer::new(&config, &[]);
         let mut out = Output::default();
         for v in values {
-            n.on_batch(&batch(SystemTime::now(), &[("force", Value::F64(*v))]), &mut out);
+            n.on_batch(
+                &batch(SystemTime::now(), &[("force", Value::F64(*v))]),
+                &mut out,
+            );
         }
         data(&out, "quality.measurement")
             .iter()
-            .map(|m| (m["value"].as_f64().unwrap(), m["verdict"].as_str().unwrap().to_owned()))
+            .map(|m| {
+                (
+                    m["value"].as_f64().unwrap(),
+                    m["verdict"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     };
     let both = verdicts("lsl = 40.0\nusl = 55.0", &[40.0, 55.0, 39.999, 55.001]);
@@ -780,13 +788,21 @@ fn a_value_exactly_on_a_limit_passes_and_one_limit_alone_judges_one_side() {
     let upper = verdicts("usl = 55.0", &[-1000.0, 55.0, 55.5]);
     assert_eq!(
         upper,
-        vec![(-1000.0, "pass".into()), (55.0, "pass".into()), (55.5, "fail".into())],
+        vec![
+            (-1000.0, "pass".into()),
+            (55.0, "pass".into()),
+            (55.5, "fail".into())
+        ],
         "no lower limit: anything low passes"
     );
     let lower = verdicts("lsl = 40.0", &[1e9, 40.0, 39.5]);
     assert_eq!(
         lower,
-        vec![(1e9, "pass".into()), (40.0, "pass".into()), (39.5, "fail".into())]
+        vec![
+            (1e9, "pass".into()),
+            (40.0, "pass".into()),
+            (39.5, "fail".into())
+        ]
     );
     // Without a trigger every change is reported, a repeat is not.
     let changes = verdicts("lsl = 40.0", &[41.0, 41.0, 42.0, 41.0]);
