@@ -158,12 +158,13 @@ fn strings_with_odd_lengths_nul_padding_and_trailing_spaces_decode_in_both_byte_
 
 #[test]
 fn bits_of_a_register_are_counted_from_the_least_significant_in_both_byte_orders() {
-    // 0x8001 = struct.pack('>H', 0x8001) = b'\x80\x01'; byte-swapped on the wire: 0x0180.
-    for (order, word) in [(WordOrder::Abcd, 0x8001u16), (WordOrder::Badc, 0x0180)] {
+    // 0x0003 = struct.pack('>H', 3) = b'\x00\x03'; byte-swapped on the wire: 0x0300. Bits 0
+    // and 1 are set; counted from the most significant end they would be 14 and 15.
+    for (order, word) in [(WordOrder::Abcd, 0x0003u16), (WordOrder::Badc, 0x0300)] {
         let bit = |n| decode_registers(&tag(DataType::Bit(n), order), &[word]);
         assert_eq!(bit(0), Ok(Value::Bool(true)), "{order:?}");
-        assert_eq!(bit(15), Ok(Value::Bool(true)), "{order:?}");
-        for n in 1..15 {
+        assert_eq!(bit(1), Ok(Value::Bool(true)), "{order:?}");
+        for n in 2..16 {
             assert_eq!(bit(n), Ok(Value::Bool(false)), "{order:?} bit {n}");
         }
     }

@@ -229,9 +229,7 @@ async fn a_server_that_vanishes_gives_bad_samples_and_is_reconnected_when_it_ret
     }
     assert!(saw_bad, "an outage shows as Bad samples, not silence");
 
-    let listener = TcpListener::bind(addr)
-        .await
-        .expect("the same port is free again");
+    let listener = rebind(addr).await;
     let back = CancellationToken::new();
     tokio::spawn(serve(listener, regs, back.clone()));
     let mut recovered = false;
@@ -279,6 +277,24 @@ async fn a_device_that_accepts_and_drops_every_request_is_not_hammered() {
     drain.abort();
 }
 
+/// Binds `addr` again once it is free: during an outage the poller's reconnects (or another
+/// test) may hold the port for a moment.
+async fn rebind(addr: std::net::SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{addr} stayed taken: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 fn quality_of<'a>(batch: &'a SampleBatch, tag: &str) -> &'a Quality {
     &batch
         .samples
@@ -293,16 +309,28 @@ async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let regs = registers();
+    regs.set_words(RegisterKind::Holding, 120, &[42]);
     let server_cancel = CancellationToken::new();
     tokio::spawn(serve(listener, regs.clone(), server_cancel.clone()));
-    // Holding registers (parts, done) are one request; input (force) and coil (door) others.
-    regs.fail_kind(
+    // Two requests in one table: holding 100..=104 (parts, done) and holding 120 (far), more
+    // than max_gap apart. Only the first fails.
+    let mut config = config(addr.to_string());
+    config.timeout = Duration::from_secs(5); // no timeout under load: a reconnect is not the point
+    config.tags.push(tag(
+        "far",
         RegisterKind::Holding,
+        120,
+        DataType::U16,
+        WordOrder::Abcd,
+    ));
+    regs.fail_request(
+        RegisterKind::Holding,
+        100,
         Some(ExceptionCode::ServerDeviceFailure),
     );
     let (tx, mut rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
-    tokio::spawn(ModbusSource::new(config(addr.to_string())).run(tx, cancel.clone()));
+    tokio::spawn(ModbusSource::new(config).run(tx, cancel.clone()));
     let batch = next(&mut rx).await;
     for tag in ["press.parts", "press.done"] {
         let Quality::Bad(why) = quality_of(&batch, tag) else {
@@ -310,14 +338,15 @@ async fn an_exception_on_one_coalesced_request_makes_only_that_requests_tags_bad
         };
         assert!(why.contains("exception 0x04"), "{why}");
     }
-    for tag in ["press.force", "press.door"] {
+    for tag in ["press.far", "press.force", "press.door"] {
         assert!(
             quality_of(&batch, tag).is_good(),
             "{tag} is read by another request: {batch:?}"
         );
     }
+    assert_eq!(value(&batch, "press.far"), Some(Value::U64(42)));
     assert_eq!(value(&batch, "press.force"), Some(Value::F64(47.5)));
-    regs.fail_kind(RegisterKind::Holding, None);
+    regs.fail_request(RegisterKind::Holding, 100, None);
     let mut recovered = false;
     for _ in 0..50 {
         if all_good(&next(&mut rx).await) {

@@ -59,9 +59,22 @@ impl Plc {
 
     /// Serves the same registers on the same address again.
     pub async fn come_back(&self) -> Plc {
-        let listener = TcpListener::bind(&self.address)
-            .await
-            .expect("the port is free again");
+        // During the outage the gateway's reconnects (or another test) may hold the port for
+        // a moment: bind again within a bound.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&self.address).await {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} stayed taken: {error}",
+                        self.address
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
         Plc::serve(listener, self.address.clone(), self.registers.clone()).await
     }
 

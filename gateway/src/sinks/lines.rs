@@ -72,12 +72,14 @@ impl OpenFile {
     }
 }
 
-/// What appending needs of a file; a test double fails on purpose.
+/// What appending needs of a file; a test double records and fails on purpose.
 pub(crate) trait Append {
     /// Current length.
     fn len(&self) -> std::io::Result<u64>;
-    /// Writes, flushes and syncs all of `bytes`.
-    fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Writes all of `bytes` (not yet durable).
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Flushes and syncs what was written to the disk.
+    fn sync(&mut self) -> std::io::Result<()>;
     /// Cuts the file back to `len`.
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 }
@@ -87,10 +89,12 @@ impl Append for File {
         Ok(self.metadata()?.len())
     }
 
-    fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.write_all(bytes)
-            .and_then(|()| self.flush())
-            .and_then(|()| self.sync_data())
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        Write::write_all(self, bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush().and_then(|()| self.sync_data())
     }
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
@@ -98,10 +102,11 @@ impl Append for File {
     }
 }
 
-/// Appends `bytes` whole or not at all: a failed write is cut back to where it began.
+/// Appends `bytes` whole, durably, or not at all: `Ok` only after the sync; a failed write or
+/// sync is cut back to where it began.
 pub(crate) fn append_whole(file: &mut impl Append, bytes: &[u8]) -> std::io::Result<()> {
     let before = file.len()?;
-    let written = file.write_synced(bytes);
+    let written = file.write_all(bytes).and_then(|()| file.sync());
     if written.is_err() {
         // No half line may stay behind: the retry writes the whole batch again.
         if let Err(error) = file.truncate(before) {
@@ -247,10 +252,13 @@ mod tests {
         );
     }
 
-    /// A real file that fails a write after `room` more bytes, as a full disk does.
+    /// A real file that fails a write after `room` more bytes, as a full disk does, or fails
+    /// its sync; it records what was called.
     struct FillsUp {
         file: File,
         room: usize,
+        sync_fails: bool,
+        calls: Vec<&'static str>,
     }
 
     impl Append for FillsUp {
@@ -258,9 +266,10 @@ mod tests {
             Append::len(&self.file)
         }
 
-        fn write_synced(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.calls.push("write");
             if bytes.len() > self.room {
-                self.file.write_all(&bytes[..self.room])?;
+                Write::write_all(&mut self.file, &bytes[..self.room])?;
                 self.room = 0;
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::StorageFull,
@@ -268,10 +277,19 @@ mod tests {
                 ));
             }
             self.room -= bytes.len();
-            self.file.write_synced(bytes)
+            Write::write_all(&mut self.file, bytes)
+        }
+
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.calls.push("sync");
+            if self.sync_fails {
+                return Err(std::io::Error::other("EIO on fsync"));
+            }
+            self.file.sync()
         }
 
         fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.calls.push("truncate");
             self.file.truncate(len)
         }
     }
@@ -283,8 +301,15 @@ mod tests {
         let mut file = FillsUp {
             file: open_append(&path).unwrap(),
             room: 20,
+            sync_fails: false,
+            calls: vec![],
         };
         append_whole(&mut file, &lines(&batch(1, 1))).unwrap();
+        assert_eq!(
+            file.calls,
+            ["write", "sync"],
+            "delivered only after the sync"
+        );
         let error = append_whole(&mut file, &lines(&batch(2, 3))).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::StorageFull);
         assert_eq!(
@@ -295,5 +320,24 @@ mod tests {
         file.room = 1000;
         append_whole(&mut file, &lines(&batch(2, 3))).unwrap();
         assert_eq!(whole_lines(&path).len(), 4);
+    }
+
+    #[test]
+    fn a_failed_sync_is_no_delivery_and_the_batch_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut file = FillsUp {
+            file: open_append(&path).unwrap(),
+            room: 1000,
+            sync_fails: true,
+            calls: vec![],
+        };
+        assert!(append_whole(&mut file, &lines(&batch(1, 2))).is_err());
+        assert_eq!(file.calls, ["write", "sync", "truncate"]);
+        assert_eq!(
+            whole_lines(&path),
+            Vec::<String>::new(),
+            "written but not durable: cut back"
+        );
     }
 }

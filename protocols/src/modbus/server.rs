@@ -28,8 +28,8 @@ struct Map {
     words: HashMap<(RegisterKind, u16), u16>,
     bits: HashMap<(RegisterKind, u16), bool>,
     fail_with: Option<ExceptionCode>,
-    /// Fail only the requests for this table.
-    fail_kind: Option<(RegisterKind, ExceptionCode)>,
+    /// Fail only the requests for this table (and, if given, starting at this address).
+    fail_kind: Option<(RegisterKind, Option<u16>, ExceptionCode)>,
     /// Requests answered (or refused) so far.
     reads: u64,
     /// Connections accepted so far.
@@ -73,7 +73,12 @@ impl Registers {
 
     /// Makes the requests for one table fail with `code` (`None`: stop failing them).
     pub fn fail_kind(&self, kind: RegisterKind, code: Option<ExceptionCode>) {
-        self.map().fail_kind = code.map(|c| (kind, c));
+        self.map().fail_kind = code.map(|c| (kind, None, c));
+    }
+
+    /// Makes the requests for one table that start at `start` fail with `code` (`None`: stop).
+    pub fn fail_request(&self, kind: RegisterKind, start: u16, code: Option<ExceptionCode>) {
+        self.map().fail_kind = code.map(|c| (kind, Some(start), c));
     }
 
     /// Requests served so far: a test waits on this to know the device was polled after a
@@ -93,15 +98,16 @@ impl Registers {
         if let Some(code) = map.fail_with {
             return Err(code);
         }
-        let kind = match &request {
-            Request::ReadHoldingRegisters(..) => Some(RegisterKind::Holding),
-            Request::ReadInputRegisters(..) => Some(RegisterKind::Input),
-            Request::ReadCoils(..) => Some(RegisterKind::Coil),
-            Request::ReadDiscreteInputs(..) => Some(RegisterKind::Discrete),
-            _ => None,
+        let (kind, first) = match &request {
+            Request::ReadHoldingRegisters(a, _) => (Some(RegisterKind::Holding), *a),
+            Request::ReadInputRegisters(a, _) => (Some(RegisterKind::Input), *a),
+            Request::ReadCoils(a, _) => (Some(RegisterKind::Coil), *a),
+            Request::ReadDiscreteInputs(a, _) => (Some(RegisterKind::Discrete), *a),
+            _ => (None, 0),
         };
-        if let Some((failing, code)) = map.fail_kind
+        if let Some((failing, at, code)) = map.fail_kind
             && kind == Some(failing)
+            && at.is_none_or(|at| at == first)
         {
             return Err(code);
         }
