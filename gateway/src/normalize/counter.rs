@@ -25,7 +25,9 @@
 //!
 //! Every such step is listed in the event's `data.anomaly`, and the interval ends at once (an
 //! event is made even with no parts) so the decision is committed before anything else can
-//! happen: a crash right after a reset cannot lose the parts counted up to it. A bad or missing
+//! happen: a crash right after a reset cannot lose the parts counted up to it. An interval only
+//! closes when every counter of the rule is decided, so counters that move together are
+//! reported together. A bad or missing
 //! sample changes nothing. After a restart the saved baseline carries its wall-clock time, so
 //! the first reading is judged against the time the gateway was down; a baseline saved
 //! without one (an older release) is judged by the half-range rule.
@@ -303,7 +305,6 @@ impl CounterRule {
     }
 
     /// Whether no reading waits for its confirming one.
-    #[cfg(test)]
     pub(super) fn settled(&self) -> bool {
         self.tracks.iter().flatten().all(|t| t.suspect.is_none())
     }
@@ -366,6 +367,13 @@ impl CounterRule {
         out: &mut Output,
     ) {
         if now < self.due && !force {
+            return;
+        }
+        // An interval closes with every counter decided: a step waiting for its confirming
+        // reading would otherwise land in the next interval while the other counters' parts
+        // land in this one (late good parts read as rejects). At shutdown it closes anyway; the
+        // undecided step is judged again after the restart.
+        if !force && !self.settled() {
             return;
         }
         let [total, good, reject] = &self.tracks;

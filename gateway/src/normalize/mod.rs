@@ -167,7 +167,7 @@ impl Normalizer {
             match rule {
                 Rule::Counter(r) => {
                     r.on_batch(batch, out);
-                    if r.urgent() {
+                    if r.urgent() && r.settled() {
                         let wall = batch
                             .samples
                             .first()

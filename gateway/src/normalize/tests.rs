@@ -1074,3 +1074,49 @@ fn a_counter_stepping_back_near_zero_invents_no_parts() {
     assert_eq!(anomalies[0]["kind"], "ambiguous");
     assert_eq!(anomalies[0]["counted"], 0);
 }
+
+#[test]
+fn counters_that_roll_over_a_reading_apart_make_no_false_rejects() {
+    // `good` wraps to 0 (a drop, confirmed by the next reading) while `total` rises: if the
+    // interval closed in between, the late good parts would read as rejects. It waits instead.
+    let text = CONFIG.replace("reject = \"press.reject\"", "good = \"press.reject\"");
+    let config = firmware_config::load("t.toml", &text).unwrap();
+    let mut n = Normalizer::new(&config, &[]);
+    let mut out = Output::default();
+    let mut t = SystemTime::now();
+    let mut read = |n: &mut Normalizer, total: u64, good: u64, out: &mut Output| {
+        t += Duration::from_millis(200);
+        n.on_batch(
+            &batch(
+                t,
+                &[("total", Value::U64(total)), ("reject", Value::U64(good))],
+            ),
+            out,
+        );
+        t
+    };
+    read(&mut n, 1000, 65_500, &mut out);
+    let at = read(&mut n, 1036, 0, &mut out); // 36 parts, all good: good wrapped to 0
+    n.on_tick(
+        at + Duration::from_secs(2),
+        mono(at + Duration::from_secs(2)),
+        false,
+        &mut out,
+    );
+    let at = read(&mut n, 1036, 0, &mut out); // confirms the wrap
+    n.on_tick(
+        at + Duration::from_secs(4),
+        mono(at + Duration::from_secs(4)),
+        false,
+        &mut out,
+    );
+    let counts = data(&out, "production.count");
+    let sums = counts.iter().fold((0, 0, 0), |s, c| {
+        (
+            s.0 + c["total"].as_u64().unwrap(),
+            s.1 + c["good"].as_u64().unwrap(),
+            s.2 + c["reject"].as_u64().unwrap(),
+        )
+    });
+    assert_eq!(sums, (36, 36, 0), "{counts:?}");
+}
