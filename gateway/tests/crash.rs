@@ -66,18 +66,22 @@ fn start(config: &std::path::Path) -> Child {
         .expect("causeway starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_random_moments_loses_no_accepted_event_and_no_part() {
-    let dir = tempfile::tempdir().unwrap();
+/// What a crash test runs against: a receiver (its CA in `dir/ca.pem`) and a PLC serving
+/// `registers`, both stopped by `cancel`.
+struct Peers {
+    receiver: Receiver,
+    registers: Registers,
+    plc: std::net::SocketAddr,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+async fn peers(dir: &std::path::Path) -> Peers {
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let receiver = Receiver::start(&tasks, cancel.clone()).await.unwrap();
-    std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
-
+    std::fs::write(dir.join("ca.pem"), receiver.ca_pem()).unwrap();
     let registers = Registers::default();
-    let start_total: u32 = u32::MAX - 1_500; // rolls over during the run
-    let mut total = start_total;
-    set_total(&registers, total);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plc = listener.local_addr().unwrap();
     tokio::spawn(protocols::modbus::server::serve(
@@ -85,6 +89,28 @@ async fn kill_9_at_random_moments_loses_no_accepted_event_and_no_part() {
         registers.clone(),
         cancel.clone(),
     ));
+    Peers {
+        receiver,
+        registers,
+        plc,
+        tasks,
+        cancel,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_no_accepted_event_and_no_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let Peers {
+        receiver,
+        registers,
+        plc,
+        tasks,
+        cancel,
+    } = peers(dir.path()).await;
+    let start_total: u32 = u32::MAX - 1_500; // rolls over during the run
+    let mut total = start_total;
+    set_total(&registers, total);
 
     let config = dir.path().join("causeway.toml");
     std::fs::write(
@@ -230,19 +256,14 @@ retry_max = "200ms"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_delivery_and_the_cursor_update_redelivers_the_same_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let tasks = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    let receiver = Receiver::start(&tasks, cancel.clone()).await.unwrap();
-    std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
-    let registers = Registers::default();
+    let Peers {
+        receiver,
+        registers,
+        plc,
+        tasks,
+        cancel,
+    } = peers(dir.path()).await;
     registers.set_words(RegisterKind::Holding, 0, &[1]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plc = listener.local_addr().unwrap();
-    tokio::spawn(protocols::modbus::server::serve(
-        listener,
-        registers.clone(),
-        cancel.clone(),
-    ));
     let config = dir.path().join("causeway.toml");
     std::fs::write(
         &config,

@@ -262,7 +262,8 @@ pub async fn run_sink<D: Deliver>(
                 outcome = sink.deliver(chunk) => outcome,
                 () = stop.abort.cancelled() => return,
             };
-            match outcome {
+            // The refusal for good of the one event in `chunk`, if it comes to that.
+            let refused = match outcome {
                 Outcome::Delivered => {
                     backoff.reset();
                     tracing::debug!(sink = %name, events = n, upto, "Delivered.");
@@ -290,6 +291,7 @@ pub async fn run_sink<D: Deliver>(
                     }
                     cursor = upto;
                     rest = &rest[n..];
+                    None
                 }
                 Outcome::Retry { reason, after } => {
                     // Honour Retry-After, within reason: never a busy loop, never more than 5 minutes.
@@ -301,12 +303,14 @@ pub async fn run_sink<D: Deliver>(
                     if sleep_or_abort(delay, &stop.abort).await {
                         return;
                     }
+                    None
                 }
                 Outcome::TooLarge { reason } if n > 1 => {
                     limit = n / 2;
                     learned_cap = limit;
                     since_shrunk = 0;
                     tracing::warn!(sink = %name, %reason, events = n, now = limit, "The receiver refused the request size; sending fewer events at once (lower max_batch_bytes or batch_size to avoid this).");
+                    None
                 }
                 Outcome::TooLarge { reason } => {
                     // One event, refused for its size. Larger than the sink's own cap: the
@@ -342,34 +346,15 @@ pub async fn run_sink<D: Deliver>(
                             retry.refusal_hold
                         )
                     };
-                    match dead_letter(
-                        &store,
-                        &name,
-                        chunk,
-                        &reason,
-                        upto,
-                        &mut backoff,
-                        &stop.abort,
-                    )
-                    .await
-                    {
-                        Recorded::Yes => {}
-                        Recorded::No => break,
-                        Recorded::Aborted => return,
-                    }
-                    size_hold = None;
-                    refusals = refusals.saturating_add(1);
-                    cursor = upto;
-                    rest = &rest[1..];
-                    limit = rest.len().min(learned_cap);
+                    Some(reason)
                 }
                 Outcome::Reject { reason } if n > 1 => {
                     limit = n / 2;
                     tracing::warn!(sink = %name, %reason, events = n, "The receiver refused a batch; splitting it to find the refused event.");
+                    None
                 }
                 Outcome::Reject { reason } => {
-                    let holding = refusals >= REFUSALS_BEFORE_HOLD;
-                    if holding {
+                    if refusals >= REFUSALS_BEFORE_HOLD {
                         let since = *refuse_hold.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() < retry.refusal_hold {
                             let delay = backoff.next_delay();
@@ -380,30 +365,34 @@ pub async fn run_sink<D: Deliver>(
                             continue;
                         }
                     }
-                    match dead_letter(
-                        &store,
-                        &name,
-                        chunk,
-                        &reason,
-                        upto,
-                        &mut backoff,
-                        &stop.abort,
-                    )
-                    .await
-                    {
-                        Recorded::Yes => {}
-                        Recorded::No => break,
-                        Recorded::Aborted => return,
-                    }
-                    if holding {
-                        // Held long enough: this one went, the next waits again.
-                        refuse_hold = Some(tokio::time::Instant::now());
-                    }
-                    refusals = refusals.saturating_add(1);
-                    cursor = upto;
-                    rest = &rest[1..];
-                    limit = rest.len().min(learned_cap);
+                    Some(reason)
                 }
+            };
+            if let Some(reason) = refused {
+                match dead_letter(
+                    &store,
+                    &name,
+                    chunk,
+                    &reason,
+                    upto,
+                    &mut backoff,
+                    &stop.abort,
+                )
+                .await
+                {
+                    Recorded::Yes => {}
+                    Recorded::No => break,
+                    Recorded::Aborted => return,
+                }
+                if refusals >= REFUSALS_BEFORE_HOLD {
+                    // Held long enough: this one went, the next waits again.
+                    refuse_hold = Some(tokio::time::Instant::now());
+                }
+                size_hold = None;
+                refusals = refusals.saturating_add(1);
+                cursor = upto;
+                rest = &rest[1..];
+                limit = rest.len().min(learned_cap);
             }
         }
     }
