@@ -220,7 +220,7 @@ impl Track {
                 (Some("jump"), 0)
             } else if let Some(wrapped) = allowed.judge(last, suspect, bits) {
                 (None, wrapped)
-            } else if suspect <= allowed.rise && last <= allowed.wrap.saturating_mul(2) {
+            } else if suspect <= allowed.rise && last < allowed.wrap.saturating_mul(2) {
                 // Near zero a reset and a step back (an operator's correction) look alike:
                 // count the smaller, none, and say so.
                 (Some("ambiguous"), 0)
