@@ -48,10 +48,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use firmware_config::{CounterInput, CounterRuleConfig};
-use protocols::model::SampleBatch;
 use serde_json::{Value as Json, json};
 
-use super::{Latest, Output, sample_in};
+use super::{Latest, Output};
 use crate::event::{CloudEvent, rfc3339};
 
 /// The most parts a machine making at most `max_rate` parts per second can honestly add in
@@ -173,8 +172,8 @@ impl Track {
         }));
     }
 
-    fn observe(&mut self, batch: &SampleBatch, max_rate: f64, rule: &str) {
-        let Some(sample) = sample_in(batch, &self.input.tag.0) else {
+    fn observe(&mut self, latest: &Latest, max_rate: f64, rule: &str) {
+        let Some(sample) = latest.in_batch(&self.input.tag.0) else {
             return;
         };
         if !sample.quality.is_good() {
@@ -317,10 +316,10 @@ impl CounterRule {
             .any(|t| !t.anomalies.is_empty())
     }
 
-    pub(super) fn on_batch(&mut self, batch: &SampleBatch, out: &mut Output) {
+    pub(super) fn on_batch(&mut self, latest: &Latest, out: &mut Output) {
         let mut first_reading = false;
         for track in self.tracks.iter_mut().flatten() {
-            track.observe(batch, self.config.max_rate, &self.config.name);
+            track.observe(latest, self.config.max_rate, &self.config.name);
             if track.saved.is_none() && track.last.is_some() {
                 // The very first reading is the baseline: save it at once, or parts made
                 // before the first report would be lost by a crash.

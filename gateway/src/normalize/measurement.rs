@@ -14,7 +14,7 @@ use firmware_config::MeasurementRuleConfig;
 use protocols::model::{Quality, SampleBatch};
 use serde_json::{Value as Json, json};
 
-use super::{Latest, Output, sample_in};
+use super::{Latest, Output};
 use crate::event::CloudEvent;
 
 /// A running measurement rule.
@@ -63,7 +63,8 @@ impl MeasurementRule {
     ) {
         let fire = match &self.config.trigger {
             Some(trigger) => {
-                let Some(now) = sample_in(batch, &trigger.0)
+                let Some(now) = latest
+                    .in_batch(&trigger.0)
                     .and_then(|s| s.value.as_ref())
                     .and_then(|v| v.as_bool())
                 else {
@@ -73,7 +74,8 @@ impl MeasurementRule {
                 self.last_trigger = Some(now);
                 edge
             }
-            None => sample_in(batch, &self.config.tag.0)
+            None => latest
+                .in_batch(&self.config.tag.0)
                 .and_then(|s| s.value.as_ref())
                 .and_then(|v| v.as_f64())
                 .is_some_and(|v| self.moved(v)),

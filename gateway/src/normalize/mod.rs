@@ -46,28 +46,35 @@ impl Output {
     }
 }
 
-/// The latest sample of every tag.
+/// The latest sample of every tag, each stamped with the batch that brought it.
 #[derive(Debug, Default)]
-pub struct Latest(HashMap<Arc<str>, Sample>);
+pub struct Latest {
+    samples: HashMap<Arc<str>, (Sample, u64)>,
+    /// The batch being applied.
+    batch: u64,
+}
 
 impl Latest {
     /// The tag's latest sample, good or not.
     pub fn sample(&self, tag: &str) -> Option<&Sample> {
-        self.0.get(tag)
+        self.samples.get(tag).map(|(s, _)| s)
     }
 
     /// The tag's latest good value.
     pub fn value(&self, tag: &str) -> Option<&Value> {
-        self.0
-            .get(tag)
+        self.sample(tag)
             .filter(|s| s.quality.is_good())
             .and_then(|s| s.value.as_ref())
     }
-}
 
-/// The sample of `tag` in this batch.
-fn sample_in<'a>(batch: &'a SampleBatch, tag: &str) -> Option<&'a Sample> {
-    batch.samples.iter().find(|s| &*s.tag == tag)
+    /// The tag's sample in the batch being applied, if the batch has one: one hash lookup,
+    /// whatever the batch's size.
+    pub fn in_batch(&self, tag: &str) -> Option<&Sample> {
+        self.samples
+            .get(tag)
+            .filter(|(_, batch)| *batch == self.batch)
+            .map(|(s, _)| s)
+    }
 }
 
 #[derive(Debug)]
@@ -93,8 +100,32 @@ pub struct NormalizerStats {
 pub struct Normalizer {
     gateway_id: String,
     rules: Vec<Rule>,
+    /// Tag -> the rules that read it (ascending): a batch runs only the rules it feeds.
+    index: HashMap<Arc<str>, Vec<usize>>,
+    /// Scratch: which rules the batch being applied feeds.
+    fed: Vec<bool>,
     latest: Latest,
     stats: Arc<NormalizerStats>,
+}
+
+/// Every tag a rule reads.
+fn rule_tags(rule: &RuleConfig) -> Vec<&str> {
+    let mut tags: Vec<&str> = match rule {
+        RuleConfig::Counter(c) => [&c.total, &c.good, &c.reject]
+            .into_iter()
+            .flatten()
+            .map(|i| i.tag.0.as_str())
+            .chain(c.order.iter().map(|o| o.0.as_str()))
+            .collect(),
+        RuleConfig::State(c) => std::iter::once(c.tag.0.as_str())
+            .chain(c.reason.iter().map(|r| r.0.as_str()))
+            .collect(),
+        RuleConfig::Measurement(c) => std::iter::once(c.tag.0.as_str())
+            .chain(c.trigger.iter().map(|t| t.0.as_str()))
+            .collect(),
+    };
+    tags.dedup();
+    tags
 }
 
 impl Normalizer {
@@ -122,9 +153,20 @@ impl Normalizer {
                 )),
             })
             .collect();
+        let mut index: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            for tag in rule_tags(rule) {
+                let rules = index.entry(Arc::from(tag)).or_default();
+                if rules.last() != Some(&i) {
+                    rules.push(i);
+                }
+            }
+        }
         Normalizer {
             gateway_id: config.gateway_id.clone(),
+            fed: vec![false; config.rules.len()],
             rules,
+            index,
             latest: Latest::default(),
             stats: Arc::default(),
         }
@@ -148,8 +190,9 @@ impl Normalizer {
             .filter(|s| matches!(s.quality, Quality::Bad(_)))
             .count();
         self.stats.bad.fetch_add(bad as u64, Relaxed);
+        self.latest.batch += 1;
         for sample in &batch.samples {
-            let previous = self.latest.0.get(&sample.tag).map(|s| s.quality.clone());
+            let previous = self.latest.sample(&sample.tag).map(|s| s.quality.clone());
             match (&previous, &sample.quality) {
                 (Some(Quality::Bad(_)), Quality::Good) => {
                     tracing::info!(tag = %sample.tag, "Tag reads good again.");
@@ -160,13 +203,21 @@ impl Normalizer {
                 _ => {}
             }
             self.latest
-                .0
-                .insert(Arc::clone(&sample.tag), sample.clone());
+                .samples
+                .insert(Arc::clone(&sample.tag), (sample.clone(), self.latest.batch));
+            if let Some(rules) = self.index.get(&sample.tag) {
+                for &i in rules {
+                    self.fed[i] = true;
+                }
+            }
         }
-        for rule in &mut self.rules {
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            if !std::mem::take(&mut self.fed[i]) {
+                continue;
+            }
             match rule {
                 Rule::Counter(r) => {
-                    r.on_batch(batch, out);
+                    r.on_batch(&self.latest, out);
                     if r.urgent() && r.settled() {
                         let wall = batch
                             .samples
@@ -182,7 +233,7 @@ impl Normalizer {
                         );
                     }
                 }
-                Rule::State(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
+                Rule::State(r) => r.on_batch(&self.latest, &self.gateway_id, out),
                 Rule::Measurement(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
             }
         }

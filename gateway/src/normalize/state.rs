@@ -5,10 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use firmware_config::StateRuleConfig;
-use protocols::model::SampleBatch;
 use serde_json::{Value as Json, json};
 
-use super::{Latest, Output, sample_in};
+use super::{Latest, Output};
 use crate::event::{CloudEvent, rfc3339};
 
 #[derive(Debug, Clone)]
@@ -50,14 +49,8 @@ impl StateRule {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
-    pub(super) fn on_batch(
-        &mut self,
-        batch: &SampleBatch,
-        latest: &Latest,
-        gateway_id: &str,
-        out: &mut Output,
-    ) {
-        let Some(sample) = sample_in(batch, &self.config.tag.0) else {
+    pub(super) fn on_batch(&mut self, latest: &Latest, gateway_id: &str, out: &mut Output) {
+        let Some(sample) = latest.in_batch(&self.config.tag.0) else {
             return;
         };
         let Some(code) = sample.value.as_ref().and_then(|v| v.as_i64()) else {

@@ -1120,3 +1120,18 @@ fn counters_that_roll_over_a_reading_apart_make_no_false_rejects() {
     });
     assert_eq!(sums, (36, 36, 0), "{counts:?}");
 }
+
+#[test]
+fn a_batch_runs_only_the_rules_its_tags_feed() {
+    let n = Normalizer::new(&config(), &[]);
+    // CONFIG: rule 0 counter (total, reject), rule 1 state (state, reason), rule 2 measurement
+    // (force, done).
+    let fed = |tag: &str| n.index.get(tag).cloned().unwrap_or_default();
+    assert_eq!(fed("press.total"), vec![0]);
+    assert_eq!(fed("press.reject"), vec![0]);
+    assert_eq!(fed("press.state"), vec![1]);
+    assert_eq!(fed("press.reason"), vec![1]);
+    assert_eq!(fed("press.force"), vec![2]);
+    assert_eq!(fed("press.done"), vec![2]);
+    assert!(fed("press.unused").is_empty());
+}
