@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use firmware_config::{HttpsSinkConfig, SinkConfig, SinkKind};
 use gateway::{
+    demo::receiver::Receiver,
     event::CloudEvent,
-    receiver::Receiver,
     sinks::{HttpsSink, RetryPolicy, SinkStop, run_sink},
     store::{Store, StoreOptions},
 };

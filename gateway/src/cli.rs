@@ -10,9 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use firmware_config::{SourceConfig, ValidatedConfig, units::HumanDuration};
-use gateway::{simulate, topology};
-use protocols::modbus::{ReadPlan, ShownPlan};
+use firmware_config::{ValidatedConfig, units::HumanDuration};
+use gateway::{demo::simulate, sources, topology};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// sysexits.h: configuration error.
@@ -283,19 +282,9 @@ fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> 
         Err(code) => return Ok(code),
     };
     let warnings = config.warnings().warning_count();
-    let mut tags = 0;
-    let mut reads = 0;
-    let mut plans = Vec::new();
-    for source in &config.sources {
-        match source {
-            SourceConfig::ModbusTcp(m) => {
-                let plan = ReadPlan::new(&m.tags, m.max_gap);
-                tags += m.tags.len();
-                reads += plan.requests.len();
-                plans.push((m, plan));
-            }
-        }
-    }
+    let plans: Vec<sources::Planned> = config.sources.iter().map(sources::plan).collect();
+    let tags = plans.iter().map(|p| p.tags).sum();
+    let reads = plans.iter().map(|p| p.reads).sum();
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let verdict = match (warnings, deny_warnings) {
         (0, _) => "ok".to_owned(),
@@ -312,8 +301,8 @@ fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> 
         plural(config.sinks.len(), "sink"),
     );
     if show_plan {
-        for (source, plan) in &plans {
-            print!("{}", ShownPlan { source, plan });
+        for plan in &plans {
+            print!("{}", plan.shown);
         }
     }
     Ok(if warnings > 0 && deny_warnings {

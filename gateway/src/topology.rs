@@ -10,14 +10,14 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use firmware_config::{GatewayConfig, SinkKind, SourceConfig};
-use protocols::modbus::ModbusSource;
+use firmware_config::{GatewayConfig, SinkKind};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     normalize::{Normalizer, NormalizerStats},
     sinks::{AnySink, RetryPolicy, SinkError, SinkStop, run_sink},
+    sources::Source,
     store::{Store, StoreError, StoreOptions, WriterThread},
 };
 
@@ -83,13 +83,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
 
     let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
     for source in &config.sources {
-        match source {
-            SourceConfig::ModbusTcp(modbus) => {
-                tasks.spawn(
-                    ModbusSource::new(modbus.clone()).run(tx.clone(), stop_sources.child_token()),
-                );
-            }
-        }
+        tasks.spawn(Source::build(source).run(tx.clone(), stop_sources.child_token()));
     }
     drop(tx);
 

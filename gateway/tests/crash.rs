@@ -10,7 +10,7 @@ use std::{
 };
 
 use firmware_config::{DataType, RegisterKind, WordOrder};
-use gateway::receiver::Receiver;
+use gateway::demo::receiver::Receiver;
 use protocols::{
     modbus::{codec::encode_registers, server::Registers},
     model::Value,

@@ -5,7 +5,7 @@
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use firmware_config::{DataType, RegisterKind, ValidatedConfig, WordOrder};
-use gateway::receiver::Receiver;
+use gateway::demo::receiver::Receiver;
 use protocols::{
     modbus::{codec::encode_registers, server::Registers},
     model::Value,

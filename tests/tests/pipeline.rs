@@ -7,7 +7,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use causeway_tests::{Plc, Site, eventually, sum};
 use gateway::{
-    receiver::SeenRequest,
+    demo::receiver::SeenRequest,
     topology::{self, Drained},
 };
 

@@ -1,5 +1,7 @@
-//! `causeway demo`: the simulated press line, the real pipeline with a temporary buffer, and a
-//! local HTTPS receiver that refuses requests for a few seconds midway. Prints each event the
+//! Demo and test equipment, apart from the runtime: the simulated press line
+//! ([`simulate`]), the local HTTPS receiver standing in for an ERP or QMS ([`receiver`]), and
+//! `causeway demo` itself (this module): the simulated line, the real pipeline with a temporary
+//! buffer, and the receiver refusing requests for a few seconds midway. It prints each event the
 //! receiver gets on one line, and ends with exactly one summary line.
 
 use std::{collections::BTreeMap, fmt, io::Write, time::Duration};
@@ -7,7 +9,12 @@ use std::{collections::BTreeMap, fmt, io::Write, time::Duration};
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{receiver::Receiver, simulate, topology};
+use crate::topology;
+
+pub mod receiver;
+pub mod simulate;
+
+use receiver::Receiver;
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +24,7 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
     /// The receiver.
     #[error(transparent)]
-    Receiver(#[from] crate::receiver::ReceiverError),
+    Receiver(#[from] receiver::ReceiverError),
     /// The embedded config did not validate (a bug in this build).
     #[error("the demo's embedded config is invalid:\n{0}")]
     Config(String),
