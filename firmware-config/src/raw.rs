@@ -202,3 +202,76 @@ pub struct RawAuth {
     /// Rejected, as `bearer`.
     pub password: Option<Spanned<String>>,
 }
+
+/// A kind-specific field of a raw section that is set, and where.
+pub(crate) type SetField = (&'static str, std::ops::Range<usize>);
+
+fn set<T>(name: &'static str, value: &Option<Spanned<T>>) -> Option<SetField> {
+    value.as_ref().map(|v| (name, v.span()))
+}
+
+impl RawSource {
+    /// Every kind-specific field that is set: listed once here, checked against each kind's
+    /// table in `validate`.
+    pub(crate) fn kind_fields(&self) -> Vec<SetField> {
+        [
+            set("address", &self.address),
+            set("unit", &self.unit),
+            set("poll", &self.poll),
+            set("timeout", &self.timeout),
+            set("max_gap", &self.max_gap),
+            self.tags.first().map(|t| ("tags", t.name.span())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+impl RawRule {
+    /// Every kind-specific field that is set (all but `name`, `kind` and `machine`).
+    pub(crate) fn kind_fields(&self) -> Vec<SetField> {
+        [
+            set("line", &self.line),
+            set("total", &self.total),
+            set("good", &self.good),
+            set("reject", &self.reject),
+            set("order", &self.order),
+            set("interval", &self.interval),
+            set("max_rate", &self.max_rate),
+            set("tag", &self.tag),
+            set("states", &self.states),
+            set("reason", &self.reason),
+            set("characteristic", &self.characteristic),
+            set("trigger", &self.trigger),
+            set("lsl", &self.lsl),
+            set("nominal", &self.nominal),
+            set("usl", &self.usl),
+            set("unit", &self.unit),
+            set("deadband", &self.deadband),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+impl RawSink {
+    /// Every kind-specific field that is set (all but `name`, `kind`, `routes`, `batch_size`
+    /// and `max_batch_bytes`).
+    pub(crate) fn kind_fields(&self) -> Vec<SetField> {
+        [
+            set("url", &self.url),
+            set("insecure", &self.insecure),
+            set("timeout", &self.timeout),
+            set("ca_file", &self.ca_file),
+            set("auth", &self.auth),
+            set("retry_initial", &self.retry_initial),
+            set("retry_max", &self.retry_max),
+            set("path", &self.path),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}

@@ -558,3 +558,41 @@ fn every_remaining_check_reports_its_one_error_at_its_place() {
         assert_eq!(&text[span], *at, "{message}");
     }
 }
+
+#[test]
+fn a_field_of_another_kind_names_the_kinds_it_belongs_to() {
+    let text = GOOD.replace(
+        "interval = \"5s\"",
+        "interval = \"5s\"\ntrigger = \"press1.cycle_done\"",
+    );
+    let problem = problems(&text).into_iter().find(Problem::is_error).unwrap();
+    assert_eq!(
+        problem.message,
+        "`trigger` does not apply to a counter rule"
+    );
+    assert_eq!(&text[problem.span.unwrap()], "\"press1.cycle_done\"");
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("`trigger` belongs to a measurement rule; remove it, or check the rule's `kind`")
+    );
+    let line = GOOD.replace("usl = 55.0", "usl = 55.0\nline = \"l3\"");
+    let problem = problems(&line).into_iter().find(Problem::is_error).unwrap();
+    assert_eq!(
+        problem.message,
+        "`line` does not apply to a measurement rule"
+    );
+    assert!(
+        problem
+            .help
+            .unwrap()
+            .starts_with("`line` belongs to a counter or state rule")
+    );
+    let stdout = GOOD.replace(
+        "kind = \"file\"\npath = \"quality.jsonl\"",
+        "kind = \"stdout\"\npath = \"quality.jsonl\"",
+    );
+    assert_eq!(
+        errors(&stdout),
+        vec!["`path` does not apply to a stdout sink".to_owned()]
+    );
+}

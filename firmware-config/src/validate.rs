@@ -18,6 +18,53 @@ use crate::{
 };
 
 const DEFAULT_BUFFER_PATH: &str = "causeway-buffer.db";
+
+/// The kind-specific fields each source kind takes. A new kind adds a line; a new field is
+/// listed once in `RawSource::kind_fields` and in the rows of the kinds that take it.
+const SOURCE_FIELDS: &[(&str, &[&str])] = &[(
+    "modbus-tcp",
+    &["address", "unit", "poll", "timeout", "max_gap", "tags"],
+)];
+/// The kind-specific fields each rule kind takes.
+const RULE_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "counter",
+        &[
+            "line", "total", "good", "reject", "order", "interval", "max_rate",
+        ],
+    ),
+    ("state", &["line", "tag", "states", "reason"]),
+    (
+        "measurement",
+        &[
+            "characteristic",
+            "tag",
+            "trigger",
+            "lsl",
+            "nominal",
+            "usl",
+            "unit",
+            "deadband",
+        ],
+    ),
+];
+/// The kind-specific fields each sink kind takes.
+const SINK_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "https",
+        &[
+            "url",
+            "insecure",
+            "timeout",
+            "ca_file",
+            "auth",
+            "retry_initial",
+            "retry_max",
+        ],
+    ),
+    ("file", &["path"]),
+    ("stdout", &[]),
+];
 const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 const MIN_MAX_BYTES: u64 = 1 << 20;
 /// Nobody needs more on an edge box, and every size stays far from u64 overflow.
@@ -195,17 +242,36 @@ impl Checker {
         }
     }
 
-    /// Reports fields set that do not belong to `kind`.
-    fn foreign(&mut self, section: &str, kind: &str, fields: &[(&str, Option<Range<usize>>)]) {
-        for (field, at) in fields {
-            if let Some(at) = at {
-                self.error(
-                    format!("`{field}` does not apply to a {kind} {section}"),
-                    at.clone(),
-                    "not used by this kind",
-                )
-                .hint(format!("remove `{field}`, or check the {section}'s `kind`"));
+    /// Reports fields set that `kind` does not take, by the section's table of kinds.
+    fn foreign(
+        &mut self,
+        section: &str,
+        kind: &str,
+        set: &[crate::raw::SetField],
+        table: &[(&str, &[&str])],
+    ) {
+        let takes = table
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[][..], |(_, fields)| *fields);
+        for (field, at) in set {
+            if takes.contains(field) {
+                continue;
             }
+            let owners: Vec<&str> = table
+                .iter()
+                .filter(|(_, fields)| fields.contains(field))
+                .map(|(k, _)| *k)
+                .collect();
+            self.error(
+                format!("`{field}` does not apply to a {kind} {section}"),
+                at.clone(),
+                "not used by this kind",
+            )
+            .hint(format!(
+                "`{field}` belongs to a {} {section}; remove it, or check the {section}'s `kind`",
+                owners.join(" or ")
+            ));
         }
     }
 
@@ -294,7 +360,10 @@ impl Checker {
     ) -> Option<SourceConfig> {
         self.unique("source", &raw.name, names);
         match raw.kind.get_ref().as_str() {
-            "modbus-tcp" => self.modbus_tcp(raw).map(SourceConfig::ModbusTcp),
+            "modbus-tcp" => {
+                self.foreign("source", "modbus-tcp", &raw.kind_fields(), SOURCE_FIELDS);
+                self.modbus_tcp(raw).map(SourceConfig::ModbusTcp)
+            }
             other => {
                 let hint = match closest(other, ["modbus-tcp"]) {
                     Some(near) => {
@@ -706,68 +775,13 @@ impl Checker {
         names: &mut HashMap<String, Range<usize>>,
     ) -> Option<RuleConfig> {
         let kind = raw.kind.get_ref().as_str();
-        let sp = |v: &Option<Spanned<String>>| v.as_ref().map(span);
-        let spf = |v: &Option<Spanned<f64>>| v.as_ref().map(span);
+        if RULE_FIELDS.iter().any(|(k, _)| *k == kind) {
+            self.foreign("rule", kind, &raw.kind_fields(), RULE_FIELDS);
+        }
         let built = match kind {
-            "counter" => {
-                self.foreign(
-                    "rule",
-                    kind,
-                    &[
-                        ("tag", sp(&raw.tag)),
-                        ("states", raw.states.as_ref().map(span)),
-                        ("reason", sp(&raw.reason)),
-                        ("characteristic", sp(&raw.characteristic)),
-                        ("trigger", sp(&raw.trigger)),
-                        ("lsl", spf(&raw.lsl)),
-                        ("nominal", spf(&raw.nominal)),
-                        ("usl", spf(&raw.usl)),
-                        ("unit", sp(&raw.unit)),
-                        ("deadband", raw.deadband.as_ref().map(span)),
-                    ],
-                );
-                self.counter(raw).map(RuleConfig::Counter)
-            }
-            "state" => {
-                self.foreign(
-                    "rule",
-                    kind,
-                    &[
-                        ("total", sp(&raw.total)),
-                        ("good", sp(&raw.good)),
-                        ("reject", sp(&raw.reject)),
-                        ("order", sp(&raw.order)),
-                        ("interval", raw.interval.as_ref().map(span)),
-                        ("characteristic", sp(&raw.characteristic)),
-                        ("trigger", sp(&raw.trigger)),
-                        ("lsl", spf(&raw.lsl)),
-                        ("nominal", spf(&raw.nominal)),
-                        ("usl", spf(&raw.usl)),
-                        ("unit", sp(&raw.unit)),
-                        ("max_rate", spf(&raw.max_rate)),
-                        ("deadband", raw.deadband.as_ref().map(span)),
-                    ],
-                );
-                self.state(raw).map(RuleConfig::State)
-            }
-            "measurement" => {
-                self.foreign(
-                    "rule",
-                    kind,
-                    &[
-                        ("total", sp(&raw.total)),
-                        ("good", sp(&raw.good)),
-                        ("reject", sp(&raw.reject)),
-                        ("order", sp(&raw.order)),
-                        ("interval", raw.interval.as_ref().map(span)),
-                        ("states", raw.states.as_ref().map(span)),
-                        ("reason", sp(&raw.reason)),
-                        ("line", sp(&raw.line)),
-                        ("max_rate", spf(&raw.max_rate)),
-                    ],
-                );
-                self.measurement(raw).map(RuleConfig::Measurement)
-            }
+            "counter" => self.counter(raw).map(RuleConfig::Counter),
+            "state" => self.state(raw).map(RuleConfig::State),
+            "measurement" => self.measurement(raw).map(RuleConfig::Measurement),
             other => {
                 let hint = match closest(other, ["counter", "state", "measurement"]) {
                     Some(near) => {
@@ -1136,23 +1150,13 @@ impl Checker {
             (4 << 10)..=(64 << 20),
             "max_batch_bytes",
         );
-        let sp = |v: &Option<Spanned<String>>| v.as_ref().map(span);
-        let https_fields = [
-            ("url", sp(&raw.url)),
-            ("insecure", raw.insecure.as_ref().map(span)),
-            ("timeout", raw.timeout.as_ref().map(span)),
-            ("ca_file", sp(&raw.ca_file)),
-            ("auth", raw.auth.as_ref().map(span)),
-            ("retry_initial", raw.retry_initial.as_ref().map(span)),
-            ("retry_max", raw.retry_max.as_ref().map(span)),
-        ];
-        let kind = match raw.kind.get_ref().as_str() {
-            "https" => {
-                self.foreign("sink", "https", &[("path", sp(&raw.path))]);
-                SinkKind::Https(self.https(raw)?)
-            }
+        let kind_name = raw.kind.get_ref().as_str();
+        if SINK_FIELDS.iter().any(|(k, _)| *k == kind_name) {
+            self.foreign("sink", kind_name, &raw.kind_fields(), SINK_FIELDS);
+        }
+        let kind = match kind_name {
+            "https" => SinkKind::Https(self.https(raw)?),
             "file" => {
-                self.foreign("sink", "file", &https_fields);
                 let Some(path) = &raw.path else {
                     self.error(
                         format!("file sink `{name}` has no path"),
@@ -1166,11 +1170,7 @@ impl Checker {
                     path: PathBuf::from(path.get_ref()),
                 }
             }
-            "stdout" => {
-                self.foreign("sink", "stdout", &https_fields);
-                self.foreign("sink", "stdout", &[("path", sp(&raw.path))]);
-                SinkKind::Stdout
-            }
+            "stdout" => SinkKind::Stdout,
             other => {
                 let hint = match closest(other, ["https", "file", "stdout"]) {
                     Some(near) => {
