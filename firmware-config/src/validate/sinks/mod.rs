@@ -1,0 +1,150 @@
+//! Sinks: the kind dispatch, routes, and what every kind shares. https has its own module.
+
+mod https;
+
+use crate::validate::*;
+
+impl Checker {
+    pub(crate) fn sink(
+        &mut self,
+        raw: &RawSink,
+        names: &mut HashMap<String, Range<usize>>,
+        produced: &HashSet<&'static str>,
+    ) -> Option<SinkConfig> {
+        self.unique("sink", &raw.name, names);
+        let name = raw.name.get_ref().clone();
+        let routes = self.routes(raw, produced);
+        let batch_size = match &raw.batch_size {
+            None => 100,
+            Some(b) => usize::try_from(*b.get_ref())
+                .ok()
+                .filter(|b| (1..=10_000).contains(b))
+                .unwrap_or_else(|| {
+                    self.error(
+                        format!("batch_size = {} is out of range", b.get_ref()),
+                        span(b),
+                        "expected 1..=10000",
+                    );
+                    1
+                }),
+        };
+        let max_batch_bytes = self.size(
+            raw.max_batch_bytes.as_ref(),
+            DEFAULT_MAX_BATCH_BYTES,
+            (4 << 10)..=(64 << 20),
+            "max_batch_bytes",
+        );
+        let kind_name = raw.kind.get_ref().as_str();
+        if SINK_FIELDS.iter().any(|(k, _)| *k == kind_name) {
+            self.foreign("sink", kind_name, &raw.kind_fields(), SINK_FIELDS);
+        }
+        let kind = match kind_name {
+            "https" => SinkKind::Https(self.https(raw)?),
+            "file" => {
+                let Some(path) = &raw.path else {
+                    self.error(
+                        format!("file sink `{name}` has no path"),
+                        span(&raw.name),
+                        "this sink",
+                    )
+                    .hint("add path = \"/var/log/causeway/events.jsonl\"");
+                    return None;
+                };
+                SinkKind::File {
+                    path: PathBuf::from(path.get_ref()),
+                }
+            }
+            "stdout" => SinkKind::Stdout,
+            other => {
+                let hint = match closest(other, ["https", "file", "stdout"]) {
+                    Some(near) => {
+                        format!("did you mean \"{near}\"? Sink kinds: https, file, stdout")
+                    }
+                    None => "sink kinds: https, file, stdout".to_owned(),
+                };
+                self.error(
+                    format!("unknown sink kind `{other}`"),
+                    span(&raw.kind),
+                    "unknown kind",
+                )
+                .hint(hint);
+                return None;
+            }
+        };
+        Some(SinkConfig {
+            name,
+            routes,
+            batch_size,
+            max_batch_bytes,
+            kind,
+        })
+    }
+
+    pub(crate) fn routes(
+        &mut self,
+        raw: &RawSink,
+        produced: &HashSet<&'static str>,
+    ) -> Vec<String> {
+        let Some(routes) = &raw.routes else {
+            self.error(
+                format!("sink `{}` has no routes", raw.name.get_ref()),
+                span(&raw.name),
+                "receives nothing",
+            )
+            .hint("add routes = [\"production.*\"] (or \"*\" for every event type)");
+            return Vec::new();
+        };
+        if routes.get_ref().is_empty() {
+            self.error(
+                format!("sink `{}` has empty routes", raw.name.get_ref()),
+                span(routes),
+                "receives nothing",
+            )
+            .hint("add an event-type pattern such as \"production.*\" or \"quality.measurement\"");
+        }
+        let mut out = Vec::new();
+        for route in routes.get_ref() {
+            let pattern = route.get_ref();
+            if !EVENT_TYPES.iter().any(|t| route_matches(pattern, t)) {
+                let families = ["production.*", "quality.*", "telemetry.*"];
+                // Gateway events reach every sink without a route: not offered as a choice.
+                let routable: Vec<&str> = EVENT_TYPES
+                    .iter()
+                    .copied()
+                    .filter(|t| !route_matches(SYSTEM_EVENT_TYPES, t))
+                    .collect();
+                let hint = match closest(pattern, routable.iter().copied().chain(families)) {
+                    Some(near) => format!(
+                        "did you mean \"{near}\"? Event types: {}",
+                        routable.join(", ")
+                    ),
+                    None => format!("event types: {}", routable.join(", ")),
+                };
+                self.error(
+                    format!("route `{pattern}` matches no event type"),
+                    span(route),
+                    "matches nothing",
+                )
+                .hint(hint);
+            }
+            out.push(pattern.clone());
+        }
+        let routed_and_made = produced
+            .iter()
+            .any(|t| out.iter().any(|r| route_matches(r, t)));
+        if !out.is_empty() && !routed_and_made && !produced.is_empty() {
+            let mut made: Vec<&str> = produced.iter().copied().collect();
+            made.sort_unstable();
+            self.warning(
+                format!(
+                    "no rule makes an event routed to sink `{}`",
+                    raw.name.get_ref()
+                ),
+                span(routes),
+                "nothing will arrive",
+            )
+            .hint(format!("the rules make {}", made.join(", ")));
+        }
+        out
+    }
+}
