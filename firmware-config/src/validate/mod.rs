@@ -272,10 +272,16 @@ impl Checker {
                 at.clone(),
                 "not used by this kind",
             )
-            .hint(format!(
-                "`{field}` belongs to a {} {section}; remove it, or check the {section}'s `kind`",
-                owners.join(" or ")
-            ));
+            .hint(match owners.first() {
+                None => format!("remove `{field}`, or check the {section}'s `kind`"),
+                Some(first) => {
+                    let article = if first.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+                    format!(
+                        "`{field}` belongs to {article} {} {section}; remove it, or check the {section}'s `kind`",
+                        owners.join(" or ")
+                    )
+                }
+            });
         }
     }
 

@@ -68,7 +68,8 @@ impl Latest {
     }
 
     /// The tag's sample in the batch being applied, if the batch has one: one hash lookup,
-    /// whatever the batch's size.
+    /// whatever the batch's size. Sources send one sample per tag per batch; were a tag in a
+    /// batch twice, the last sample wins, as for [`Latest::sample`].
     pub fn in_batch(&self, tag: &str) -> Option<&Sample> {
         self.samples
             .get(tag)

@@ -1135,3 +1135,91 @@ fn a_batch_runs_only_the_rules_its_tags_feed() {
     assert_eq!(fed("press.done"), vec![2]);
     assert!(fed("press.unused").is_empty());
 }
+
+#[test]
+fn rules_fire_on_tags_that_come_in_separate_batches_from_separate_sources() {
+    // A counter's total and reject on two sources, a measurement's value and trigger on two;
+    // every batch holds one tag, so each rule is run only by the batches of its own tags.
+    let text = r#"
+gateway_id = "gw"
+[[source]]
+name = "a"
+kind = "modbus-tcp"
+address = "127.0.0.1:502"
+tags = [ { name = "total", register = "holding:0", type = "u32" }, { name = "force", register = "holding:2", type = "f32" } ]
+[[source]]
+name = "b"
+kind = "modbus-tcp"
+address = "127.0.0.1:503"
+tags = [ { name = "reject", register = "holding:0", type = "u32" }, { name = "done", register = "coil:0" } ]
+[[rule]]
+kind = "counter"
+machine = "m"
+total = "a.total"
+reject = "b.reject"
+interval = "1s"
+[[rule]]
+kind = "measurement"
+characteristic = "force"
+tag = "a.force"
+trigger = "b.done"
+lsl = 1.0
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+    let config = firmware_config::load("t.toml", text).unwrap();
+    let mut n = Normalizer::new(&config, &[]);
+    let mut out = Output::default();
+    let t0 = SystemTime::now();
+    let one = |source: &str, tag: &str, value: Value, at: SystemTime| SampleBatch {
+        source: source.into(),
+        samples: vec![Sample::good(format!("{source}.{tag}").into(), value, at)],
+    };
+    let mut at = t0;
+    for (source, tag, value) in [
+        ("a", "total", Value::U64(100)),
+        ("b", "reject", Value::U64(10)),
+        ("b", "done", Value::Bool(false)),
+        ("a", "force", Value::F64(5.0)),
+        ("a", "total", Value::U64(110)),
+        ("b", "reject", Value::U64(12)),
+        ("b", "done", Value::Bool(true)),
+    ] {
+        at += Duration::from_millis(100);
+        n.on_batch(&one(source, tag, value, at), &mut out);
+    }
+    n.on_tick(at, mono(at) + Duration::from_secs(5), true, &mut out);
+    let counts = data(&out, "production.count");
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(
+        (counts[0]["total"].as_u64(), counts[0]["reject"].as_u64()),
+        (Some(10), Some(2))
+    );
+    let measured = data(&out, "quality.measurement");
+    assert_eq!(
+        measured.len(),
+        1,
+        "the trigger's batch fires with the value read before"
+    );
+    assert_eq!(measured[0]["value"].as_f64(), Some(5.0));
+}
+
+#[test]
+fn a_tags_sample_in_this_batch_is_only_the_one_this_batch_brought() {
+    let mut n = Normalizer::new(&config(), &[]);
+    let mut out = Output::default();
+    let t = SystemTime::now();
+    n.on_batch(&batch(t, &[("state", Value::U64(1))]), &mut out);
+    assert!(n.latest.in_batch("press.state").is_some());
+    n.on_batch(&batch(t, &[("force", Value::F64(1.0))]), &mut out);
+    assert!(
+        n.latest.in_batch("press.state").is_none(),
+        "an earlier batch's sample"
+    );
+    assert!(
+        n.latest.sample("press.state").is_some(),
+        "still the latest sample"
+    );
+}
