@@ -46,15 +46,10 @@ pub fn stats(
             [sink],
             |r| r.get(0),
         )?;
-        let mut routes = routes.clone();
-        routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
-        let filter = (0..routes.len())
-            .map(|i| format!("type GLOB ?{}", i + 3))
-            .collect::<Vec<_>>()
-            .join(" OR ");
+        let (condition, routes) = super::reader::for_sink(routes, 2, 3);
         let sql = format!(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_at) FROM events WHERE seq > ?1 \
-             AND ((sink IS NULL AND ({filter})) OR sink = ?2)"
+             AND {condition}"
         );
         let mut values: Vec<Box<dyn rusqlite::ToSql>> =
             vec![Box::new(cursor), Box::new(sink.clone())];

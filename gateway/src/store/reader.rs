@@ -28,6 +28,27 @@ pub struct Fetched {
     pub upto: i64,
 }
 
+/// The SQL condition selecting a sink's rows, and the route patterns to bind for it: rows for
+/// every sink whose type matches one of `routes` or is a gateway event (`gateway.*`, for every
+/// sink), and rows requeued for this sink alone. The sink's name binds at `?{sink_param}`, the
+/// patterns from `?{first_route}` on.
+pub(super) fn for_sink(
+    routes: &[String],
+    sink_param: usize,
+    first_route: usize,
+) -> (String, Vec<String>) {
+    let mut routes = routes.to_vec();
+    routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
+    let globs = (0..routes.len())
+        .map(|i| format!("type GLOB ?{}", i + first_route))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    (
+        format!("((sink IS NULL AND ({globs})) OR sink = ?{sink_param})"),
+        routes,
+    )
+}
+
 /// A read connection.
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -102,18 +123,13 @@ impl Reader {
         routes: &[String],
         limit: usize,
     ) -> Result<Fetched, StoreError> {
-        let mut routes = routes.to_vec();
-        routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
+        let (condition, routes) = for_sink(routes, 3, 4);
         let sink = sink.to_owned();
         self.with(move |conn| {
             let tx = conn.transaction()?; // one snapshot for the rows and the high-water mark
-            let filter = (0..routes.len())
-                .map(|i| format!("type GLOB ?{}", i + 4))
-                .collect::<Vec<_>>()
-                .join(" OR ");
             let sql = format!(
                 "SELECT seq, id, type, payload FROM events WHERE seq > ?1 \
-                 AND ((sink IS NULL AND ({filter})) OR sink = ?3) ORDER BY seq LIMIT ?2"
+                 AND {condition} ORDER BY seq LIMIT ?2"
             );
             let mut params: Vec<Box<dyn rusqlite::ToSql>> =
                 vec![Box::new(after), Box::new(limit as i64), Box::new(sink)];

@@ -576,7 +576,8 @@ fn apply_one(
                         max_bytes: options.max_bytes,
                     });
                 }
-                let mut freed = evict(
+                // Bytes deleted from the store.
+                let mut evicted = evict(
                     tx,
                     need,
                     books.floor,
@@ -585,14 +586,14 @@ fn apply_one(
                     &mut effect.drops,
                 )
                 .map_err(sqlite)?;
-                if freed < need {
+                if evicted < need {
                     match options.when_full {
                         // Reached with nothing new to store: never evict for it.
                         WhenFull::BlockSources => {}
                         WhenFull::DropOldest => {
-                            freed += evict(
+                            evicted += evict(
                                 tx,
-                                need - freed,
+                                need - evicted,
                                 books.floor,
                                 &[1, 2],
                                 "drop_oldest",
@@ -605,12 +606,13 @@ fn apply_one(
                             let mut order: Vec<usize> = (0..keep.len()).collect();
                             order.sort_by_key(|&i| (keep[i].lane, std::cmp::Reverse(i)));
                             let mut refused = vec![false; keep.len()];
+                            let mut room = evicted;
                             for i in order {
-                                if freed >= need {
+                                if room >= need {
                                     break;
                                 }
                                 refused[i] = true;
-                                freed += size(keep[i]);
+                                room += size(keep[i]);
                                 *effect
                                     .drops
                                     .entry((keep[i].event_type.clone(), "drop_newest"))
@@ -621,11 +623,7 @@ fn apply_one(
                         }
                     }
                 }
-                // Bytes refused by drop_newest were never stored: only evictions count here.
-                let refused: u64 =
-                    rows.iter().map(size).sum::<u64>() - keep.iter().map(|r| size(r)).sum::<u64>();
-                let evicted = freed.saturating_sub(refused).min(live);
-                effect.live_delta -= i64::try_from(evicted).unwrap_or(i64::MAX);
+                effect.live_delta -= i64::try_from(evicted.min(live)).unwrap_or(i64::MAX);
             }
             let mut insert = tx
                 .prepare_cached(
