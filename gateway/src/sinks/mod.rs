@@ -531,6 +531,22 @@ mod tests {
         }
     }
 
+    /// Events whose `data.n` runs over `range`.
+    fn numbered(range: std::ops::Range<u64>) -> Vec<CloudEvent> {
+        range
+            .map(|n| {
+                CloudEvent::new(
+                    "gw",
+                    "m",
+                    "production.count",
+                    "m",
+                    SystemTime::now(),
+                    serde_json::json!({ "n": n }),
+                )
+            })
+            .collect()
+    }
+
     fn sink_config(batch_size: usize, max_batch_bytes: u64) -> SinkConfig {
         SinkConfig {
             name: "erp".into(),
@@ -569,18 +585,7 @@ mod tests {
             ..StoreOptions::new(dir.path().join("b.db"), &["erp"])
         })
         .unwrap();
-        let made: Vec<CloudEvent> = (0..events)
-            .map(|n| {
-                CloudEvent::new(
-                    "gw",
-                    "m",
-                    "production.count",
-                    "m",
-                    SystemTime::now(),
-                    serde_json::json!({ "n": n }),
-                )
-            })
-            .collect();
+        let made: Vec<CloudEvent> = numbered(0..events);
         store.append(made.clone(), vec![]).await.unwrap();
         let stop = SinkStop {
             inputs_done: CancellationToken::new(),
@@ -707,24 +712,7 @@ mod tests {
             None,
         )
         .await;
-        d.store
-            .append(
-                (0..100)
-                    .map(|n| {
-                        CloudEvent::new(
-                            "gw",
-                            "m",
-                            "production.count",
-                            "m",
-                            SystemTime::now(),
-                            serde_json::json!({ "n": n }),
-                        )
-                    })
-                    .collect(),
-                vec![],
-            )
-            .await
-            .unwrap();
+        d.store.append(numbered(0..100), vec![]).await.unwrap();
         let run = |hold: Duration, sink: Scripted| {
             let stop = SinkStop {
                 inputs_done: CancellationToken::new(),
@@ -881,18 +869,7 @@ mod tests {
             None,
         )
         .await;
-        let made: Vec<CloudEvent> = (0..5)
-            .map(|n| {
-                CloudEvent::new(
-                    "gw",
-                    "m",
-                    "production.count",
-                    "m",
-                    SystemTime::now(),
-                    serde_json::json!({ "n": n }),
-                )
-            })
-            .collect();
+        let made: Vec<CloudEvent> = numbered(0..5);
         d.store.append(made.clone(), vec![]).await.unwrap();
         let stop = SinkStop {
             inputs_done: CancellationToken::new(),

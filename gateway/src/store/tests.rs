@@ -317,6 +317,15 @@ fn sized(event_type: &str, n: usize, bytes: usize) -> Vec<CloudEvent> {
         .collect()
 }
 
+/// Everything after the `erp` cursor, up to 1000 events.
+async fn undelivered(reader: &Reader) -> Fetched {
+    let cursor = reader.cursor("erp").await.unwrap();
+    reader
+        .fetch("erp", cursor, &routes(&["*"]), 1000)
+        .await
+        .unwrap()
+}
+
 fn drops(store: &Store) -> Vec<(String, &'static str, u64)> {
     store.stats().drops()
 }
@@ -366,15 +375,7 @@ async fn dead_letters_do_not_count_against_max_bytes_and_have_their_own_cap() {
             .append(sized("quality.measurement", 50, 2000), vec![])
             .await
             .unwrap();
-        let batch = reader
-            .fetch(
-                "erp",
-                reader.cursor("erp").await.unwrap(),
-                &routes(&["*"]),
-                1000,
-            )
-            .await
-            .unwrap();
+        let batch = undelivered(&reader).await;
         store
             .dead_letter("erp", &batch.events, "HTTP 422", batch.upto)
             .await
@@ -732,15 +733,7 @@ async fn the_file_stops_growing_under_a_steady_load_that_is_delivered() {
             .append(sized("production.count", 50, 2000), vec![])
             .await
             .unwrap();
-        let batch = reader
-            .fetch(
-                "erp",
-                reader.cursor("erp").await.unwrap(),
-                &routes(&["*"]),
-                1000,
-            )
-            .await
-            .unwrap();
+        let batch = undelivered(&reader).await;
         store.ack("erp", batch.upto).await.unwrap();
         if round % 10 == 9 {
             let conn = connect(&path).unwrap();
@@ -803,11 +796,7 @@ async fn the_writer_resyncs_its_books_when_the_buffer_cli_changed_the_file() {
                 .append(sized("quality.measurement", n, 2000), vec![])
                 .await
                 .unwrap();
-            let cursor = reader.cursor("erp").await.unwrap();
-            let batch = reader
-                .fetch("erp", cursor, &routes(&["*"]), 1000)
-                .await
-                .unwrap();
+            let batch = undelivered(&reader).await;
             store
                 .dead_letter("erp", &batch.events, "HTTP 422", batch.upto)
                 .await
