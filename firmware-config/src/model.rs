@@ -84,6 +84,8 @@ impl WhenFull {
 pub enum SourceConfig {
     /// `kind = "modbus-tcp"`
     ModbusTcp(ModbusTcpConfig),
+    /// `kind = "opcua"`
+    OpcUa(OpcUaConfig),
 }
 
 impl SourceConfig {
@@ -91,6 +93,7 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::ModbusTcp(m) => &m.name,
+            SourceConfig::OpcUa(u) => &u.name,
         }
     }
 }
@@ -112,6 +115,328 @@ pub struct ModbusTcpConfig {
     pub max_gap: u16,
     /// Non-empty, unique names, no two overlapping.
     pub tags: Vec<ModbusTagConfig>,
+}
+
+/// `kind = "opcua"`
+#[derive(Debug, Clone)]
+pub struct OpcUaConfig {
+    /// Unique source name.
+    pub name: String,
+    /// `opc.tcp://host:port[/path]`.
+    pub endpoint: String,
+    /// Security policy; never weakened at run time.
+    pub policy: UaPolicy,
+    /// Message security mode; `None` exactly when `policy` is `None`.
+    pub mode: UaMode,
+    /// Who the session is opened as.
+    pub identity: UaIdentity,
+    /// own/, trusted/, rejected/; `None`: `pki` beside the buffer file.
+    pub pki_dir: Option<PathBuf>,
+    /// Subscriptions or polled Reads.
+    pub reading: UaReading,
+    /// Deadline of each request (connect, read, create items).
+    pub timeout: Duration,
+    /// Non-empty, unique names.
+    pub tags: Vec<OpcUaTagConfig>,
+}
+
+/// OPC UA security policies Causeway offers (the deprecated Basic128Rsa15 and Basic256 are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaPolicy {
+    /// No signing or encryption.
+    None,
+    /// `Basic256Sha256`
+    Basic256Sha256,
+    /// `Aes128_Sha256_RsaOaep`
+    Aes128Sha256RsaOaep,
+    /// `Aes256_Sha256_RsaPss`
+    Aes256Sha256RsaPss,
+}
+
+impl UaPolicy {
+    /// Every policy, by the name written in the config.
+    pub const ALL: [(&'static str, UaPolicy); 4] = [
+        ("None", UaPolicy::None),
+        ("Basic256Sha256", UaPolicy::Basic256Sha256),
+        ("Aes128_Sha256_RsaOaep", UaPolicy::Aes128Sha256RsaOaep),
+        ("Aes256_Sha256_RsaPss", UaPolicy::Aes256Sha256RsaPss),
+    ];
+
+    /// The name as written in the config (and in the OPC UA specification's URI).
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("None", |(n, _)| n)
+    }
+}
+
+/// OPC UA message security modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaMode {
+    /// With policy None only.
+    None,
+    /// Signed, not encrypted.
+    Sign,
+    /// Signed and encrypted.
+    SignAndEncrypt,
+}
+
+/// The user identity of an OPC UA session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaIdentity {
+    /// No user.
+    Anonymous,
+    /// User name and a password read at each connect.
+    UserName {
+        /// The user.
+        user: String,
+        /// Where the password is.
+        password: Secret,
+    },
+    /// An X.509 user certificate and its private key.
+    X509 {
+        /// DER or PEM certificate.
+        certificate: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+}
+
+/// A secret kept out of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// In this environment variable.
+    Env(String),
+    /// In this file, surrounding whitespace trimmed.
+    File(PathBuf),
+}
+
+/// How an OPC UA source reads its nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UaReading {
+    /// Monitored items in subscriptions: the server reports changes.
+    Subscribe {
+        /// How often the server sends a notification (or a keep-alive).
+        publishing: Duration,
+        /// How often the server samples each node.
+        sampling: Duration,
+        /// Values queued per item between publishes (>= 1).
+        queue_size: u32,
+    },
+    /// Chunked Reads of every node, every `interval`.
+    Poll {
+        /// The poll interval.
+        interval: Duration,
+    },
+}
+
+/// One tag of an OPC UA source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpcUaTagConfig {
+    /// Unique within the source.
+    pub name: String,
+    /// The node, parsed.
+    pub node: UaNodeId,
+    /// The declared type: values that do not fit it are Bad. `None`: the node's own type.
+    pub data_type: Option<UaType>,
+    /// A server-side data-change deadband (subscriptions only).
+    pub deadband: Option<Deadband>,
+}
+
+/// An OPC UA node id, `ns=<namespace>;<i|s|g|b>=<identifier>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UaNodeId {
+    /// Namespace index (0 when `ns=` is omitted).
+    pub namespace: u16,
+    /// The identifier.
+    pub identifier: UaIdentifier,
+}
+
+/// The four kinds of OPC UA node identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UaIdentifier {
+    /// `i=1234`
+    Numeric(u32),
+    /// `s=Press.Force`
+    String(String),
+    /// `g=72962b91-fa75-4ae6-8d28-b404dc7daf63`, the 16 bytes in text order.
+    Guid([u8; 16]),
+    /// `b=<base64>`, decoded.
+    Opaque(Vec<u8>),
+}
+
+impl UaNodeId {
+    /// Parses the text form servers and tools print; `None` when it is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, rest) = match text.strip_prefix("ns=") {
+            Some(rest) => {
+                let (ns, rest) = rest.split_once(';')?;
+                (ns.parse::<u16>().ok()?, rest)
+            }
+            None => (0, text),
+        };
+        let (kind, id) = rest.split_once('=')?;
+        let identifier = match kind {
+            "i" => UaIdentifier::Numeric(id.parse().ok()?),
+            "s" if !id.is_empty() && id.len() <= 4096 => UaIdentifier::String(id.to_owned()),
+            "g" => UaIdentifier::Guid(parse_guid(id)?),
+            "b" => UaIdentifier::Opaque(
+                base64_decode(id).filter(|b| !b.is_empty() && b.len() <= 4096)?,
+            ),
+            _ => return None,
+        };
+        Some(UaNodeId {
+            namespace,
+            identifier,
+        })
+    }
+}
+
+impl std::fmt::Display for UaNodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace != 0 {
+            write!(f, "ns={};", self.namespace)?;
+        }
+        match &self.identifier {
+            UaIdentifier::Numeric(n) => write!(f, "i={n}"),
+            UaIdentifier::String(s) => write!(f, "s={s}"),
+            UaIdentifier::Guid(g) => {
+                write!(f, "g=")?;
+                for (i, b) in g.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        write!(f, "-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+            UaIdentifier::Opaque(bytes) => write!(f, "b={}", base64_encode(bytes)),
+        }
+    }
+}
+
+fn parse_guid(text: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = BASE64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(BASE64[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+        for _ in chunk.len()..3 {
+            out.push('=');
+        }
+    }
+    out
+}
+
+/// The types an OPC UA tag may declare; a value must convert to it without loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaType {
+    /// Boolean
+    Bool,
+    /// SByte
+    I8,
+    /// Byte
+    U8,
+    /// Int16
+    I16,
+    /// UInt16
+    U16,
+    /// Int32
+    I32,
+    /// UInt32
+    U32,
+    /// Int64
+    I64,
+    /// UInt64
+    U64,
+    /// Float
+    F32,
+    /// Double
+    F64,
+    /// String
+    String,
+}
+
+impl UaType {
+    /// Every type by its config name.
+    pub const ALL: [(&'static str, UaType); 12] = [
+        ("bool", UaType::Bool),
+        ("i8", UaType::I8),
+        ("u8", UaType::U8),
+        ("i16", UaType::I16),
+        ("u16", UaType::U16),
+        ("i32", UaType::I32),
+        ("u32", UaType::U32),
+        ("i64", UaType::I64),
+        ("u64", UaType::U64),
+        ("f32", UaType::F32),
+        ("f64", UaType::F64),
+        ("string", UaType::String),
+    ];
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// Bit width of an unsigned counter type.
+    pub fn counter_bits(self) -> Option<u32> {
+        match self {
+            UaType::U8 => Some(8),
+            UaType::U16 => Some(16),
+            UaType::U32 => Some(32),
+            UaType::U64 => Some(64),
+            _ => None,
+        }
+    }
+
+    /// Integer-valued.
+    pub fn is_integer(self) -> bool {
+        !matches!(
+            self,
+            UaType::Bool | UaType::F32 | UaType::F64 | UaType::String
+        )
+    }
 }
 
 /// The four Modbus data tables.

@@ -70,6 +70,34 @@ pub struct RawSource {
     pub timeout: Option<Spanned<HumanDuration>>,
     /// Unused registers a coalesced read may read through to save a request (default 8).
     pub max_gap: Option<Spanned<i64>>,
+    /// opcua: `opc.tcp://host:port[/path]` of the server.
+    pub endpoint: Option<Spanned<String>>,
+    /// opcua: None (default), Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss.
+    pub security_policy: Option<Spanned<String>>,
+    /// opcua: Sign or SignAndEncrypt (default with a policy other than None).
+    pub security_mode: Option<Spanned<String>>,
+    /// opcua: user name of a username/password identity.
+    pub username: Option<Spanned<String>>,
+    /// opcua: file holding the password (surrounding whitespace trimmed).
+    pub password_file: Option<Spanned<String>>,
+    /// opcua: environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
+    /// Rejected: a password written inline. Parsed only so the error can point at it.
+    pub password: Option<Spanned<String>>,
+    /// opcua: X.509 user identity certificate (DER or PEM).
+    pub user_certificate: Option<Spanned<String>>,
+    /// opcua: private key (PEM) of `user_certificate`.
+    pub user_key: Option<Spanned<String>>,
+    /// opcua: the client's PKI folder, own/ trusted/ rejected/ (default `pki` beside the buffer).
+    pub pki_dir: Option<Spanned<String>>,
+    /// opcua: "subscribe" (default) or "poll" (chunked Reads every `poll`).
+    pub mode: Option<Spanned<String>>,
+    /// opcua: the subscription's publishing interval (default "1s").
+    pub publishing_interval: Option<Spanned<HumanDuration>>,
+    /// opcua: how often the server samples each node (default: the publishing interval).
+    pub sampling_interval: Option<Spanned<HumanDuration>>,
+    /// opcua: values the server queues per item between publishes (default 10).
+    pub queue_size: Option<Spanned<i64>>,
     /// The tags to read.
     #[serde(default)]
     pub tags: Vec<RawTag>,
@@ -81,9 +109,14 @@ pub struct RawSource {
 pub struct RawTag {
     /// Unique within the source.
     pub name: Spanned<String>,
-    /// `<kind>:<address>`, kind one of coil, discrete, input, holding; address 0-based.
-    pub register: Spanned<String>,
+    /// modbus-tcp: `<kind>:<address>`, kind one of coil, discrete, input, holding; address 0-based.
+    pub register: Option<Spanned<String>>,
+    /// opcua: the node id, `ns=2;s=Press.Force` (or `i=`, `g=`, `b=` identifiers).
+    pub node: Option<Spanned<String>>,
+    /// opcua: the server's deadband for this item, `0.5` (absolute) or `"2%"` (of its EURange).
+    pub deadband: Option<Spanned<RawDeadband>>,
     /// bool, u16, i16, u32, i32, u64, i64, f32, f64 or string (default u16; bool for coils).
+    /// opcua adds i8 and u8; without a type, an opcua tag takes the node's own.
     #[serde(rename = "type")]
     pub data_type: Option<Spanned<String>>,
     /// Byte and word order of multi-register values: ABCD (default), CDAB, BADC or DCBA.
@@ -220,7 +253,41 @@ impl RawSource {
             set("poll", &self.poll),
             set("timeout", &self.timeout),
             set("max_gap", &self.max_gap),
+            set("endpoint", &self.endpoint),
+            set("security_policy", &self.security_policy),
+            set("security_mode", &self.security_mode),
+            set("username", &self.username),
+            set("password_file", &self.password_file),
+            set("password_env", &self.password_env),
+            set("password", &self.password),
+            set("user_certificate", &self.user_certificate),
+            set("user_key", &self.user_key),
+            set("pki_dir", &self.pki_dir),
+            set("mode", &self.mode),
+            set("publishing_interval", &self.publishing_interval),
+            set("sampling_interval", &self.sampling_interval),
+            set("queue_size", &self.queue_size),
             self.tags.first().map(|t| ("tags", t.name.span())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+impl RawTag {
+    /// Every kind-specific field of the tag that is set (all but `name`).
+    pub(crate) fn kind_fields(&self) -> Vec<SetField> {
+        [
+            set("register", &self.register),
+            set("node", &self.node),
+            set("type", &self.data_type),
+            set("order", &self.order),
+            set("bit", &self.bit),
+            set("length", &self.length),
+            set("scale", &self.scale),
+            set("offset", &self.offset),
+            set("deadband", &self.deadband),
         ]
         .into_iter()
         .flatten()

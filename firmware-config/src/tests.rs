@@ -81,7 +81,9 @@ fn a_full_config_loads_into_the_typed_model() {
         "{}",
         config.warnings().render(false)
     );
-    let SourceConfig::ModbusTcp(press) = &config.sources[0];
+    let SourceConfig::ModbusTcp(press) = &config.sources[0] else {
+        panic!("the first source is modbus-tcp")
+    };
     assert_eq!(press.poll, std::time::Duration::from_millis(200));
     assert_eq!(press.tags[0].data_type, DataType::U32);
     assert_eq!(press.tags[0].order, WordOrder::Cdab);
@@ -595,4 +597,199 @@ fn a_field_of_another_kind_names_the_kinds_it_belongs_to() {
         errors(&stdout),
         vec!["`path` does not apply to a stdout sink".to_owned()]
     );
+}
+
+const UA: &str = r#"
+gateway_id = "plant1"
+
+[[source]]
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840/causeway"
+security_policy = "Basic256Sha256"
+username = "operator"
+password_env = "UA_PASSWORD"
+publishing_interval = "200ms"
+queue_size = 5
+tags = [
+  { name = "parts", node = "ns=2;s=Press.Parts", type = "u32" },
+  { name = "force", node = "ns=2;i=1001", deadband = "2%" },
+  { name = "state", node = "ns=3;g=72962b91-fa75-4ae6-8d28-b404dc7daf63" },
+  { name = "done", node = "ns=1;b=AAEC/w==", type = "bool" },
+]
+
+[[rule]]
+kind = "counter"
+machine = "press1"
+total = "ua.parts"
+
+[[rule]]
+kind = "measurement"
+characteristic = "press-force"
+tag = "ua.force"
+trigger = "ua.done"
+lsl = 40.0
+
+[[rule]]
+kind = "state"
+tag = "ua.state"
+states = { 0 = "idle", 1 = "running" }
+
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+
+#[test]
+fn an_opcua_source_loads_with_secure_defaults() {
+    let config = load("t.toml", UA).unwrap();
+    let SourceConfig::OpcUa(ua) = &config.config().sources[0] else {
+        panic!("an opcua source")
+    };
+    assert_eq!(ua.endpoint, "opc.tcp://127.0.0.1:4840/causeway");
+    assert_eq!(ua.policy, UaPolicy::Basic256Sha256);
+    // A policy without a mode signs and encrypts: never the weaker Sign by default.
+    assert_eq!(ua.mode, UaMode::SignAndEncrypt);
+    assert_eq!(
+        ua.identity,
+        UaIdentity::UserName {
+            user: "operator".into(),
+            password: Secret::Env("UA_PASSWORD".into())
+        }
+    );
+    assert_eq!(
+        ua.reading,
+        UaReading::Subscribe {
+            publishing: std::time::Duration::from_millis(200),
+            sampling: std::time::Duration::from_millis(200),
+            queue_size: 5
+        }
+    );
+    assert_eq!(ua.tags[0].node.to_string(), "ns=2;s=Press.Parts");
+    assert_eq!(ua.tags[0].data_type, Some(UaType::U32));
+    assert_eq!(ua.tags[1].node.identifier, UaIdentifier::Numeric(1001));
+    assert_eq!(ua.tags[1].deadband, Some(Deadband::Percent(2.0)));
+    assert_eq!(
+        ua.tags[2].node.to_string(),
+        "ns=3;g=72962b91-fa75-4ae6-8d28-b404dc7daf63"
+    );
+    assert_eq!(
+        ua.tags[3].node.identifier,
+        UaIdentifier::Opaque(vec![0, 1, 2, 255])
+    );
+    assert_eq!(ua.tags[3].node.to_string(), "ns=1;b=AAEC/w==");
+}
+
+#[test]
+fn opcua_mistakes_are_named_where_they_are() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "password_env = \"UA_PASSWORD\"",
+            "password = \"hunter2\"",
+            "a password is written inline",
+        ),
+        (
+            "security_policy = \"Basic256Sha256\"",
+            "security_policy = \"Basic256Sha265\"",
+            "unknown security policy `Basic256Sha265`",
+        ),
+        (
+            "security_policy = \"Basic256Sha256\"",
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"None\"",
+            "security mode None cannot go with policy Basic256Sha256",
+        ),
+        (
+            "security_policy = \"Basic256Sha256\"",
+            "security_mode = \"Sign\"",
+            "security mode Sign needs a security policy",
+        ),
+        (
+            "opc.tcp://127.0.0.1:4840/causeway",
+            "http://127.0.0.1:4840",
+            "is not an opc.tcp:// endpoint",
+        ),
+        (
+            "opc.tcp://127.0.0.1:4840/causeway",
+            "opc.tcp://127.0.0.1:99999",
+            "has no usable host and port",
+        ),
+        (
+            "node = \"ns=2;i=1001\"",
+            "node = \"ns=2;x=1001\"",
+            "is not an OPC UA node id",
+        ),
+        (
+            "node = \"ns=2;i=1001\"",
+            "register = \"holding:1\"",
+            "`register` does not apply to a opcua tag",
+        ),
+        (
+            "{ name = \"parts\", node = \"ns=2;s=Press.Parts\", type = \"u32\" }",
+            "{ name = \"parts\", node = \"ns=2;s=Press.Parts\" }",
+            "counter tag `ua.parts` has no declared type",
+        ),
+        (
+            "publishing_interval = \"200ms\"",
+            "mode = \"poll\"\npublishing_interval = \"200ms\"",
+            "`publishing_interval` applies to subscriptions",
+        ),
+        (
+            "queue_size = 5",
+            "queue_size = 0",
+            "queue_size = 0 is out of range",
+        ),
+        (
+            "password_env = \"UA_PASSWORD\"",
+            "user_key = \"k.pem\"",
+            "a user name and a user certificate are both given",
+        ),
+        (
+            "type = \"bool\"",
+            "type = \"boolean\"",
+            "unknown type `boolean`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(UA.contains(from), "{from}");
+        let errors = errors(&UA.replacen(from, to, 1));
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_modbus_field_on_an_opcua_source_names_its_kind() {
+    let text = UA.replace("queue_size = 5", "address = \"10.0.0.1:502\"");
+    let problems = problems(&text);
+    let p = problems
+        .iter()
+        .find(|p| p.message.contains("`address` does not apply"))
+        .expect("an error for `address`");
+    assert!(
+        p.help.as_deref().unwrap_or("").contains("modbus-tcp"),
+        "{p:?}"
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn node_ids_print_as_they_parse(
+        ns in 0u16..=u16::MAX,
+        kind in 0..4,
+        n in proptest::prelude::any::<u32>(),
+        s in "[A-Za-z0-9_.;=/ -]{1,40}",
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40),
+    ) {
+        let identifier = match kind {
+            0 => UaIdentifier::Numeric(n),
+            1 => UaIdentifier::String(s),
+            2 => UaIdentifier::Guid(core::array::from_fn(|i| bytes[i % bytes.len()])),
+            _ => UaIdentifier::Opaque(bytes),
+        };
+        let id = UaNodeId { namespace: ns, identifier };
+        proptest::prop_assert_eq!(UaNodeId::parse(&id.to_string()), Some(id));
+    }
 }

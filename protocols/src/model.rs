@@ -18,6 +18,8 @@ pub enum Value {
     F64(f64),
     /// Strings.
     Str(String),
+    /// Arrays (OPC UA array values), shown as JSON.
+    Array(Vec<Value>),
 }
 
 impl Value {
@@ -28,7 +30,7 @@ impl Value {
             Value::I64(v) => Some(*v as f64),
             Value::U64(v) => Some(*v as f64),
             Value::F64(v) => Some(*v),
-            Value::Str(_) => None,
+            Value::Str(_) | Value::Array(_) => None,
         }
     }
 
@@ -38,7 +40,7 @@ impl Value {
             Value::Bool(b) => Some(i64::from(*b)),
             Value::I64(v) => Some(*v),
             Value::U64(v) => i64::try_from(*v).ok(),
-            Value::F64(_) | Value::Str(_) => None,
+            Value::F64(_) | Value::Str(_) | Value::Array(_) => None,
         }
     }
 
@@ -48,7 +50,7 @@ impl Value {
             Value::U64(v) => Some(*v),
             Value::I64(v) => u64::try_from(*v).ok(),
             Value::Bool(b) => Some(u64::from(*b)),
-            Value::F64(_) | Value::Str(_) => None,
+            Value::F64(_) | Value::Str(_) | Value::Array(_) => None,
         }
     }
 
@@ -59,7 +61,7 @@ impl Value {
             Value::I64(v) => Some(*v != 0),
             Value::U64(v) => Some(*v != 0),
             Value::F64(v) => Some(*v != 0.0),
-            Value::Str(_) => None,
+            Value::Str(_) | Value::Array(_) => None,
         }
     }
 }
@@ -72,8 +74,36 @@ impl fmt::Display for Value {
             Value::U64(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
             Value::Str(v) => write!(f, "{v:?}"),
+            Value::Array(items) => {
+                write!(f, "[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ",")?;
+                    }
+                    match item {
+                        Value::F64(x) if !x.is_finite() => write!(f, "null")?,
+                        Value::Str(text) => json_string(f, text)?,
+                        other => write!(f, "{other}")?,
+                    }
+                }
+                write!(f, "]")
+            }
         }
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    write!(f, "\"")?;
+    for c in text.chars() {
+        match c {
+            '"' => write!(f, "\\\"")?,
+            '\\' => write!(f, "\\\\")?,
+            c if u32::from(c) < 0x20 => write!(f, "\\u{:04x}", u32::from(c))?,
+            c => write!(f, "{c}")?,
+        }
+    }
+    write!(f, "\"")
 }
 
 /// How far a sample can be trusted. The text says why, for logs and operators.

@@ -25,10 +25,44 @@ const DEFAULT_BUFFER_PATH: &str = "causeway-buffer.db";
 
 /// The kind-specific fields each source kind takes. A new kind adds a line; a new field is
 /// listed once in `RawSource::kind_fields` and in the rows of the kinds that take it.
-const SOURCE_FIELDS: &[(&str, &[&str])] = &[(
-    "modbus-tcp",
-    &["address", "unit", "poll", "timeout", "max_gap", "tags"],
-)];
+const SOURCE_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "modbus-tcp",
+        &["address", "unit", "poll", "timeout", "max_gap", "tags"],
+    ),
+    (
+        "opcua",
+        &[
+            "endpoint",
+            "security_policy",
+            "security_mode",
+            "username",
+            "password_file",
+            "password_env",
+            "password",
+            "user_certificate",
+            "user_key",
+            "pki_dir",
+            "mode",
+            "publishing_interval",
+            "sampling_interval",
+            "queue_size",
+            "poll",
+            "timeout",
+            "tags",
+        ],
+    ),
+];
+/// The kind-specific fields each source kind's tags take.
+const TAG_FIELDS: &[(&str, &[&str])] = &[
+    (
+        "modbus-tcp",
+        &[
+            "register", "type", "order", "bit", "length", "scale", "offset",
+        ],
+    ),
+    ("opcua", &["node", "type", "deadband"]),
+];
 /// The kind-specific fields each rule kind takes.
 const RULE_FIELDS: &[(&str, &[&str])] = &[
     (
@@ -88,8 +122,38 @@ pub const MAX_READ_BITS: u16 = 2000;
 /// Facts about a declared tag that rules need.
 #[derive(Debug, Clone, Copy)]
 struct TagFacts {
-    data_type: DataType,
+    /// Whether the type is known before run time (an opcua tag without `type` is not).
+    declared: bool,
+    /// Width of an unsigned counter type.
+    counter_bits: Option<u32>,
+    integer: bool,
+    boolean: bool,
+    text: bool,
     scaled: bool,
+}
+
+impl TagFacts {
+    fn modbus(data_type: DataType, scaled: bool) -> Self {
+        TagFacts {
+            declared: true,
+            counter_bits: data_type.counter_bits(),
+            integer: data_type.is_integer(),
+            boolean: data_type.is_bool(),
+            text: matches!(data_type, DataType::String(_)),
+            scaled,
+        }
+    }
+
+    fn opcua(data_type: Option<UaType>) -> Self {
+        TagFacts {
+            declared: data_type.is_some(),
+            counter_bits: data_type.and_then(UaType::counter_bits),
+            integer: data_type.is_some_and(UaType::is_integer),
+            boolean: data_type == Some(UaType::Bool),
+            text: data_type == Some(UaType::String),
+            scaled: false,
+        }
+    }
 }
 
 #[derive(Default)]

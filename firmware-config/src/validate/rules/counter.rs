@@ -10,8 +10,13 @@ impl Checker {
     ) -> Option<CounterInput> {
         let value = value.as_ref()?;
         let (tag, facts) = self.tag(field, value)?;
-        match facts.data_type.counter_bits() {
+        match facts.counter_bits {
             Some(bits) if !facts.scaled => Some(CounterInput { tag, bits }),
+            None if !facts.declared => {
+                self.error(format!("counter tag `{tag}` has no declared type"), span(value), "width unknown")
+                    .hint("add type = \"u16\", \"u32\" or \"u64\" to the tag, as the node's DataType: the width sets where the counter rolls over");
+                None
+            }
             Some(_) => {
                 self.error(format!("counter tag `{tag}` is scaled"), span(value), "raw counts needed")
                     .hint("remove scale/offset from the tag: rollover is detected on the raw register value");

@@ -19,7 +19,7 @@ impl Checker {
             return None;
         };
         let (tag, facts) = self.tag("tag", tag_field)?;
-        if facts.data_type.is_bool() || matches!(facts.data_type, DataType::String(_)) {
+        if facts.boolean || facts.text {
             self.error(
                 format!("measurement tag `{tag}` is not numeric"),
                 span(tag_field),
@@ -29,7 +29,7 @@ impl Checker {
         let trigger = match &raw.trigger {
             Some(t) => {
                 let (trigger, facts) = self.tag("trigger", t)?;
-                if !facts.data_type.is_bool() {
+                if facts.declared && !facts.boolean {
                     self.error(format!("trigger tag `{trigger}` is not a bool"), span(t), "sampled on a rising edge")
                         .hint("point trigger at a coil, a discrete input or one bit of a register (type = \"bool\", bit = N)");
                 }

@@ -10,7 +10,7 @@ impl Checker {
             return None;
         };
         let (tag, facts) = self.tag("tag", tag_field)?;
-        if !(facts.data_type.is_integer() || facts.data_type.is_bool()) || facts.scaled {
+        if (facts.declared && !(facts.integer || facts.boolean)) || facts.scaled {
             self.error(
                 format!("state tag `{tag}` is not an unscaled integer or bool"),
                 span(tag_field),

@@ -1,6 +1,7 @@
 //! Sources: the kind dispatch. Each kind has its own module.
 
 mod modbus;
+mod opcua;
 
 use crate::validate::*;
 
@@ -16,12 +17,20 @@ impl Checker {
                 self.foreign("source", "modbus-tcp", &raw.kind_fields(), SOURCE_FIELDS);
                 self.modbus_tcp(raw).map(SourceConfig::ModbusTcp)
             }
+            "opcua" => {
+                self.foreign("source", "opcua", &raw.kind_fields(), SOURCE_FIELDS);
+                self.opcua(raw).map(SourceConfig::OpcUa)
+            }
             other => {
-                let hint = match closest(other, ["modbus-tcp"]) {
+                let kinds: Vec<&str> = SOURCE_FIELDS.iter().map(|(k, _)| *k).collect();
+                let hint = match closest(other, kinds.iter().copied()) {
                     Some(near) => {
-                        format!("did you mean \"{near}\"? Supported source kinds: modbus-tcp")
+                        format!(
+                            "did you mean \"{near}\"? Supported source kinds: {}",
+                            kinds.join(", ")
+                        )
                     }
-                    None => "supported source kinds: modbus-tcp".to_owned(),
+                    None => format!("supported source kinds: {}", kinds.join(", ")),
                 };
                 self.error(
                     format!("unknown source kind `{other}`"),

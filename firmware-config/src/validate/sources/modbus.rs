@@ -88,18 +88,21 @@ impl Checker {
                         let end = u32::from(other.address) + u32::from(other.data_type.width()) - 1;
                         self.error(
                             format!("tag `{}` overlaps tag `{}`", built.name, other.name),
-                            span(&tag.register),
+                            tag.register.as_ref().map_or_else(|| span(&tag.name), span),
                             format!("`{}` already uses {}:{}..={}", other.name, other.kind, other.address, end),
                         )
                         .hint("each register may belong to one tag (several tags may take different bits of one register)");
                     }
                 }
-                let facts = TagFacts {
-                    data_type: built.data_type,
-                    scaled: built.scale.is_some() || built.offset.is_some(),
-                };
+                let facts = TagFacts::modbus(
+                    built.data_type,
+                    built.scale.is_some() || built.offset.is_some(),
+                );
                 self.tags.insert(format!("{source}.{}", built.name), facts);
-                placed.push((built.clone(), span(&tag.register)));
+                placed.push((
+                    built.clone(),
+                    tag.register.as_ref().map_or_else(|| span(&tag.name), span),
+                ));
                 tags.push(built);
             } else {
                 self.broken_tags
@@ -119,10 +122,20 @@ impl Checker {
 
     pub(crate) fn modbus_tag(&mut self, raw: &RawTag) -> Option<ModbusTagConfig> {
         let name = raw.name.get_ref().clone();
-        let Some((kind_text, address_text)) = raw.register.get_ref().split_once(':') else {
+        self.foreign("tag", "modbus-tcp", &raw.kind_fields(), TAG_FIELDS);
+        let Some(register) = &raw.register else {
             self.error(
-                format!("`{}` is not a register", raw.register.get_ref()),
-                span(&raw.register),
+                format!("tag `{name}` has no register"),
+                span(&raw.name),
+                "which register?",
+            )
+            .hint("add register = \"holding:100\" (kinds: coil, discrete, input, holding)");
+            return None;
+        };
+        let Some((kind_text, address_text)) = register.get_ref().split_once(':') else {
+            self.error(
+                format!("`{}` is not a register", register.get_ref()),
+                span(register),
                 "expected <kind>:<address>",
             )
             .hint("write it like \"holding:100\"; kinds are coil, discrete, input and holding");
@@ -140,7 +153,7 @@ impl Checker {
                 );
                 self.error(
                     format!("unknown register kind `{other}`"),
-                    span(&raw.register),
+                    span(register),
                     "unknown kind",
                 )
                 .hint(hint);
@@ -150,7 +163,7 @@ impl Checker {
         let Ok(address) = address_text.trim().parse::<u16>() else {
             self.error(
                 format!("register address `{address_text}` is out of range"),
-                span(&raw.register),
+                span(register),
                 "expected 0..=65535",
             )
             .hint(
@@ -159,10 +172,7 @@ impl Checker {
             return None;
         };
         let type_name = raw.data_type.as_ref().map(|t| t.get_ref().as_str());
-        let type_span = raw
-            .data_type
-            .as_ref()
-            .map_or_else(|| span(&raw.register), span);
+        let type_span = raw.data_type.as_ref().map_or_else(|| span(register), span);
         let data_type = match (type_name, kind.is_bit()) {
             (None, true) | (Some("bool"), true) => DataType::Bool,
             (None, false) => DataType::U16,
@@ -284,7 +294,7 @@ impl Checker {
         if u32::from(address) + u32::from(width) > 65_536 {
             self.error(
                 format!("tag `{name}` runs past the last register"),
-                span(&raw.register),
+                span(register),
                 format!("{width} registers from {address} end beyond 65535"),
             );
             return None;

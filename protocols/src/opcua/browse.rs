@@ -1,0 +1,266 @@
+//! Browsing a server's address space for `causeway opcua browse`: hierarchical references
+//! followed breadth-first, a bounded number of requests in flight, continuation points
+//! followed and released, a node limit, and each variable's data type.
+
+use std::collections::HashSet;
+
+use futures_util::{StreamExt, stream};
+use opcua::{
+    client::Session,
+    types::{
+        AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, ByteString, DataTypeId,
+        NodeClass, NodeClassMask, NodeId, ObjectId, ReadValueId, ReferenceTypeId, StatusCode,
+        TimestampsToReturn, Variant,
+    },
+};
+
+use super::{convert, source::MAX_PER_CALL};
+
+/// Browse requests in flight at once.
+pub const CONCURRENCY: usize = 4;
+/// Nodes per Browse request.
+const PER_BROWSE: usize = 100;
+/// Continuation rounds followed per node list before giving up on the rest.
+const MAX_CONTINUATIONS: usize = 10_000;
+
+/// One node found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Levels below the start (1 = a child of it).
+    pub depth: usize,
+    /// Its id.
+    pub node: NodeId,
+    /// Browse names from the start down to it.
+    pub path: Vec<String>,
+    /// Object or Variable.
+    pub class: NodeClass,
+    /// For variables: the data type's name (`Double`), or its node id.
+    pub data_type: Option<String>,
+}
+
+/// What to browse.
+#[derive(Debug, Clone)]
+pub struct BrowseOptions {
+    /// Where to start (default: the Objects folder).
+    pub start: NodeId,
+    /// Levels below `start`.
+    pub depth: usize,
+    /// Stop after this many nodes.
+    pub max_nodes: usize,
+}
+
+/// The tree below `options.start`, in breadth-first order (sort by path to print a tree).
+/// `progress` is called with the count found so far after each request. The server's Server
+/// object (diagnostics, hundreds of nodes) is skipped unless it is the start.
+pub async fn browse(
+    session: &Session,
+    options: &BrowseOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<Found>, bool), StatusCode> {
+    let mut found: Vec<Found> = Vec::new();
+    let mut seen: HashSet<NodeId> = HashSet::from([options.start.clone()]);
+    let server = NodeId::from(ObjectId::Server);
+    let mut level: Vec<(NodeId, Vec<String>)> = vec![(options.start.clone(), Vec::new())];
+    let mut truncated = false;
+    for depth in 1..=options.depth {
+        if level.is_empty() {
+            break;
+        }
+        let chunks: Vec<Vec<(NodeId, Vec<String>)>> =
+            level.chunks(PER_BROWSE).map(<[_]>::to_vec).collect();
+        let mut results = stream::iter(chunks)
+            .map(|chunk| async move {
+                let children = children(session, &chunk).await;
+                (chunk, children)
+            })
+            .buffered(CONCURRENCY);
+        let mut next = Vec::new();
+        while let Some((_, children)) = results.next().await {
+            for (parent_path, reference) in children? {
+                let Some(node) = reference.0 else { continue };
+                if node == server && options.start != server || !seen.insert(node.clone()) {
+                    continue;
+                }
+                if found.len() >= options.max_nodes {
+                    truncated = true;
+                    break;
+                }
+                let mut path = parent_path.clone();
+                path.push(reference.1);
+                if reference.2 == NodeClass::Object || reference.2 == NodeClass::Variable {
+                    next.push((node.clone(), path.clone()));
+                }
+                found.push(Found {
+                    depth,
+                    node,
+                    path,
+                    class: reference.2,
+                    data_type: None,
+                });
+            }
+            progress(found.len());
+            if truncated {
+                break;
+            }
+        }
+        if truncated {
+            break;
+        }
+        level = next;
+    }
+    data_types(session, &mut found).await?;
+    Ok((found, truncated))
+}
+
+type Child = (Option<NodeId>, String, NodeClass);
+
+/// The children of each node of `chunk`, with their parents' paths.
+async fn children(
+    session: &Session,
+    chunk: &[(NodeId, Vec<String>)],
+) -> Result<Vec<(Vec<String>, Child)>, StatusCode> {
+    let descriptions: Vec<BrowseDescription> = chunk
+        .iter()
+        .map(|(node, _)| BrowseDescription {
+            node_id: node.clone(),
+            browse_direction: BrowseDirection::Forward,
+            reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+            include_subtypes: true,
+            node_class_mask: (NodeClassMask::OBJECT | NodeClassMask::VARIABLE).bits(),
+            result_mask: BrowseResultMask::All as u32,
+        })
+        .collect();
+    let mut out = Vec::new();
+    let results = session.browse(&descriptions, 1_000, None).await?;
+    let mut pending: Vec<(usize, ByteString)> = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        let Some((_, path)) = chunk.get(i) else { break };
+        for r in result.references.into_iter().flatten() {
+            out.push((path.clone(), child(&r)));
+        }
+        if !result.continuation_point.is_null() {
+            pending.push((i, result.continuation_point));
+        }
+    }
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        let points: Vec<ByteString> = pending.iter().map(|(_, p)| p.clone()).collect();
+        if rounds > MAX_CONTINUATIONS {
+            let _ = session.browse_next(true, &points).await;
+            break;
+        }
+        let results = match session.browse_next(false, &points).await {
+            Ok(r) => r,
+            Err(status) => {
+                let _ = session.browse_next(true, &points).await;
+                return Err(status);
+            }
+        };
+        let mut still = Vec::new();
+        for ((i, _), result) in pending.iter().zip(results) {
+            for r in result.references.into_iter().flatten() {
+                out.push((chunk[*i].1.clone(), child(&r)));
+            }
+            if !result.continuation_point.is_null() {
+                still.push((*i, result.continuation_point));
+            }
+        }
+        pending = still;
+    }
+    Ok(out)
+}
+
+fn child(r: &opcua::types::ReferenceDescription) -> Child {
+    let node = (r.node_id.namespace_uri.is_null() && r.node_id.server_index == 0)
+        .then(|| r.node_id.node_id.clone());
+    let name = r.browse_name.name.value().clone().unwrap_or_default();
+    (node, name, r.node_class)
+}
+
+/// Reads the DataType attribute of every variable.
+async fn data_types(session: &Session, found: &mut [Found]) -> Result<(), StatusCode> {
+    let variables: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].class == NodeClass::Variable)
+        .collect();
+    for chunk in variables.chunks(MAX_PER_CALL) {
+        let read: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|&i| ReadValueId {
+                node_id: found[i].node.clone(),
+                attribute_id: AttributeId::DataType as u32,
+                ..ReadValueId::default()
+            })
+            .collect();
+        let values = session
+            .read(&read, TimestampsToReturn::Neither, 0.0)
+            .await?;
+        for (&i, dv) in chunk.iter().zip(values) {
+            if let Some(Variant::NodeId(id)) = dv.value {
+                found[i].data_type = Some(type_name(&id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name of a built-in data type, else the type's node id.
+pub fn type_name(id: &NodeId) -> String {
+    if id.namespace == 0 {
+        if let opcua::types::Identifier::Numeric(n) = id.identifier {
+            if let Ok(t) = DataTypeId::try_from(n) {
+                return format!("{t:?}");
+            }
+        }
+    }
+    id.to_string()
+}
+
+/// The config type of a built-in data type name, where one fits.
+pub fn config_type(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "Boolean" => "bool",
+        "SByte" => "i8",
+        "Byte" => "u8",
+        "Int16" => "i16",
+        "UInt16" => "u16",
+        "Int32" => "i32",
+        "UInt32" => "u32",
+        "Int64" => "i64",
+        "UInt64" => "u64",
+        "Float" => "f32",
+        "Double" => "f64",
+        "String" | "LocalizedText" => "string",
+        _ => return None,
+    })
+}
+
+/// A tag name from a browse path: its parts joined by `_`, each cut to letters, digits, `-`
+/// and `_`.
+pub fn tag_name(path: &[String]) -> String {
+    let name: String = path
+        .iter()
+        .map(|p| {
+            p.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("_");
+    if name.is_empty() {
+        "node".to_owned()
+    } else {
+        name
+    }
+}
+
+/// The node as a config writes it.
+pub fn node_text(id: &NodeId) -> String {
+    convert::config_node_id(id).map_or_else(|| id.to_string(), |n| n.to_string())
+}
