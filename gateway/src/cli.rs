@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         action: BufferAction,
     },
+    /// OPC UA tools for plant engineers.
+    Opcua {
+        #[command(subcommand)]
+        action: OpcuaAction,
+    },
     /// Serve the simulated press line over Modbus TCP, for other tools.
     Simulate {
         /// Address to serve Modbus TCP on, e.g. 127.0.0.1:5020.
@@ -82,6 +87,56 @@ enum Command {
         /// Stop after this long (default: until SIGTERM or SIGINT).
         #[arg(long = "for")]
         duration: Option<HumanDuration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OpcuaAction {
+    /// Print a server's address space as a tree (node ids and data types), or with --toml as
+    /// tag entries ready to paste into an opcua source.
+    Browse {
+        /// The server, e.g. opc.tcp://192.168.10.30:4840
+        endpoint: String,
+        /// Start at this node instead of the Objects folder, e.g. "ns=2;s=Line3".
+        #[arg(long)]
+        node: Option<String>,
+        /// Levels below the start.
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// Print `tags = [ ... ]` entries instead of a tree.
+        #[arg(long)]
+        toml: bool,
+        /// Stop after this many nodes.
+        #[arg(long, default_value_t = 100_000)]
+        max_nodes: usize,
+        /// None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss.
+        #[arg(long, default_value = "None")]
+        security_policy: String,
+        /// Sign or SignAndEncrypt (default with a policy: SignAndEncrypt).
+        #[arg(long)]
+        security_mode: Option<String>,
+        /// Log in as this user (with --password-file or --password-env).
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Environment variable holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// X.509 user certificate (with --user-key).
+        #[arg(long, requires = "user_key")]
+        user_certificate: Option<PathBuf>,
+        /// Private key of --user-certificate.
+        #[arg(long, requires = "user_certificate")]
+        user_key: Option<PathBuf>,
+        /// The client's certificate folder (own/, trusted/, rejected/); use the one beside the
+        /// gateway's buffer so a server trusts both alike.
+        #[arg(long, default_value = "pki")]
+        pki_dir: PathBuf,
+        /// Per-request deadline.
+        #[arg(long, default_value = "10s")]
+        timeout: HumanDuration,
     },
 }
 
@@ -131,7 +186,14 @@ pub(crate) fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_level));
+    // async-opcua logs what Causeway reports itself, with the fix: keep only its errors.
+    let default_filter = format!(
+        "{default_level},opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_server=error,opcua_nodes=error,opcua_types=error"
+    );
+    init_logging(
+        cli.log_format,
+        cli.log.as_deref().unwrap_or(&default_filter),
+    );
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -181,6 +243,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Opcua { action } => opcua(action),
         Command::Simulate { modbus, duration } => simulate_line(modbus, duration.map(|d| d.0)),
         Command::Buffer { config, action } => {
             let config = config.context(
@@ -277,12 +340,21 @@ fn load_with_base(path: &Path) -> Result<Result<(ValidatedConfig, PathBuf), Exit
 }
 
 fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> {
-    let config = match load(path)? {
-        Ok(config) => config,
+    let (config, base) = match load_with_base(path)? {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
     let warnings = config.warnings().warning_count();
-    let plans: Vec<sources::Planned> = config.sources.iter().map(sources::plan).collect();
+    let buffer = base.join(&config.buffer.path);
+    let paths = sources::Paths {
+        base: &base,
+        buffer: &buffer,
+    };
+    let plans: Vec<sources::Planned> = config
+        .sources
+        .iter()
+        .map(|s| sources::plan(s, paths))
+        .collect();
     let tags = plans.iter().map(|p| p.tags).sum();
     let reads = plans.iter().map(|p| p.reads).sum();
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
@@ -329,12 +401,114 @@ fn run(path: &Path) -> Result<ExitCode> {
     })
 }
 
+fn opcua(action: OpcuaAction) -> Result<ExitCode> {
+    let OpcuaAction::Browse {
+        endpoint,
+        node,
+        depth,
+        toml,
+        max_nodes,
+        security_policy,
+        security_mode,
+        username,
+        password_file,
+        password_env,
+        user_certificate,
+        user_key,
+        pki_dir,
+        timeout,
+    } = action;
+    use firmware_config::{Secret, UaIdentity, UaMode, UaNodeId, UaPolicy};
+    let names: Vec<&str> = UaPolicy::ALL.iter().map(|(n, _)| *n).collect();
+    let policy = UaPolicy::ALL
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&security_policy))
+        .map(|(_, p)| *p)
+        .with_context(|| {
+            format!(
+                "unknown security policy `{security_policy}`; policies: {}",
+                names.join(", ")
+            )
+        })?;
+    let mode = match (
+        security_mode.as_deref().map(str::to_ascii_lowercase),
+        policy,
+    ) {
+        (None, UaPolicy::None) => UaMode::None,
+        (None, _) => UaMode::SignAndEncrypt,
+        (Some(m), UaPolicy::None) if m == "none" => UaMode::None,
+        (Some(m), p) if p != UaPolicy::None && m == "sign" => UaMode::Sign,
+        (Some(m), p) if p != UaPolicy::None && m == "signandencrypt" => UaMode::SignAndEncrypt,
+        (Some(m), p) => anyhow::bail!(
+            "security mode `{m}` does not go with policy {}: use None with None, Sign or SignAndEncrypt with the others",
+            p.name()
+        ),
+    };
+    let identity = match (
+        username,
+        password_file,
+        password_env,
+        user_certificate,
+        user_key,
+    ) {
+        (None, None, None, None, None) => UaIdentity::Anonymous,
+        (Some(user), Some(file), None, None, None) => UaIdentity::UserName {
+            user,
+            password: Secret::File(file),
+        },
+        (Some(user), None, Some(env), None, None) => UaIdentity::UserName {
+            user,
+            password: Secret::Env(env),
+        },
+        (None, None, None, Some(certificate), Some(key)) => UaIdentity::X509 { certificate, key },
+        _ => anyhow::bail!(
+            "give --username with one of --password-file or --password-env, or --user-certificate with --user-key"
+        ),
+    };
+    let node = node
+        .map(|text| {
+            UaNodeId::parse(&text).with_context(|| {
+                format!("`{text}` is not a node id; write it like \"ns=2;s=Line3\" or \"i=85\"")
+            })
+        })
+        .transpose()?;
+    if !endpoint.starts_with("opc.tcp://") {
+        anyhow::bail!(
+            "`{endpoint}` is not an opc.tcp:// endpoint, e.g. opc.tcp://192.168.10.30:4840"
+        );
+    }
+    if !(1..=64).contains(&depth) {
+        anyhow::bail!("--depth {depth} is out of range 1..=64");
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&timeout.0) {
+        anyhow::bail!("--timeout must lie between 100ms and 5m");
+    }
+    let args = gateway::browse::BrowseArgs {
+        endpoint,
+        policy,
+        mode,
+        identity,
+        pki_dir,
+        node,
+        depth,
+        toml,
+        max_nodes: max_nodes.max(1),
+        timeout: timeout.0,
+    };
+    runtime()?.block_on(async {
+        let mut out = std::io::stdout().lock();
+        let mut err = std::io::stderr();
+        gateway::browse::run(&args, &mut out, &mut err).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn simulate_line(addr: SocketAddr, duration: Option<Duration>) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
-        simulate::spawn(listener, &tasks, cancel.clone());
+        simulate::spawn(listener, None, &tasks, cancel.clone());
         tasks.close();
         println!("simulate: press line on modbus-tcp {addr}, unit 1 (register map: causeway simulate --help, docs/simulator.md)");
         match duration {

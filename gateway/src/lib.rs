@@ -4,6 +4,7 @@
 //!
 //! See `docs/architecture.md` for the flow and where each concern lives.
 
+pub mod browse;
 pub mod demo;
 pub mod event;
 pub mod normalize;

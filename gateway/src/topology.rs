@@ -33,6 +33,9 @@ pub enum StartError {
     /// A sink.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A source's credentials.
+    #[error("{0}")]
+    Source(String),
 }
 
 /// How shutdown went.
@@ -69,6 +72,13 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
         .iter()
         .map(|s| Ok((s.clone(), AnySink::build(s, base)?)))
         .collect::<Result<Vec<_>, SinkError>>()?;
+    for source in &config.sources {
+        let paths = crate::sources::Paths {
+            base,
+            buffer: &buffer_path,
+        };
+        crate::sources::preflight(source, paths).map_err(StartError::Source)?;
+    }
     let (store, writer) = Store::open(options)?;
     let saved = store.rule_state()?;
     let readers = sinks
@@ -83,7 +93,11 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
 
     let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
     for source in &config.sources {
-        tasks.spawn(Source::build(source).run(tx.clone(), stop_sources.child_token()));
+        let paths = crate::sources::Paths {
+            base,
+            buffer: &buffer_path,
+        };
+        tasks.spawn(Source::build(source, paths).run(tx.clone(), stop_sources.child_token()));
     }
     drop(tx);
 

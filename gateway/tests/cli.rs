@@ -109,7 +109,7 @@ fn run_reads_a_plc_until_sigterm_then_drains_and_exits_cleanly() {
     let plc = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        gateway::demo::simulate::spawn(listener, &tasks, cancel.clone());
+        gateway::demo::simulate::spawn(listener, None, &tasks, cancel.clone());
         addr
     });
     let dir = tempfile::tempdir().unwrap();

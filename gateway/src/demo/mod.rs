@@ -28,6 +28,9 @@ pub enum DemoError {
     /// The embedded config did not validate (a bug in this build).
     #[error("the demo's embedded config is invalid:\n{0}")]
     Config(String),
+    /// The simulated OPC UA server.
+    #[error("demo OPC UA server: {0}")]
+    OpcUa(String),
     /// The pipeline did not start.
     #[error(transparent)]
     Start(#[from] topology::StartError),
@@ -125,7 +128,14 @@ pub async fn run(
 
     let plc = TcpListener::bind("127.0.0.1:0").await?;
     let plc_addr = plc.local_addr()?;
-    simulate::spawn(plc, &tasks, cancel.clone());
+    let ua = simulate::spawn_opcua(
+        TcpListener::bind("127.0.0.1:0").await?,
+        &dir.path().join("simulator-pki"),
+    )
+    .map_err(DemoError::OpcUa)?;
+    let ua_endpoint = ua.endpoint();
+    let force_node = ua.node(simulate::FORCE_VARIABLE);
+    simulate::spawn(plc, Some(ua), &tasks, cancel.clone());
     let receiver = Receiver::start(&tasks, cancel.clone()).await?;
     let ca_file = dir.path().join("demo-ca.pem");
     std::fs::write(&ca_file, receiver.ca_pem())?;
@@ -133,6 +143,7 @@ pub async fn run(
 
     let text = simulate::demo_config(
         &plc_addr.to_string(),
+        (&ua_endpoint, &force_node),
         &receiver.url(),
         &ca_file.display().to_string(),
         &buffer.display().to_string(),
@@ -142,7 +153,7 @@ pub async fn run(
     let running = topology::start(&config, dir.path())?;
     writeln!(
         out,
-        "demo: press line simulated on modbus-tcp {plc_addr}; events go to {} (TLS, CA generated at start)",
+        "demo: press line simulated on modbus-tcp {plc_addr} and opcua {ua_endpoint}; events go to {} (TLS, CA generated at start)",
         receiver.url()
     )?;
     writeln!(

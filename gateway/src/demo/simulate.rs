@@ -11,13 +11,17 @@
 //! | holding:5 bit 0   | bool            | cycle complete (high for half a cycle)         |
 //! | holding:10..=17   | string, 16 chars| current order number                           |
 //! | input:0..=1       | f32, ABCD       | press force in kN of the last part (spec 40-55)|
+//!
+//! With an OPC UA server ([`spawn_opcua`]), the press force of each part is also the Double
+//! variable `ns=<n>;s=press1.force_kn` (its SourceTimestamp the stroke's time).
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use firmware_config::{DataType, RegisterKind, WordOrder};
 use protocols::{
     modbus::{codec::encode_registers, server::Registers},
     model::Value,
+    opcua::server::{ServerOptions, UaServer},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -39,6 +43,7 @@ const ORDERS: &[&str] = &["PO-4711", "PO-4712", "PO-4713"];
 #[derive(Debug)]
 pub struct PressLine {
     registers: Registers,
+    opcua: Option<Arc<UaServer>>,
     rng: fastrand::Rng,
     total: u32,
     rejects: u16,
@@ -50,9 +55,10 @@ pub struct PressLine {
 
 impl PressLine {
     /// A line at its start, registers filled.
-    pub fn new(registers: Registers) -> Self {
+    pub fn new(registers: Registers, opcua: Option<Arc<UaServer>>) -> Self {
         let line = PressLine {
             registers,
+            opcua,
             rng: fastrand::Rng::with_seed(4711),
             total: u32::MAX - 40,
             rejects: 0,
@@ -160,12 +166,11 @@ impl PressLine {
             }
             self.parts += 1;
             self.write_counters();
-            self.set(
-                RegisterKind::Input,
-                0,
-                DataType::F32,
-                &Value::F64((force * 10.0).round() / 10.0),
-            );
+            let force = (force * 10.0).round() / 10.0;
+            self.set(RegisterKind::Input, 0, DataType::F32, &Value::F64(force));
+            if let Some(ua) = &self.opcua {
+                ua.set(FORCE_VARIABLE, force);
+            }
             self.set(RegisterKind::Holding, 5, DataType::U16, &Value::U64(1));
         } else if self.in_cycle >= CYCLE / 2 {
             self.set(RegisterKind::Holding, 5, DataType::U16, &Value::U64(0));
@@ -173,10 +178,28 @@ impl PressLine {
     }
 }
 
-/// Serves the simulated line on `listener` until `cancel` fires.
-pub fn spawn(listener: TcpListener, tasks: &TaskTracker, cancel: CancellationToken) {
+/// The OPC UA variable holding the press force.
+pub const FORCE_VARIABLE: &str = "press1.force_kn";
+
+/// An OPC UA server for the line on `listener` (policy None, anonymous), its certificate in
+/// `pki_dir`; pass it to [`spawn`].
+///
+/// # Errors
+/// The server could not be built (its certificate folder).
+pub fn spawn_opcua(listener: TcpListener, pki_dir: &Path) -> Result<Arc<UaServer>, String> {
+    let options = ServerOptions::new(pki_dir).variable(FORCE_VARIABLE, 47.5f64);
+    UaServer::start(&options, listener).map(Arc::new)
+}
+
+/// Serves the simulated line on `listener` (and the force over `opcua`) until `cancel` fires.
+pub fn spawn(
+    listener: TcpListener,
+    opcua: Option<Arc<UaServer>>,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) {
     let registers = Registers::default();
-    let mut line = PressLine::new(registers.clone());
+    let mut line = PressLine::new(registers.clone(), opcua.clone());
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(error) =
@@ -194,13 +217,25 @@ pub fn spawn(listener: TcpListener, tasks: &TaskTracker, cancel: CancellationTok
                 _ = tick.tick() => line.step(STEP),
             }
         }
+        if let Some(ua) = opcua {
+            ua.stop();
+        }
     });
 }
 
-/// A config for reading the simulated line at `address`, sending to `url` trusting `ca_file`.
-pub fn demo_config(address: &str, url: &str, ca_file: &str, buffer: &str) -> String {
+/// A config for reading the simulated line at `address` (Modbus) and `opcua` (its endpoint
+/// and force node), sending to `url` trusting `ca_file`.
+pub fn demo_config(
+    address: &str,
+    opcua: (&str, &str),
+    url: &str,
+    ca_file: &str,
+    buffer: &str,
+) -> String {
     include_str!("demo.toml")
         .replace("{address}", address)
+        .replace("{opcua}", opcua.0)
+        .replace("{force_node}", opcua.1)
         .replace("{url}", url)
         .replace("{ca_file}", &ca_file.replace('\\', "\\\\"))
         .replace("{buffer}", &buffer.replace('\\', "\\\\"))
@@ -213,7 +248,7 @@ mod tests {
     #[test]
     fn the_line_makes_parts_while_running_and_cycles_its_states() {
         let registers = Registers::default();
-        let mut line = PressLine::new(registers.clone());
+        let mut line = PressLine::new(registers.clone(), None);
         let mut states = std::collections::BTreeSet::new();
         for _ in 0..(12_000 / 50) {
             line.step(STEP);

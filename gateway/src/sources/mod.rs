@@ -2,10 +2,16 @@
 //! call only this module; adding a source kind adds a variant here (and its driver in
 //! `protocols`), nothing else in the runtime.
 
-use firmware_config::SourceConfig;
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use firmware_config::{OpcUaConfig, SourceConfig, UaIdentity, UaReading};
 use protocols::{
     modbus::{ModbusSource, ReadPlan, ShownPlan},
     model::SampleBatch,
+    opcua::{MAX_PER_CALL, OpcUaSource},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,13 +21,45 @@ use tokio_util::sync::CancellationToken;
 pub enum Source {
     /// `kind = "modbus-tcp"`
     Modbus(ModbusSource),
+    /// `kind = "opcua"`
+    OpcUa(OpcUaSource),
+}
+
+/// Where a source keeps its files: paths in the config are taken from `base`, and an OPC UA
+/// source's PKI folder defaults to `pki` beside the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Paths<'a> {
+    /// The config file's folder.
+    pub base: &'a Path,
+    /// The buffer file.
+    pub buffer: &'a Path,
+}
+
+impl Paths<'_> {
+    /// The PKI folder of `config`.
+    pub fn pki_dir(&self, config: &OpcUaConfig) -> PathBuf {
+        match &config.pki_dir {
+            Some(dir) => self.base.join(dir),
+            None => self
+                .buffer
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("pki"),
+        }
+    }
 }
 
 impl Source {
     /// The source `config` describes.
-    pub fn build(config: &SourceConfig) -> Self {
+    pub fn build(config: &SourceConfig, paths: Paths<'_>) -> Self {
         match config {
             SourceConfig::ModbusTcp(modbus) => Source::Modbus(ModbusSource::new(modbus.clone())),
+            SourceConfig::OpcUa(ua) => {
+                let mut ua = ua.clone();
+                resolve_identity(&mut ua, paths.base);
+                let pki = paths.pki_dir(&ua);
+                Source::OpcUa(OpcUaSource::new(ua, pki))
+            }
         }
     }
 
@@ -33,6 +71,7 @@ impl Source {
     pub async fn run(self, out: mpsc::Sender<SampleBatch>, cancel: CancellationToken) {
         match self {
             Source::Modbus(source) => source.run(out, cancel).await,
+            Source::OpcUa(source) => source.run(out, cancel).await,
         }
     }
 }
@@ -48,9 +87,93 @@ pub struct Planned {
     pub shown: String,
 }
 
-/// How `config` would be read.
-pub fn plan(config: &SourceConfig) -> Planned {
+/// Checks what `config` needs from this machine before anything runs: an OPC UA password or
+/// user certificate that cannot be read fails the start, naming the file or variable.
+pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> {
     match config {
+        SourceConfig::ModbusTcp(_) => Ok(()),
+        SourceConfig::OpcUa(ua) => {
+            let mut ua = ua.clone();
+            resolve_identity(&mut ua, paths.base);
+            protocols::opcua::connect::identity(&ua)
+                .map(drop)
+                .map_err(|e| format!("source `{}`: {e}", ua.name))
+        }
+    }
+}
+
+/// Paths of the identity files, taken from `base`.
+fn resolve_identity(ua: &mut OpcUaConfig, base: &Path) {
+    match &mut ua.identity {
+        UaIdentity::Anonymous => {}
+        UaIdentity::UserName { password, .. } => {
+            if let firmware_config::Secret::File(path) = password {
+                *path = base.join(&*path);
+            }
+        }
+        UaIdentity::X509 { certificate, key } => {
+            *certificate = base.join(&*certificate);
+            *key = base.join(&*key);
+        }
+    }
+}
+
+/// How `config` would be read.
+pub fn plan(config: &SourceConfig, paths: Paths<'_>) -> Planned {
+    match config {
+        SourceConfig::OpcUa(ua) => {
+            let calls = ua.tags.len().div_ceil(MAX_PER_CALL);
+            let mut shown = String::new();
+            let identity = match &ua.identity {
+                UaIdentity::Anonymous => "anonymous".to_owned(),
+                UaIdentity::UserName { user, .. } => format!("user `{user}`"),
+                UaIdentity::X509 { certificate, .. } => {
+                    format!("certificate {}", certificate.display())
+                }
+            };
+            let _ = writeln!(
+                shown,
+                "source `{}` (opcua {}): security {}/{:?}, {identity}, certificates in {}",
+                ua.name,
+                ua.endpoint,
+                ua.policy.name(),
+                ua.mode,
+                paths.pki_dir(ua).display()
+            );
+            let _ = match ua.reading {
+                UaReading::Subscribe {
+                    publishing,
+                    sampling,
+                    queue_size,
+                } => writeln!(
+                    shown,
+                    "  subscribe: publishing every {}, sampling every {}, queue {queue_size}; {calls} CreateMonitoredItems call(s) of at most {MAX_PER_CALL} (fewer if the server's OperationLimits say so)",
+                    humantime::format_duration(publishing),
+                    humantime::format_duration(sampling),
+                ),
+                UaReading::Poll { interval } => writeln!(
+                    shown,
+                    "  poll every {}: {calls} Read call(s) of at most {MAX_PER_CALL} nodes",
+                    humantime::format_duration(interval),
+                ),
+            };
+            for tag in &ua.tags {
+                let _ = writeln!(
+                    shown,
+                    "  {:<24} {}{}",
+                    tag.name,
+                    tag.node,
+                    tag.data_type
+                        .map(|t| format!(" as {}", t.name()))
+                        .unwrap_or_default()
+                );
+            }
+            Planned {
+                tags: ua.tags.len(),
+                reads: calls,
+                shown,
+            }
+        }
         SourceConfig::ModbusTcp(modbus) => {
             let plan = ReadPlan::new(&modbus.tags, modbus.max_gap);
             Planned {

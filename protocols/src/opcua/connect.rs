@@ -292,7 +292,7 @@ impl Connector {
     async fn open(&mut self) -> Result<Live, ConnectError> {
         let config = self.config.clone();
         self.warn_own_expiry();
-        let identity = self.identity()?;
+        let identity = identity(&config)?;
         let endpoints = self
             .client
             .get_server_endpoints_from_url(config.endpoint.as_str())
@@ -355,43 +355,6 @@ impl Connector {
         };
         driver.abort();
         Err(self.explain(status, server_cert.as_ref()))
-    }
-
-    /// The identity token, reading the password or user certificate now (so a changed file
-    /// is picked up at the next connect).
-    fn identity(&self) -> Result<IdentityToken, ConnectError> {
-        match &self.config.identity {
-            UaIdentity::Anonymous => Ok(IdentityToken::Anonymous),
-            UaIdentity::UserName { user, password } => {
-                let secret = match password {
-                    Secret::Env(name) => {
-                        std::env::var(name).map_err(|_| ConnectError::Credentials {
-                            what: format!("password of user `{user}`"),
-                            why: format!(
-                                "the environment variable {name} is not set (or not UTF-8)"
-                            ),
-                        })?
-                    }
-                    Secret::File(path) => std::fs::read_to_string(path)
-                        .map_err(|e| ConnectError::Credentials {
-                            what: format!("password of user `{user}`"),
-                            why: format!("{}: {e}", path.display()),
-                        })?
-                        .trim()
-                        .to_owned(),
-                };
-                Ok(IdentityToken::new_user_name(user.clone(), secret))
-            }
-            UaIdentity::X509 { certificate, key } => IdentityToken::new_x509_path(certificate, key)
-                .map_err(|e| ConnectError::Credentials {
-                    what: format!(
-                        "user certificate {} or its key {}",
-                        certificate.display(),
-                        key.display()
-                    ),
-                    why: e.to_string(),
-                }),
-        }
     }
 
     fn warn_own_expiry(&self) {
@@ -476,6 +439,41 @@ impl Connector {
         self.pki_dir
             .join("rejected")
             .join(CertificateStore::cert_file_name(cert))
+    }
+}
+
+/// The identity token of `config`, reading the password or user certificate now (so a changed file
+/// is picked up at the next connect).
+pub fn identity(config: &OpcUaConfig) -> Result<IdentityToken, ConnectError> {
+    match &config.identity {
+        UaIdentity::Anonymous => Ok(IdentityToken::Anonymous),
+        UaIdentity::UserName { user, password } => {
+            let secret = match password {
+                Secret::Env(name) => {
+                    std::env::var(name).map_err(|_| ConnectError::Credentials {
+                        what: format!("password of user `{user}`"),
+                        why: format!("the environment variable {name} is not set (or not UTF-8)"),
+                    })?
+                }
+                Secret::File(path) => std::fs::read_to_string(path)
+                    .map_err(|e| ConnectError::Credentials {
+                        what: format!("password of user `{user}`"),
+                        why: format!("{}: {e}", path.display()),
+                    })?
+                    .trim()
+                    .to_owned(),
+            };
+            Ok(IdentityToken::new_user_name(user.clone(), secret))
+        }
+        UaIdentity::X509 { certificate, key } => IdentityToken::new_x509_path(certificate, key)
+            .map_err(|e| ConnectError::Credentials {
+                what: format!(
+                    "user certificate {} or its key {}",
+                    certificate.display(),
+                    key.display()
+                ),
+                why: e.to_string(),
+            }),
     }
 }
 
