@@ -65,10 +65,10 @@ pub async fn run(args: &BrowseArgs, out: &mut dyn Write, progress: &mut dyn Writ
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.endpoint))?;
-    let start = args.node.as_ref().map_or_else(
-        || opcua::types::NodeId::objects_folder_id(),
-        convert::node_id,
-    );
+    let start = args
+        .node
+        .as_ref()
+        .map_or_else(opcua::types::NodeId::objects_folder_id, convert::node_id);
     let options = BrowseOptions {
         start: start.clone(),
         depth: args.depth,

@@ -206,12 +206,10 @@ async fn data_types(session: &Session, found: &mut [Found]) -> Result<(), Status
 
 /// The name of a built-in data type, else the type's node id.
 pub fn type_name(id: &NodeId) -> String {
-    if id.namespace == 0 {
-        if let opcua::types::Identifier::Numeric(n) = id.identifier {
-            if let Ok(t) = DataTypeId::try_from(n) {
-                return format!("{t:?}");
-            }
-        }
+    if let (0, opcua::types::Identifier::Numeric(n)) = (id.namespace, &id.identifier)
+        && let Ok(t) = DataTypeId::try_from(*n)
+    {
+        return format!("{t:?}");
     }
     id.to_string()
 }

@@ -207,10 +207,10 @@ pub fn client(pki_dir: &Path, timeout: Duration) -> Result<Client, String> {
 #[cfg(unix)]
 fn restrict(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!(path = %path.display(), error = %e, "Cannot make the OPC UA private key readable by its owner only.");
-        }
+    if path.exists()
+        && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot make the OPC UA private key readable by its owner only.");
     }
 }
 

@@ -751,10 +751,10 @@ impl OnSubscriptionNotificationCore for Callback {
                     }
                     pending.push(i, sample);
                 }
-            } else if let Some(change) = object.inner_as::<StatusChangeNotification>() {
-                if change.status.is_bad() {
-                    *shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(change.status);
-                }
+            } else if let Some(change) = object.inner_as::<StatusChangeNotification>()
+                && change.status.is_bad()
+            {
+                *shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(change.status);
             }
         }
         shared.notify.notify_one();
