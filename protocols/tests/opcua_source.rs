@@ -400,12 +400,17 @@ async fn a_server_that_stops_publishing_is_noticed_and_the_session_rebuilt() {
     let Quality::Bad(why) = stale.quality else {
         unreachable!()
     };
-    assert!(why.contains("stale"), "{why}");
-    // ...and a new session (a new connection through the proxy) brings the value back.
+    // The watchdog's own finding, not the library's keep-alive or a closed socket.
+    assert!(
+        why.contains("stale") && why.contains("no data and no keep-alive"),
+        "{why}"
+    );
+    // ...and a new session (new connections through the proxy: GetEndpoints and the session,
+    // after the two of the first session) brings the value back.
     source.until(is("ua.Parts", Value::U64(2))).await;
     assert!(
-        proxy.accepted.load(Ordering::SeqCst) >= 2,
-        "a new connection was made"
+        proxy.accepted.load(Ordering::SeqCst) >= 4,
+        "a new session was made"
     );
     assert!(started.elapsed() < LIMIT);
     source.stop().await;
@@ -528,6 +533,171 @@ async fn sign_and_encrypt_with_a_user_and_every_error_says_what_to_change() {
     let mut source = run(gone, &pki);
     source
         .until(bad_with("ua.Force", "cannot reach opc.tcp://127.0.0.1:1/"))
+        .await;
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulse_shorter_than_the_publishing_interval_is_seen_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UaServer::start(
+        &ServerOptions::new(dir.path().join("server"))
+            .variable("Force", 1.0f64)
+            .variable("Done", false),
+        listener().await,
+    )
+    .unwrap();
+    let mut cfg = config(
+        server.endpoint(),
+        &server,
+        &[("Force", None), ("Done", None)],
+    );
+    cfg.reading = UaReading::Subscribe {
+        publishing: Duration::from_millis(500),
+        sampling: Duration::from_millis(10),
+        queue_size: 10,
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(OpcUaSource::new(cfg, dir.path().join("pki")).run(tx, cancel.clone()));
+    // Initial values first.
+    let first = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.samples.len(), 2, "{first:?}");
+    // Force, then a pulse of Done, all within one publishing interval.
+    server.set("Force", 2.0f64);
+    server.set("Done", true);
+    server.set("Done", false);
+    let mut batches: Vec<SampleBatch> = Vec::new();
+    while batches.iter().map(|b| b.samples.len()).sum::<usize>() < 3 {
+        batches.push(
+            tokio::time::timeout(LIMIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let shown: Vec<Vec<String>> = batches
+        .iter()
+        .map(|b| {
+            b.samples
+                .iter()
+                .map(|s| format!("{}={}", s.tag, s.value.as_ref().unwrap()))
+                .collect()
+        })
+        .collect();
+    // One publish, two snapshots: the rising edge with its force, then the falling edge.
+    assert_eq!(
+        shown,
+        vec![vec!["ua.Force=2", "ua.Done=true"], vec!["ua.Done=false"]]
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_five_thousand_changes_and_a_long_array_arrive() {
+    const N: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path().join("server"));
+    for i in 0..N {
+        options = options.variable(format!("N{i}"), 0u32);
+    }
+    let long: Vec<f64> = (0..2_000).map(f64::from).collect();
+    options = options.variable("Long", long);
+    let server = UaServer::start(&options, listener().await).unwrap();
+    let mut names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
+    names.push("Long".into());
+    let tags: Vec<(&str, Option<UaType>)> = names.iter().map(|n| (n.as_str(), None)).collect();
+    let mut source = run(
+        config(server.endpoint(), &server, &tags),
+        &dir.path().join("pki"),
+    );
+    let array = source.until(|s| &*s.tag == "ua.Long").await;
+    let Some(Value::Array(values)) = array.value else {
+        panic!("{array:?}")
+    };
+    assert_eq!(values.len(), 2_000);
+    assert_eq!(values[1_999], Value::F64(1_999.0));
+    let last = format!("ua.N{}", N - 1);
+    source
+        .until(|s| *s.tag == *last && s.quality.is_good())
+        .await;
+    // Every node changes at once: more than one publish's worth of notifications.
+    for i in 0..N {
+        server.set(&format!("N{i}"), 7u32);
+    }
+    let mut changed = std::collections::HashSet::new();
+    source
+        .until(|s| {
+            assert!(s.quality.is_good(), "{s:?}");
+            if s.value == Some(Value::U64(7)) {
+                changed.insert(s.tag.clone());
+            }
+            changed.len() == N
+        })
+        .await;
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_beyond_the_servers_subscription_limits_are_bad_and_the_rest_stay_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path().join("server"));
+    options.max_items_per_subscription = 100;
+    options.max_subscriptions = 2;
+    for i in 0..250u32 {
+        options = options.variable(format!("N{i}"), i);
+    }
+    let server = UaServer::start(&options, listener().await).unwrap();
+    let names: Vec<String> = (0..250).map(|i| format!("N{i}")).collect();
+    let tags: Vec<(&str, Option<UaType>)> = names.iter().map(|n| (n.as_str(), None)).collect();
+    let mut source = run(
+        config(server.endpoint(), &server, &tags),
+        &dir.path().join("pki"),
+    );
+    let mut good = std::collections::HashSet::new();
+    let mut refused = std::collections::HashSet::new();
+    source
+        .until(|s| {
+            match &s.quality {
+                Quality::Good => {
+                    good.insert(s.tag.clone());
+                }
+                Quality::Bad(why) => {
+                    assert!(why.contains("BadTooManySubscriptions"), "{why}");
+                    refused.insert(s.tag.clone());
+                }
+                Quality::Uncertain(_) => {}
+            }
+            good.len() + refused.len() == 250
+        })
+        .await;
+    assert_eq!((good.len(), refused.len()), (200, 50));
+    // The session stays up (no watchdog firing on a subscription that was never made): the
+    // good tags keep updating and nothing turns stale, also after several stall periods.
+    let not_stale = |s: &Sample| {
+        assert!(
+            !matches!(&s.quality, Quality::Bad(why) if why.contains("stale")),
+            "{s:?}"
+        );
+    };
+    server.set("N0", 1_000u32);
+    source
+        .until(|s| {
+            not_stale(s);
+            &*s.tag == "ua.N0" && s.value == Some(Value::U64(1_000))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.set("N199", 2_000u32);
+    source
+        .until(|s| {
+            not_stale(s);
+            &*s.tag == "ua.N199" && s.value == Some(Value::U64(2_000))
+        })
         .await;
     source.stop().await;
 }

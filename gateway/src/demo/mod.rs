@@ -135,6 +135,7 @@ pub async fn run(
     .map_err(DemoError::OpcUa)?;
     let ua_endpoint = ua.endpoint();
     let force_node = ua.node(simulate::FORCE_VARIABLE);
+    let cycle_node = ua.node(simulate::CYCLE_VARIABLE);
     simulate::spawn(plc, Some(ua), &tasks, cancel.clone());
     let receiver = Receiver::start(&tasks, cancel.clone()).await?;
     let ca_file = dir.path().join("demo-ca.pem");
@@ -143,7 +144,7 @@ pub async fn run(
 
     let text = simulate::demo_config(
         &plc_addr.to_string(),
-        (&ua_endpoint, &force_node),
+        (&ua_endpoint, &force_node, &cycle_node),
         &receiver.url(),
         &ca_file.display().to_string(),
         &buffer.display().to_string(),

@@ -12,8 +12,9 @@
 //! | holding:10..=17   | string, 16 chars| current order number                           |
 //! | input:0..=1       | f32, ABCD       | press force in kN of the last part (spec 40-55)|
 //!
-//! With an OPC UA server ([`spawn_opcua`]), the press force of each part is also the Double
-//! variable `ns=<n>;s=press1.force_kn` (its SourceTimestamp the stroke's time).
+//! With an OPC UA server ([`spawn_opcua`]), each stroke is also published over OPC UA: the
+//! Double `ns=<n>;s=press1.force_kn`, then the Boolean `ns=<n>;s=press1.cycle_done` (true for
+//! half a cycle), in that order, so a subscriber sees the force before the edge.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -144,6 +145,9 @@ impl PressLine {
         }
         if PLAN[self.phase].0 != 1 {
             self.set(RegisterKind::Holding, 5, DataType::U16, &Value::U64(0));
+            if let Some(ua) = &self.opcua {
+                ua.set(CYCLE_VARIABLE, false);
+            }
             return;
         }
         self.in_cycle += dt;
@@ -170,16 +174,22 @@ impl PressLine {
             self.set(RegisterKind::Input, 0, DataType::F32, &Value::F64(force));
             if let Some(ua) = &self.opcua {
                 ua.set(FORCE_VARIABLE, force);
+                ua.set(CYCLE_VARIABLE, true);
             }
             self.set(RegisterKind::Holding, 5, DataType::U16, &Value::U64(1));
         } else if self.in_cycle >= CYCLE / 2 {
             self.set(RegisterKind::Holding, 5, DataType::U16, &Value::U64(0));
+            if let Some(ua) = &self.opcua {
+                ua.set(CYCLE_VARIABLE, false);
+            }
         }
     }
 }
 
 /// The OPC UA variable holding the press force.
 pub const FORCE_VARIABLE: &str = "press1.force_kn";
+/// The OPC UA variable that is true for the first half of each stroke.
+pub const CYCLE_VARIABLE: &str = "press1.cycle_done";
 
 /// An OPC UA server for the line on `listener` (policy None, anonymous), its certificate in
 /// `pki_dir`; pass it to [`spawn`].
@@ -187,7 +197,9 @@ pub const FORCE_VARIABLE: &str = "press1.force_kn";
 /// # Errors
 /// The server could not be built (its certificate folder).
 pub fn spawn_opcua(listener: TcpListener, pki_dir: &Path) -> Result<Arc<UaServer>, String> {
-    let options = ServerOptions::new(pki_dir).variable(FORCE_VARIABLE, 47.5f64);
+    let options = ServerOptions::new(pki_dir)
+        .variable(FORCE_VARIABLE, 47.5f64)
+        .variable(CYCLE_VARIABLE, false);
     UaServer::start(&options, listener).map(Arc::new)
 }
 
@@ -223,11 +235,11 @@ pub fn spawn(
     });
 }
 
-/// A config for reading the simulated line at `address` (Modbus) and `opcua` (its endpoint
-/// and force node), sending to `url` trusting `ca_file`.
+/// A config for reading the simulated line at `address` (Modbus) and `opcua` (its endpoint,
+/// force node and cycle node), sending to `url` trusting `ca_file`.
 pub fn demo_config(
     address: &str,
-    opcua: (&str, &str),
+    opcua: (&str, &str, &str),
     url: &str,
     ca_file: &str,
     buffer: &str,
@@ -236,6 +248,7 @@ pub fn demo_config(
         .replace("{address}", address)
         .replace("{opcua}", opcua.0)
         .replace("{force_node}", opcua.1)
+        .replace("{cycle_node}", opcua.2)
         .replace("{url}", url)
         .replace("{ca_file}", &ca_file.replace('\\', "\\\\"))
         .replace("{buffer}", &buffer.replace('\\', "\\\\"))

@@ -91,7 +91,8 @@ pub struct Planned {
 }
 
 /// Checks what `config` needs from this machine before anything runs: an OPC UA password or
-/// user certificate that cannot be read fails the start, naming the file or variable.
+/// user certificate that cannot be read fails the start, naming the file or variable, and an
+/// OPC UA source's certificate is created (the first time, which takes a second or two).
 pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> {
     match config {
         SourceConfig::ModbusTcp(_) => Ok(()),
@@ -99,6 +100,10 @@ pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> 
             let mut ua = ua.clone();
             resolve_identity(&mut ua, paths.base);
             protocols::opcua::connect::identity(&ua)
+                .map_err(|e| format!("source `{}`: {e}", ua.name))?;
+            // The certificate is made here, once, before any source runs: sources sharing a
+            // folder must not race to create it.
+            protocols::opcua::connect::client(&paths.pki_dir(&ua), ua.timeout)
                 .map(drop)
                 .map_err(|e| format!("source `{}`: {e}", ua.name))
         }

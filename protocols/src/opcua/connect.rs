@@ -135,13 +135,23 @@ pub enum Event {
     Down(StatusCode),
 }
 
+/// A task aborted when its handle is dropped (a detached session driver would keep its socket
+/// and its server-side session).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An open session and the task that drives it.
 pub struct Live {
     /// The session.
     pub session: Arc<Session>,
     /// What the event loop reports.
     pub events: mpsc::Receiver<Event>,
-    driver: JoinHandle<()>,
+    _driver: AbortOnDrop,
 }
 
 impl std::fmt::Debug for Live {
@@ -154,13 +164,6 @@ impl Live {
     /// Closes the session, waiting at most a second for the server to acknowledge.
     pub async fn close(self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.session.disconnect()).await;
-        self.driver.abort();
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.driver.abort();
     }
 }
 
@@ -180,9 +183,20 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-/// The client for `pki_dir`: creates own/, private/, trusted/ and rejected/ and, the first
-/// time, the application certificate and its key (0600).
+/// Most bytes of a message from the server, and the chunks and array elements in it: large
+/// enough for a publish of 1,000 notifications or a browse of 100 nodes' references, bounded
+/// for a small box.
+pub const MAX_MESSAGE: usize = 16 << 20;
+const MAX_CHUNKS: usize = 512;
+const MAX_ARRAY_LENGTH: usize = 100_000;
+
+/// The client for `pki_dir`: creates own/, private/ (0700), trusted/ and rejected/ and, the
+/// first time, the application certificate and its key; fails when they cannot be read back.
 pub fn client(pki_dir: &Path, timeout: Duration) -> Result<Client, String> {
+    let private = pki_dir.join("private");
+    std::fs::create_dir_all(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    restrict(&private, 0o700);
     let client = ClientBuilder::new()
         .application_name("Causeway")
         .application_uri(APPLICATION_URI)
@@ -195,27 +209,42 @@ pub fn client(pki_dir: &Path, timeout: Duration) -> Result<Client, String> {
         .session_retry_limit(0)
         .recreate_subscriptions(false)
         .request_timeout(timeout)
-        .keep_alive_interval(Duration::from_secs(5).min(timeout))
+        .keep_alive_interval(Duration::from_secs(5))
         .max_failed_keep_alive_count(3)
         .session_timeout(60_000)
+        .max_message_size(MAX_MESSAGE)
+        .max_chunk_count(MAX_CHUNKS)
+        .max_array_length(MAX_ARRAY_LENGTH)
         .client()
         .map_err(|errors| errors.join("; "))?;
-    restrict(&pki_dir.join("private").join("private.pem"));
+    let store = CertificateStore::new(pki_dir);
+    let cert = store.read_own_cert();
+    let key = store.read_own_pkey();
+    match (cert, key) {
+        (Ok(_), Ok(_)) => {}
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(format!(
+                "Causeway's own certificate or key in {} cannot be read or created ({e}); check that the folder is writable, or delete own/cert.der and private/private.pem to make new ones",
+                pki_dir.display()
+            ));
+        }
+    }
+    restrict(&private.join("private.pem"), 0o600);
     Ok(client)
 }
 
 #[cfg(unix)]
-fn restrict(path: &Path) {
+fn restrict(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     if path.exists()
-        && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     {
         tracing::warn!(path = %path.display(), error = %e, "Cannot make the OPC UA private key readable by its owner only.");
     }
 }
 
 #[cfg(not(unix))]
-fn restrict(_path: &Path) {}
+fn restrict(_path: &Path, _mode: u32) {}
 
 /// The async-opcua policy of a configured one.
 pub fn policy(p: UaPolicy) -> SecurityPolicy {
@@ -290,6 +319,7 @@ impl Connector {
     }
 
     async fn open(&mut self) -> Result<Live, ConnectError> {
+        let started = SystemTime::now();
         let config = self.config.clone();
         self.warn_own_expiry();
         let identity = identity(&config)?;
@@ -304,6 +334,7 @@ impl Connector {
         let mut chosen = choose(&endpoints, &config)?;
         check_identity(&chosen, &config.identity)?;
         let server_cert = X509::from_byte_string(&chosen.server_certificate).ok();
+        let server_uri = chosen.server.application_uri.as_ref().to_owned();
         if let Some(cert) = &server_cert {
             warn_expiry(
                 cert,
@@ -321,7 +352,7 @@ impl Connector {
                 detail: e.status().sub_code().description(),
             })?;
         let (tx, mut events) = mpsc::channel(16);
-        let driver = tokio::spawn(async move {
+        let driver = AbortOnDrop(tokio::spawn(async move {
             let stream = event_loop.enter();
             futures_util::pin_mut!(stream);
             while let Some(item) = stream.next().await {
@@ -341,20 +372,20 @@ impl Connector {
                 }
             }
             let _ = tx.send(Event::Down(StatusCode::BadConnectionClosed)).await;
-        });
+        }));
         let status = match events.recv().await {
             Some(Event::Up) => {
                 return Ok(Live {
                     session,
                     events,
-                    driver,
+                    _driver: driver,
                 });
             }
             Some(Event::Down(status)) => status,
             None => StatusCode::BadConnectionClosed,
         };
-        driver.abort();
-        Err(self.explain(status, server_cert.as_ref()))
+        drop(driver);
+        Err(self.explain(status, server_cert.as_ref(), &server_uri, started))
     }
 
     fn warn_own_expiry(&self) {
@@ -367,8 +398,16 @@ impl Connector {
         }
     }
 
-    /// The error a failed activation makes, with what to change.
-    fn explain(&self, status: StatusCode, server_cert: Option<&X509>) -> ConnectError {
+    /// The error a failed activation makes, with what to change. A certificate status may be
+    /// about the server's certificate (checked here) or ours (refused by the server): the
+    /// server's is checked locally to tell which.
+    fn explain(
+        &self,
+        status: StatusCode,
+        server_cert: Option<&X509>,
+        server_uri: &str,
+        started: SystemTime,
+    ) -> ConnectError {
         let detail = status.sub_code().description();
         let own = self
             .pki_dir
@@ -376,15 +415,31 @@ impl Connector {
             .join("cert.der")
             .display()
             .to_string();
+        let host = self
+            .config
+            .endpoint
+            .strip_prefix("opc.tcp://")
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        // Whether the server's certificate fails the check `status` names.
+        let theirs = server_cert.is_some_and(|c| match status {
+            StatusCode::BadCertificateTimeInvalid | StatusCode::BadCertificateIssuerTimeInvalid => {
+                c.is_time_valid(&opcua::types::DateTime::now().as_chrono())
+                    .is_err()
+            }
+            StatusCode::BadCertificateHostNameInvalid => c.is_hostname_valid(host).is_err(),
+            StatusCode::BadCertificateUriInvalid => c.is_application_uri_valid(server_uri).is_err(),
+            _ => true,
+        });
         match status {
-            StatusCode::BadCertificateUntrusted
-            | StatusCode::BadSecurityChecksFailed
-                if server_cert.is_some_and(|c| self.rejected(c).exists()) =>
-            {
-                let cert = server_cert.expect("checked above");
-                ConnectError::Untrusted {
-                    file: self.rejected(cert).display().to_string(),
-                    trusted: self.pki_dir.join("trusted").display().to_string(),
+            StatusCode::BadCertificateUntrusted | StatusCode::BadSecurityChecksFailed => {
+                match self.newly_rejected(server_cert, started) {
+                    Some(file) => ConnectError::Untrusted {
+                        file: file.display().to_string(),
+                        trusted: self.pki_dir.join("trusted").display().to_string(),
+                    },
+                    None => ConnectError::ClientRejected { status, own },
                 }
             }
             StatusCode::BadCertificateHostNameInvalid
@@ -395,7 +450,11 @@ impl Connector {
             | StatusCode::BadCertificateInvalid
             | StatusCode::BadCertificateUseNotAllowed
             | StatusCode::BadCertificatePolicyCheckFailed => {
-                ConnectError::BadServerCertificate { status, detail }
+                if theirs {
+                    ConnectError::BadServerCertificate { status, detail }
+                } else {
+                    ConnectError::ClientRejected { status, own }
+                }
             }
             StatusCode::BadUserAccessDenied
             | StatusCode::BadIdentityTokenRejected
@@ -419,9 +478,6 @@ impl Connector {
                     ),
                 },
             },
-            StatusCode::BadSecurityChecksFailed | StatusCode::BadCertificateUntrusted => {
-                ConnectError::ClientRejected { status, own }
-            }
             StatusCode::BadTimeout
             | StatusCode::BadNotConnected
             | StatusCode::BadConnectionClosed
@@ -433,6 +489,24 @@ impl Connector {
             },
             _ => ConnectError::Refused { status, detail },
         }
+    }
+
+    /// The server certificate this attempt put in rejected/: the one GetEndpoints announced,
+    /// else (a renewed or chained certificate in CreateSession) the newest file written since
+    /// `started`.
+    fn newly_rejected(&self, announced: Option<&X509>, started: SystemTime) -> Option<PathBuf> {
+        if let Some(path) = announced.map(|c| self.rejected(c)).filter(|p| p.exists()) {
+            return Some(path);
+        }
+        std::fs::read_dir(self.pki_dir.join("rejected"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let modified = e.metadata().ok()?.modified().ok()?;
+                (modified >= started).then(|| (modified, e.path()))
+            })
+            .max()
+            .map(|(_, path)| path)
     }
 
     fn rejected(&self, cert: &X509) -> PathBuf {
@@ -455,13 +529,12 @@ pub fn identity(config: &OpcUaConfig) -> Result<IdentityToken, ConnectError> {
                         why: format!("the environment variable {name} is not set (or not UTF-8)"),
                     })?
                 }
-                Secret::File(path) => std::fs::read_to_string(path)
-                    .map_err(|e| ConnectError::Credentials {
+                Secret::File(path) => {
+                    read_secret(path).map_err(|why| ConnectError::Credentials {
                         what: format!("password of user `{user}`"),
-                        why: format!("{}: {e}", path.display()),
+                        why: format!("{}: {why}", path.display()),
                     })?
-                    .trim()
-                    .to_owned(),
+                }
             };
             Ok(IdentityToken::new_user_name(user.clone(), secret))
         }
@@ -475,6 +548,35 @@ pub fn identity(config: &OpcUaConfig) -> Result<IdentityToken, ConnectError> {
                 why: e.to_string(),
             }),
     }
+}
+
+/// Most bytes of a password file.
+const MAX_SECRET: u64 = 4_096;
+
+/// A password file's text, without its trailing line break. Refuses what is not a regular file
+/// (a FIFO would block) or is larger than [`MAX_SECRET`].
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_SECRET {
+        return Err(format!(
+            "{} bytes, more than a password ({MAX_SECRET})",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(text.to_owned())
 }
 
 /// The server's endpoint with exactly the configured policy and mode.

@@ -111,6 +111,11 @@ pub fn value(v: &Variant) -> Result<Value, String> {
         Variant::Double(f) => Value::F64(*f),
         Variant::String(s) => Value::Str(s.value().clone().unwrap_or_default()),
         Variant::LocalizedText(t) => Value::Str(t.text.value().clone().unwrap_or_default()),
+        Variant::Guid(g) => Value::Str(g.to_string()),
+        Variant::StatusCode(c) => Value::Str(c.to_string()),
+        Variant::NodeId(id) => Value::Str(id.to_string()),
+        Variant::QualifiedName(q) => Value::Str(q.name.value().clone().unwrap_or_default()),
+        Variant::ByteString(b) => Value::Str(b.as_base64()),
         Variant::DateTime(d) => match system_time(d) {
             Some(t) => Value::Str(humantime::format_rfc3339_millis(t).to_string()),
             None => return Err("the server sent a null DateTime".to_owned()),
@@ -150,7 +155,8 @@ pub fn value(v: &Variant) -> Result<Value, String> {
     })
 }
 
-/// `v` as the declared type, when it converts without loss.
+/// `v` as the declared type, when it converts without loss. A float stays an f64 whether `f32`
+/// or `f64` is declared (nothing is narrowed).
 pub fn fit(v: Value, declared: Option<UaType>) -> Result<Value, String> {
     let Some(ty) = declared else { return Ok(v) };
     let wrong = |v: &Value| {
@@ -174,8 +180,11 @@ pub fn fit(v: Value, declared: Option<UaType>) -> Result<Value, String> {
     match (ty, &v, range) {
         (UaType::Bool, Value::Bool(_), _) | (UaType::String, Value::Str(_), _) => Ok(v),
         (UaType::F32 | UaType::F64, Value::F64(_), _) => Ok(v),
-        (UaType::F32 | UaType::F64, Value::I64(n), _) => Ok(Value::F64(*n as f64)),
-        (UaType::F32 | UaType::F64, Value::U64(n), _) => Ok(Value::F64(*n as f64)),
+        // Integers beyond 2^53 do not survive a float: refused rather than rounded.
+        (UaType::F32 | UaType::F64, Value::I64(n), _) if n.unsigned_abs() <= 1 << 53 => {
+            Ok(Value::F64(*n as f64))
+        }
+        (UaType::F32 | UaType::F64, Value::U64(n), _) if *n <= 1 << 53 => Ok(Value::F64(*n as f64)),
         (_, Value::I64(n), Some((lo, hi))) if (lo..=hi).contains(&i128::from(*n)) => {
             Ok(if ty.counter_bits().is_some() {
                 Value::U64(n.unsigned_abs())
@@ -306,6 +315,7 @@ mod tests {
         assert_eq!(fit(Value::I64(5), Some(UaType::U32)), Ok(Value::U64(5)));
         assert_eq!(fit(Value::U64(5), Some(UaType::I16)), Ok(Value::I64(5)));
         assert_eq!(fit(Value::U64(7), Some(UaType::F64)), Ok(Value::F64(7.0)));
+        assert!(fit(Value::U64((1 << 53) + 1), Some(UaType::F64)).is_err());
         assert!(fit(Value::I64(-1), Some(UaType::U32)).is_err());
         assert!(fit(Value::U64(70_000), Some(UaType::U16)).is_err());
         let e = fit(Value::F64(3.5), Some(UaType::U32)).unwrap_err();

@@ -41,6 +41,10 @@ pub struct ServerOptions {
     pub max_nodes_per_read: usize,
     /// OperationLimits: MaxMonitoredItemsPerCall (0: the server's default).
     pub max_monitored_items_per_call: usize,
+    /// Monitored items per subscription (0: the server's default, 1,000).
+    pub max_items_per_subscription: usize,
+    /// Subscriptions per session (0: the server's default, 10).
+    pub max_subscriptions: usize,
     /// Variables: name and initial value.
     pub variables: Vec<(String, Variant)>,
 }
@@ -57,6 +61,8 @@ impl ServerOptions {
             trust_clients: true,
             max_nodes_per_read: 0,
             max_monitored_items_per_call: 0,
+            max_items_per_subscription: 0,
+            max_subscriptions: 0,
             variables: Vec::new(),
         }
     }
@@ -150,6 +156,14 @@ impl UaServer {
         if options.max_monitored_items_per_call > 0 {
             limits.operational.max_monitored_items_per_call = options.max_monitored_items_per_call;
         }
+        if options.max_items_per_subscription > 0 {
+            limits.subscriptions.max_monitored_items_per_sub = options.max_items_per_subscription;
+        }
+        if options.max_subscriptions > 0 {
+            limits.subscriptions.max_subscriptions_per_session = options.max_subscriptions;
+        }
+        // Tests send bursts of thousands of changes: let the server queue them.
+        limits.subscriptions.max_queued_notifications = 0;
         let (server, handle) = builder.build()?;
         let manager = handle
             .node_managers()

@@ -50,9 +50,16 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// the default message size limits.
 pub const MAX_PER_CALL: usize = 1_000;
 /// Samples held for the pipeline beyond which a tag's newer sample replaces its older one.
-const MAX_PENDING: usize = 65_536;
+const MAX_PENDING: usize = 131_072;
+/// Samples waiting past which publishing is paused, and below which it resumes.
+const HIGH_WATER: usize = 32_768;
+const LOW_WATER: usize = 4_096;
+/// The longest keep-alive period believed from a server.
+const MAX_PERIOD: Duration = Duration::from_secs(3_600);
 /// Keep-alive silences tolerated before the session is declared stalled.
 const STALL_PERIODS: u32 = 3;
+/// Notifications per publish asked for: keeps each message well under the client's limits.
+const MAX_NOTIFICATIONS: u32 = 1_000;
 /// Most subscriptions one source opens (each holds what the server allows per subscription).
 const MAX_SUBSCRIPTIONS: usize = 64;
 
@@ -298,11 +305,18 @@ impl OpcUaSource {
         else {
             return Ended::Failed("not a subscription source".into());
         };
-        let (_, per_call) = self.limits(&live.session).await;
+        let (_, full_call) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ended::Stop,
+            l = self.limits(&live.session) => l,
+        };
+        let mut per_call = full_call;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::new(self.ids.len())),
             notify: Notify::new(),
             last_seen: Mutex::new(Vec::new()),
+            over: Notify::new(),
+            overflowed: std::sync::atomic::AtomicU64::new(0),
             alive: AtomicBool::new(false),
             status: Mutex::new(None),
             ids: self.ids.clone(),
@@ -338,11 +352,9 @@ impl OpcUaSource {
                     );
                     break;
                 }
-                let slot = {
-                    let mut seen = shared.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-                    seen.push(Instant::now());
-                    seen.len() - 1
-                };
+                // The watchdog slot is added once the subscription exists: a refused one must
+                // not look like a silent one.
+                let slot = subscriptions.len();
                 let created = tokio::select! {
                     biased;
                     () = cancel.cancelled() => return Ended::Stop,
@@ -350,7 +362,7 @@ impl OpcUaSource {
                         publishing,
                         keep_alive.saturating_mul(10),
                         keep_alive,
-                        0,
+                        MAX_NOTIFICATIONS,
                         0,
                         true,
                         Callback { shared: shared.clone(), slot },
@@ -362,8 +374,14 @@ impl OpcUaSource {
                             period = s
                                 .publishing_interval()
                                 .max(Duration::from_millis(1))
-                                .saturating_mul(s.max_keep_alive_count().max(1));
+                                .saturating_mul(s.max_keep_alive_count().max(1))
+                                .min(MAX_PERIOD);
                         }
+                        shared
+                            .last_seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Instant::now());
                         subscriptions.push((id, 0));
                     }
                     Err(StatusCode::BadTooManySubscriptions) if !subscriptions.is_empty() => {
@@ -389,6 +407,7 @@ impl OpcUaSource {
                 break;
             };
             let chunk: Vec<usize> = queue.drain(..per_call.min(queue.len())).collect();
+            let asked = chunk.len();
             let requests: Vec<MonitoredItemCreateRequest> = chunk
                 .iter()
                 .map(|&i| MonitoredItemCreateRequest {
@@ -410,7 +429,29 @@ impl OpcUaSource {
             };
             let mut again = Vec::new();
             match results {
-                Err(StatusCode::BadTooManyMonitoredItems) if *items > 0 => again = chunk,
+                // More than the subscription has room for: ask for fewer at a time, down to
+                // one; when one does not fit either, the subscription is full.
+                Err(StatusCode::BadTooManyMonitoredItems) if asked > 1 => {
+                    per_call = (asked / 2).max(1);
+                    for i in chunk.into_iter().rev() {
+                        queue.push_front(i);
+                    }
+                    continue;
+                }
+                Err(StatusCode::BadTooManyMonitoredItems) if *items > 0 => {
+                    per_call = full_call;
+                    again = chunk;
+                }
+                // Not even one item fits an empty subscription.
+                Err(StatusCode::BadTooManyMonitoredItems) => {
+                    for &i in &chunk {
+                        refused.push(Sample::bad(
+                            self.ids[i].clone(),
+                            (shared.explain)(i, StatusCode::BadTooManyMonitoredItems),
+                            now,
+                        ));
+                    }
+                }
                 Err(status) => {
                     return Ended::Failed(format!("creating monitored items failed ({status})"));
                 }
@@ -452,7 +493,9 @@ impl OpcUaSource {
                 return Ended::Stop;
             }
         }
-        let stall_after = period.saturating_mul(STALL_PERIODS) + self.config.timeout;
+        let stall_after = period
+            .saturating_mul(STALL_PERIODS)
+            .saturating_add(self.config.timeout);
         for seen in shared
             .last_seen
             .lock()
@@ -463,27 +506,66 @@ impl OpcUaSource {
         }
         let mut watchdog = tokio::time::interval((period / 2).max(Duration::from_millis(50)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let ids: Vec<u32> = subscriptions.iter().map(|(id, _)| *id).collect();
+        let mut paused = false;
+        let ended = loop {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Ended::Stop,
+                () = cancel.cancelled() => break Ended::Stop,
                 event = live.events.recv() => match event {
                     Some(Event::Up) => {}
                     Some(Event::Down(status)) => {
-                        return Ended::Failed(format!("the connection was lost ({status})"));
+                        break Ended::Failed(format!("the connection was lost ({status})"));
                     }
-                    None => return Ended::Failed("the session ended".into()),
+                    None => break Ended::Failed("the session ended".into()),
                 },
                 () = shared.notify.notified() => {
                     if let Some(status) = shared.status.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        return Ended::Failed(format!("the server ended the subscription ({status})"));
+                        break Ended::Failed(format!("the server ended the subscription ({status})"));
                     }
                     if shared.alive.swap(false, Ordering::Relaxed) {
                         self.healthy(down_since);
                     }
+                    let overflowed = shared.overflowed.swap(0, Ordering::Relaxed);
+                    if overflowed > 0 {
+                        tracing::warn!(source = %self.config.name, values = overflowed, "The server's item queues overflowed: it dropped older values. Raise queue_size, or sample less often.");
+                    }
                     let samples = shared.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if !samples.is_empty() && !send(out, self.batch(samples), cancel).await {
-                        return Ended::Stop;
+                    if samples.is_empty() {
+                        continue;
+                    }
+                    // While the pipeline holds this batch, notifications pile up in `pending`.
+                    // Past the high-water mark, publishing is paused: the server keeps
+                    // sampling into each item's queue (queue_size) until it is resumed.
+                    let mut sent = true;
+                    for samples in snapshots(samples) {
+                        let batch = out.send(self.batch(samples));
+                        tokio::pin!(batch);
+                        sent = loop {
+                            tokio::select! {
+                                biased;
+                                () = cancel.cancelled() => break false,
+                                r = &mut batch => break r.is_ok(),
+                                () = shared.over.notified(), if !paused => {
+                                    paused = publishing_mode(&live.session, &ids, false, self.config.timeout).await;
+                                    if paused {
+                                        tracing::info!(source = %self.config.name, "The pipeline is behind: OPC UA publishing paused; the server queues values meanwhile.");
+                                    }
+                                }
+                            }
+                        };
+                        if !sent {
+                            break;
+                        }
+                    }
+                    if !sent {
+                        break Ended::Stop;
+                    }
+                    if paused && shared.pending.lock().unwrap_or_else(|p| p.into_inner()).samples.len() < LOW_WATER {
+                        paused = !publishing_mode(&live.session, &ids, true, self.config.timeout).await;
+                        if !paused {
+                            tracing::info!(source = %self.config.name, "The pipeline caught up: OPC UA publishing resumed.");
+                        }
                     }
                 }
                 _ = watchdog.tick() => {
@@ -496,7 +578,7 @@ impl OpcUaSource {
                         .max()
                         .unwrap_or_default();
                     if silent > stall_after {
-                        return Ended::Failed(format!(
+                        break Ended::Failed(format!(
                             "no data and no keep-alive for {} (expected every {})",
                             humantime::format_duration(round(silent)),
                             humantime::format_duration(round(period))
@@ -504,7 +586,21 @@ impl OpcUaSource {
                     }
                 }
             }
+        };
+        if let Ended::Failed(_) = ended {
+            // What arrived before the failure was acknowledged to the server: pass it on.
+            let samples = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            for samples in snapshots(samples) {
+                if !send(out, self.batch(samples), cancel).await {
+                    return Ended::Stop;
+                }
+            }
         }
+        ended
     }
 
     /// Explains a Bad status of tag `i`'s node, with what to do about it.
@@ -539,7 +635,14 @@ impl OpcUaSource {
         cancel: &CancellationToken,
         down_since: &mut Option<(Instant, String)>,
     ) -> Ended {
-        let (per_read, _) = self.limits(&live.session).await;
+        let (per_read, _) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                live.close().await;
+                return Ended::Stop;
+            }
+            l = self.limits(&live.session) => l,
+        };
         let mut live = live;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,6 +742,36 @@ fn filter(deadband: Option<Deadband>) -> ExtensionObject {
     })
 }
 
+/// `samples` in arrival order, cut into batches in which each tag appears at most once. A
+/// subscription delivers every queued value of an item (a pulse shorter than the publishing
+/// interval arrives as true then false); rules read a batch as one snapshot, where a tag's last
+/// sample would hide the earlier ones.
+fn snapshots(samples: Vec<Sample>) -> Vec<Vec<Sample>> {
+    let mut out: Vec<Vec<Sample>> = Vec::new();
+    let mut current: Vec<Sample> = Vec::new();
+    let mut seen: std::collections::HashSet<TagId> = std::collections::HashSet::new();
+    for sample in samples {
+        if !seen.insert(sample.tag.clone()) {
+            out.push(std::mem::take(&mut current));
+            seen.clear();
+            seen.insert(sample.tag.clone());
+        }
+        current.push(sample);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Turns publishing of `ids` on or off; whether the server did it.
+async fn publishing_mode(session: &Session, ids: &[u32], on: bool, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, session.set_publishing_mode(ids, on)).await,
+        Ok(Ok(results)) if results.iter().all(StatusCode::is_good)
+    )
+}
+
 async fn send(
     out: &mpsc::Sender<SampleBatch>,
     batch: SampleBatch,
@@ -657,6 +790,10 @@ struct Shared {
     notify: Notify,
     /// When each subscription last sent a notification or keep-alive.
     last_seen: Mutex<Vec<Instant>>,
+    /// `pending` passed [`HIGH_WATER`].
+    over: Notify,
+    /// Values the server flagged Overflow (its queue for the item dropped older values).
+    overflowed: std::sync::atomic::AtomicU64,
     /// A notification or keep-alive arrived since the task last looked.
     alive: AtomicBool,
     /// The server reported the subscription's end.
@@ -744,12 +881,18 @@ impl OnSubscriptionNotificationCore for Callback {
                     else {
                         continue;
                     };
+                    if item.value.status.is_some_and(|s| s.overflow()) {
+                        shared.overflowed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let dv: DataValue = item.value.clone();
                     let mut sample = convert::sample(&shared.ids[i], shared.types[i], dv, now);
                     if let Some(status) = item.value.status.filter(|s| s.is_bad()) {
                         sample.quality = Quality::Bad((shared.explain)(i, status));
                     }
                     pending.push(i, sample);
+                }
+                if pending.samples.len() >= HIGH_WATER {
+                    shared.over.notify_one();
                 }
             } else if let Some(change) = object.inner_as::<StatusChangeNotification>()
                 && change.status.is_bad()
@@ -758,5 +901,46 @@ impl OnSubscriptionNotificationCore for Callback {
             }
         }
         shared.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_values_of_one_tag_go_in_successive_batches_in_order() {
+        let now = SystemTime::now();
+        let s =
+            |tag: &str, v: bool| Sample::good(TagId::from(tag), crate::model::Value::Bool(v), now);
+        let batches = snapshots(vec![
+            s("force", true),
+            s("cycle", true),
+            s("cycle", false),
+            s("other", true),
+            s("cycle", true),
+        ]);
+        let shown: Vec<Vec<(String, bool)>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|s| {
+                        (
+                            s.tag.to_string(),
+                            s.value == Some(crate::model::Value::Bool(true)),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                vec![("force".into(), true), ("cycle".into(), true)],
+                vec![("cycle".into(), false), ("other".into(), true)],
+                vec![("cycle".into(), true)],
+            ]
+        );
+        assert!(snapshots(Vec::new()).is_empty());
     }
 }

@@ -42,7 +42,7 @@ impl Checker {
                     }
                 }
                 if parsed.password().is_some() {
-                    self.error("a password is written inline in the URL", span(url), "secret in the config file")
+                    self.error("a password is written inline in the URL", span(&raw.name), "secret in the config file")
                         .hint("remove it from the URL; use auth = { bearer_file = \"/etc/causeway/erp.token\" } or bearer_env");
                 }
                 if parsed.host_str().is_none_or(str::is_empty) {
@@ -61,7 +61,7 @@ impl Checker {
                 }
             }
         }
-        let auth = raw.auth.as_ref().and_then(|a| self.auth(a));
+        let auth = raw.auth.as_ref().and_then(|a| self.auth(a, &raw.name));
         let timeout = self.duration(
             raw.timeout.as_ref(),
             Duration::from_secs(10),
@@ -99,15 +99,21 @@ impl Checker {
         })
     }
 
-    pub(crate) fn auth(&mut self, raw: &Spanned<RawAuth>) -> Option<HttpAuth> {
+    pub(crate) fn auth(
+        &mut self,
+        raw: &Spanned<RawAuth>,
+        sink: &Spanned<String>,
+    ) -> Option<HttpAuth> {
         let auth = raw.get_ref();
         for (field, value) in [
             ("bearer", &auth.bearer),
             ("token", &auth.token),
             ("password", &auth.password),
         ] {
-            if let Some(v) = value {
-                self.error(format!("a secret is written inline in `{field}`"), span(v), "secret in the config file")
+            if value.is_some() {
+                // Pointed at the sink's name, not the value: the rendered diagnostic would
+                // print the secret into terminals and CI logs.
+                self.error(format!("sink `{}` has a secret written inline in `auth.{field}`", sink.get_ref()), span(sink), "secret in the config file")
                     .hint("config files get copied, committed and mailed: put the token in a file (bearer_file = \"/etc/causeway/erp.token\") or an environment variable (bearer_env = \"ERP_TOKEN\")");
             }
         }

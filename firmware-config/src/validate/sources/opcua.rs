@@ -22,11 +22,17 @@ impl Checker {
         };
         let (policy, mode) = self.ua_security(raw);
         let identity = self.ua_identity(raw);
-        let pki_dir = raw.pki_dir.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        let pki_dir = raw.pki_dir.as_ref().map(|p| {
+            if p.get_ref().trim().is_empty() {
+                self.error("`pki_dir` is empty", span(p), "expected a folder")
+                    .hint("leave it out for `pki` beside the buffer, or name a folder");
+            }
+            PathBuf::from(p.get_ref())
+        });
         let timeout = self.duration(
             raw.timeout.as_ref(),
             10 * SECOND,
-            Duration::from_millis(100)..=5 * MINUTE,
+            Duration::from_millis(500)..=5 * MINUTE,
             "timeout",
         );
         let reading = self.ua_reading(raw);
@@ -200,8 +206,14 @@ impl Checker {
     }
 
     fn ua_identity(&mut self, raw: &RawSource) -> UaIdentity {
-        if let Some(p) = &raw.password {
-            self.error("a password is written inline", span(p), "secret in the config file")
+        if raw.password.is_some() {
+            // Pointed at the source's name, not the value: the rendered diagnostic would print
+            // the password into terminals and CI logs.
+            self.error(
+                format!("source `{}` has a password written inline (`password = ...`)", raw.name.get_ref()),
+                span(&raw.name),
+                "secret in the config file",
+            )
                 .hint("config files get copied, committed and mailed: put it in a file (password_file = \"/etc/causeway/ua.pw\") or an environment variable (password_env = \"UA_PASSWORD\")");
         }
         let secret = match (&raw.password_env, &raw.password_file) {
@@ -321,7 +333,7 @@ impl Checker {
                 let sampling = self.duration(
                     raw.sampling_interval.as_ref(),
                     publishing,
-                    Duration::ZERO..=HOUR,
+                    Duration::from_millis(10)..=HOUR,
                     "sampling_interval",
                 );
                 let queue_size = match &raw.queue_size {

@@ -1,0 +1,161 @@
+//! OPC UA through the pipeline (issue 8): 1,000 monitored items, each changing every 100 ms on
+//! a server in another process, subscribed at 100 ms publishing and sampling, through the
+//! normalizer (10 measurement rules) into the store and a file sink. Prints samples per second
+//! reaching the normalizer, the gateway process's CPU (user + system, % of one core) and its RSS.
+//!
+//! `cargo bench -p gateway --bench opcua` (`CAUSEWAY_BENCH_ITEMS`, default 1000;
+//! `CAUSEWAY_BENCH_SECONDS`, default 30).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use gateway::topology;
+use protocols::opcua::server::{ServerOptions, UaServer};
+
+fn items() -> usize {
+    std::env::var("CAUSEWAY_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+/// `/proc/self/status` field, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // After the command name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The server process: `items` Int32 variables, every one changed every 100 ms.
+fn serve() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let n = items();
+        let mut options = ServerOptions::new(dir.path().join("pki"));
+        for i in 0..n {
+            options = options.variable(format!("V{i}"), 0i32);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = UaServer::start(&options, listener).unwrap();
+        println!("{} {}", server.endpoint(), server.node("V0"));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut k = 0i32;
+        loop {
+            tick.tick().await;
+            k = k.wrapping_add(1);
+            for i in 0..n {
+                server.set(&format!("V{i}"), k.wrapping_add(i as i32));
+            }
+        }
+    });
+}
+
+fn main() {
+    if std::env::var_os("CAUSEWAY_BENCH_ROLE").is_some() {
+        serve();
+        return;
+    }
+    let seconds: u64 = std::env::var("CAUSEWAY_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let n = items();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("CAUSEWAY_BENCH_ROLE", "server")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (endpoint, first) = line.trim().split_once(' ').unwrap();
+    let ns = first.split(';').next().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let tags: Vec<String> = (0..n)
+        .map(|i| format!("  {{ name = \"v{i}\", node = \"{ns};s=V{i}\", type = \"i32\" }},"))
+        .collect();
+    let rules: Vec<String> = (0..10.min(n))
+        .map(|i| {
+            format!(
+                "[[rule]]\nkind = \"measurement\"\ncharacteristic = \"c{i}\"\nmachine = \"m\"\ntag = \"ua.v{i}\"\nusl = 1e12\n"
+            )
+        })
+        .collect();
+    let config = format!(
+        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n[[source]]\nname = \"ua\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"100ms\"\nsampling_interval = \"100ms\"\nqueue_size = 1\ntags = [\n{}\n]\n\n{}\n[[sink]]\nname = \"qms\"\nkind = \"file\"\npath = \"quality.jsonl\"\nroutes = [\"quality.*\"]\n",
+        tags.join("\n"),
+        rules.join("\n")
+    );
+    let config = firmware_config::load("bench.toml", &config)
+        .unwrap_or_else(|r| panic!("{}", r.render(false)));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let running = topology::start(&config, dir.path()).unwrap();
+        let stats = running.normalizer_stats();
+        // Warm up: the session, the subscriptions, the initial values.
+        let warm = Instant::now();
+        while stats.samples.load(Ordering::Relaxed) < n as u64 * 5 {
+            assert!(warm.elapsed() < Duration::from_secs(60), "no data within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (s0, b0, c0, t0) = (
+            stats.samples.load(Ordering::Relaxed),
+            stats.bad.load(Ordering::Relaxed),
+            cpu_time(),
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let samples = stats.samples.load(Ordering::Relaxed) - s0;
+        let bad = stats.bad.load(Ordering::Relaxed) - b0;
+        let cpu = (cpu_time() - c0).as_secs_f64();
+        println!(
+            "opcua: {n} items at 100 ms for {seconds} s: {:.0} samples/s through the pipeline (expected {}), {bad} Bad",
+            samples as f64 / elapsed,
+            n * 10
+        );
+        println!(
+            "opcua: gateway CPU {:.1} % of one core, RSS {} KiB (peak {} KiB)",
+            100.0 * cpu / elapsed,
+            status_kib("VmRSS:"),
+            status_kib("VmHWM:")
+        );
+        running.shutdown().await;
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
