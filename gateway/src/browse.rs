@@ -84,10 +84,26 @@ pub async fn run(args: &BrowseArgs, out: &mut dyn Write, progress: &mut dyn Writ
     })
     .await;
     live.close().await;
-    let (mut found, truncated) = match result {
+    let browse::Browsed {
+        mut found,
+        truncated,
+        failures,
+    } = match result {
         Ok(r) => r,
+        Err(opcua::types::StatusCode::BadNodeIdUnknown) => bail!(
+            "the server has no node {}; browse without --node to see its address space",
+            browse::node_text(&start)
+        ),
         Err(status) => bail!("browsing {} failed: {status}", args.endpoint),
     };
+    if let Some((node, status)) = failures.first() {
+        let _ = writeln!(
+            progress,
+            "the server would not list the children of {} node(s), e.g. {} ({status}); they are missing below",
+            failures.len(),
+            browse::node_text(node)
+        );
+    }
     let _ = writeln!(progress, "\rbrowsed {} nodes", found.len());
     if truncated {
         let _ = writeln!(

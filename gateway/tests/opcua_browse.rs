@@ -129,3 +129,28 @@ async fn a_large_address_space_is_browsed_to_the_end_or_to_the_limit() {
     assert!(toml.matches("type = \"i32\"").count() < 5_000);
     assert!(progress.contains("stopped at 5000 nodes"), "{progress}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_node_the_server_does_not_know_is_an_error_not_an_empty_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let ua = server(
+        dir.path(),
+        ServerOptions::new(dir.path().join("server")).variable("A", 1i32),
+    )
+    .await;
+    let mut a = args(ua.endpoint(), dir.path().join("pki"));
+    a.node = firmware_config::UaNodeId::parse("ns=2;s=Nowhere");
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    let error = tokio::time::timeout(Duration::from_secs(60), run(&a, &mut out, &mut progress))
+        .await
+        .expect("browsing ends")
+        .expect_err("an unknown start node fails");
+    assert!(
+        format!("{error:#}").contains("has no node ns=2;s=Nowhere"),
+        "{error:#}"
+    );
+    // Started below the folder, only its variables are listed.
+    a.node = firmware_config::UaNodeId::parse("ns=2;s=Causeway");
+    let (tree, _) = browse(&a).await;
+    assert_eq!(tree, "ns=2;s=Causeway\n  A  ns=2;s=A  Int32\n");
+}

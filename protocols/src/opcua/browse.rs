@@ -10,7 +10,7 @@ use opcua::{
     types::{
         AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, ByteString, DataTypeId,
         NodeClass, NodeClassMask, NodeId, ObjectId, ReadValueId, ReferenceTypeId, StatusCode,
-        TimestampsToReturn, Variant,
+        TimestampsToReturn, VariableId, Variant,
     },
 };
 
@@ -49,40 +49,99 @@ pub struct BrowseOptions {
     pub max_nodes: usize,
 }
 
-/// The tree below `options.start`, in breadth-first order (sort by path to print a tree).
-/// `progress` is called with the count found so far after each request. The server's Server
-/// object (diagnostics, hundreds of nodes) is skipped unless it is the start.
+/// What a browse found.
+#[derive(Debug, Default)]
+pub struct Browsed {
+    /// The nodes, breadth-first (sort by path to print a tree).
+    pub found: Vec<Found>,
+    /// `max_nodes` was reached.
+    pub truncated: bool,
+    /// Nodes whose children the server would not list, and why.
+    pub failures: Vec<(NodeId, StatusCode)>,
+}
+
+/// Statuses that mean the session, not a node, failed: the browse stops.
+fn fatal(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BadTimeout
+            | StatusCode::BadConnectionClosed
+            | StatusCode::BadNotConnected
+            | StatusCode::BadSessionClosed
+            | StatusCode::BadSessionIdInvalid
+            | StatusCode::BadSecureChannelClosed
+            | StatusCode::BadCommunicationError
+            | StatusCode::BadServerHalted
+    )
+}
+
+/// The tree below `options.start`. `progress` is called with the count found so far after
+/// each request. The server's Server object (diagnostics, hundreds of nodes) is skipped unless
+/// it is the start. A start node the server does not know is an error; a node deeper down whose
+/// children cannot be listed is recorded in [`Browsed::failures`] and the browse goes on.
 pub async fn browse(
     session: &Session,
     options: &BrowseOptions,
     mut progress: impl FnMut(usize),
-) -> Result<(Vec<Found>, bool), StatusCode> {
-    let mut found: Vec<Found> = Vec::new();
+) -> Result<Browsed, StatusCode> {
+    let (per_browse, per_read) = limits(session).await;
+    // Some servers list no children for a node they do not have: ask for the start itself.
+    let start = session
+        .read(
+            &[ReadValueId {
+                node_id: options.start.clone(),
+                attribute_id: AttributeId::NodeClass as u32,
+                ..ReadValueId::default()
+            }],
+            TimestampsToReturn::Neither,
+            0.0,
+        )
+        .await?;
+    if let Some(status) = start
+        .first()
+        .and_then(|dv| dv.status)
+        .filter(|s| s.is_bad())
+    {
+        return Err(status);
+    }
+    let mut out = Browsed::default();
     let mut seen: HashSet<NodeId> = HashSet::from([options.start.clone()]);
     let server = NodeId::from(ObjectId::Server);
     let mut level: Vec<(NodeId, Vec<String>)> = vec![(options.start.clone(), Vec::new())];
-    let mut truncated = false;
     for depth in 1..=options.depth {
         if level.is_empty() {
             break;
         }
         let chunks: Vec<Vec<(NodeId, Vec<String>)>> =
-            level.chunks(PER_BROWSE).map(<[_]>::to_vec).collect();
+            level.chunks(per_browse).map(<[_]>::to_vec).collect();
+        let budget = options.max_nodes.saturating_sub(out.found.len());
         let mut results = stream::iter(chunks)
             .map(|chunk| async move {
-                let children = children(session, &chunk).await;
+                let children = children(session, &chunk, budget).await;
                 (chunk, children)
             })
             .buffered(CONCURRENCY);
         let mut next = Vec::new();
-        while let Some((_, children)) = results.next().await {
-            for (parent_path, reference) in children? {
+        while let Some((chunk, children)) = results.next().await {
+            let (children, failures) = match children {
+                Ok(c) => c,
+                Err(status) if fatal(status) || depth == 1 => return Err(status),
+                Err(status) => (
+                    Vec::new(),
+                    chunk.iter().map(|(n, _)| (n.clone(), status)).collect(),
+                ),
+            };
+            if let (1, Some((_, status))) = (depth, failures.first()) {
+                return Err(*status);
+            }
+            out.failures.extend(failures);
+            for (parent_path, reference) in children {
                 let Some(node) = reference.0 else { continue };
                 if node == server && options.start != server || !seen.insert(node.clone()) {
                     continue;
                 }
-                if found.len() >= options.max_nodes {
-                    truncated = true;
+                if out.found.len() >= options.max_nodes {
+                    out.truncated = true;
                     break;
                 }
                 let mut path = parent_path.clone();
@@ -90,7 +149,7 @@ pub async fn browse(
                 if reference.2 == NodeClass::Object || reference.2 == NodeClass::Variable {
                     next.push((node.clone(), path.clone()));
                 }
-                found.push(Found {
+                out.found.push(Found {
                     depth,
                     node,
                     path,
@@ -98,27 +157,62 @@ pub async fn browse(
                     data_type: None,
                 });
             }
-            progress(found.len());
-            if truncated {
+            progress(out.found.len());
+            if out.truncated {
                 break;
             }
         }
-        if truncated {
+        if out.truncated {
             break;
         }
         level = next;
     }
-    data_types(session, &mut found).await?;
-    Ok((found, truncated))
+    data_types(session, &mut out.found, per_read).await?;
+    Ok(out)
+}
+
+/// The server's MaxNodesPerBrowse and MaxNodesPerRead, capped at ours.
+async fn limits(session: &Session) -> (usize, usize) {
+    let ids = [
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    ];
+    let read: Vec<ReadValueId> = ids
+        .iter()
+        .map(|id| ReadValueId {
+            node_id: NodeId::from(id),
+            attribute_id: AttributeId::Value as u32,
+            ..ReadValueId::default()
+        })
+        .collect();
+    let values = session
+        .read(&read, TimestampsToReturn::Neither, 0.0)
+        .await
+        .unwrap_or_default();
+    let limit = |i: usize, cap: usize| {
+        values
+            .get(i)
+            .and_then(|v| v.value.as_ref())
+            .and_then(|v| convert::value(v).ok())
+            .and_then(|v| v.as_u64())
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map_or(cap, |n| n.min(cap))
+    };
+    (limit(0, PER_BROWSE), limit(1, MAX_PER_CALL))
 }
 
 type Child = (Option<NodeId>, String, NodeClass);
+type Children = (Vec<(Vec<String>, Child)>, Vec<(NodeId, StatusCode)>);
 
-/// The children of each node of `chunk`, with their parents' paths.
+/// The children of each node of `chunk`, with their parents' paths, and the nodes the server
+/// would not list. Continuation points are followed until `budget` children are in hand, then
+/// released.
 async fn children(
     session: &Session,
     chunk: &[(NodeId, Vec<String>)],
-) -> Result<Vec<(Vec<String>, Child)>, StatusCode> {
+    budget: usize,
+) -> Result<Children, StatusCode> {
     let descriptions: Vec<BrowseDescription> = chunk
         .iter()
         .map(|(node, _)| BrowseDescription {
@@ -131,10 +225,17 @@ async fn children(
         })
         .collect();
     let mut out = Vec::new();
+    let mut failures = Vec::new();
     let results = session.browse(&descriptions, 1_000, None).await?;
     let mut pending: Vec<(usize, ByteString)> = Vec::new();
     for (i, result) in results.into_iter().enumerate() {
-        let Some((_, path)) = chunk.get(i) else { break };
+        let Some((node, path)) = chunk.get(i) else {
+            break;
+        };
+        if result.status_code.is_bad() {
+            failures.push((node.clone(), result.status_code));
+            continue;
+        }
         for r in result.references.into_iter().flatten() {
             out.push((path.clone(), child(&r)));
         }
@@ -146,7 +247,7 @@ async fn children(
     while !pending.is_empty() {
         rounds += 1;
         let points: Vec<ByteString> = pending.iter().map(|(_, p)| p.clone()).collect();
-        if rounds > MAX_CONTINUATIONS {
+        if rounds > MAX_CONTINUATIONS || out.len() >= budget {
             let _ = session.browse_next(true, &points).await;
             break;
         }
@@ -168,7 +269,7 @@ async fn children(
         }
         pending = still;
     }
-    Ok(out)
+    Ok((out, failures))
 }
 
 fn child(r: &opcua::types::ReferenceDescription) -> Child {
@@ -179,11 +280,15 @@ fn child(r: &opcua::types::ReferenceDescription) -> Child {
 }
 
 /// Reads the DataType attribute of every variable.
-async fn data_types(session: &Session, found: &mut [Found]) -> Result<(), StatusCode> {
+async fn data_types(
+    session: &Session,
+    found: &mut [Found],
+    per_read: usize,
+) -> Result<(), StatusCode> {
     let variables: Vec<usize> = (0..found.len())
         .filter(|&i| found[i].class == NodeClass::Variable)
         .collect();
-    for chunk in variables.chunks(MAX_PER_CALL) {
+    for chunk in variables.chunks(per_read.max(1)) {
         let read: Vec<ReadValueId> = chunk
             .iter()
             .map(|&i| ReadValueId {
