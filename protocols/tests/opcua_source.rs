@@ -701,3 +701,45 @@ async fn items_beyond_the_servers_subscription_limits_are_bad_and_the_rest_stay_
         .await;
     source.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509_user_logs_in_and_a_deadband_is_applied_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (user_cert, user_key) = (dir.path().join("user.der"), dir.path().join("user.pem"));
+    let mut data = opcua::crypto::X509Data::sample_cert();
+    data.common_name = "line3-gateway".into();
+    opcua::crypto::CertificateStore::create_certificate_and_key(&data, true, &user_cert, &user_key)
+        .unwrap();
+    let mut options = ServerOptions::new(dir.path().join("server")).variable("Force", 10.0f64);
+    options.insecure = false;
+    options.anonymous = false;
+    options.policies = vec![opcua::crypto::SecurityPolicy::Basic256Sha256];
+    options.x509_users = vec![("line3".into(), user_cert.clone())];
+    let server = UaServer::start(&options, listener().await).unwrap();
+    let pki = dir.path().join("pki");
+    // Trusted ahead of time: a copy in trusted/ under the name the store gives it.
+    let der = std::fs::read(server.certificate()).unwrap();
+    let name = opcua::crypto::CertificateStore::cert_file_name(
+        &opcua::crypto::X509::from_der(&der).unwrap(),
+    );
+    std::fs::create_dir_all(pki.join("trusted")).unwrap();
+    std::fs::write(pki.join("trusted").join(name), der).unwrap();
+
+    let mut cfg = config(server.endpoint(), &server, &[("Force", None)]);
+    cfg.policy = UaPolicy::Basic256Sha256;
+    cfg.mode = UaMode::Sign;
+    cfg.identity = UaIdentity::X509 {
+        certificate: user_cert,
+        key: user_key,
+    };
+    cfg.tags[0].deadband = Some(firmware_config::Deadband::Absolute(5.0));
+    let mut source = run(cfg, &pki);
+    source.until(is("ua.Force", Value::F64(10.0))).await;
+    // Within the deadband: not reported. Beyond it: reported.
+    server.set("Force", 12.0f64);
+    server.set("Force", 14.0f64);
+    server.set("Force", 20.0f64);
+    let next = source.until(|s| &*s.tag == "ua.Force").await;
+    assert_eq!(next.value, Some(Value::F64(20.0)), "{next:?}");
+    source.stop().await;
+}

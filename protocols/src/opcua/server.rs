@@ -35,6 +35,8 @@ pub struct ServerOptions {
     pub anonymous: bool,
     /// User names and passwords accepted.
     pub users: Vec<(String, String)>,
+    /// User certificates (DER) accepted as X.509 identities, by user name.
+    pub x509_users: Vec<(String, PathBuf)>,
     /// Client certificates are trusted without being placed in trusted/.
     pub trust_clients: bool,
     /// OperationLimits: MaxNodesPerRead (0: the server's default).
@@ -58,6 +60,7 @@ impl ServerOptions {
             insecure: true,
             anonymous: true,
             users: Vec::new(),
+            x509_users: Vec::new(),
             trust_clients: true,
             max_nodes_per_read: 0,
             max_monitored_items_per_call: 0,
@@ -124,6 +127,11 @@ impl UaServer {
                 &id,
                 ServerUserToken::user_pass(user.as_str(), pass.as_str()),
             );
+            tokens.push(id);
+        }
+        for (i, (user, cert)) in options.x509_users.iter().enumerate() {
+            let id = format!("x509user{i}");
+            builder = builder.add_user_token(&id, ServerUserToken::x509(user.as_str(), cert));
             tokens.push(id);
         }
         let ids: Vec<&str> = tokens.iter().map(String::as_str).collect();
