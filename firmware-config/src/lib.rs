@@ -85,14 +85,39 @@ pub fn load(name: &str, text: &str) -> Result<ValidatedConfig, Report> {
             return Err(Report::new(name, text, vec![problem]));
         }
     };
+    // Diagnostics print the lines around what they point at: secrets written inline are
+    // masked in the text they are rendered from, whichever problem's context shows them.
+    let shown = redact(text, &raw.secret_spans(text));
     let (config, problems) = validate::validate(raw);
     match config {
         Some(config) => Ok(ValidatedConfig {
             config,
-            warnings: Report::new(name, text, problems),
+            warnings: Report::new(name, &shown, problems),
         }),
-        None => Err(Report::new(name, text, problems)),
+        None => Err(Report::new(name, &shown, problems)),
     }
+}
+
+/// `text` with every byte in `spans` but a string's quotes replaced by `*` (same length, so every
+/// other span still points where it did).
+fn redact(text: &str, spans: &[std::ops::Range<usize>]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for span in spans {
+        let Some(slice) = bytes.get_mut(span.clone()) else {
+            continue;
+        };
+        let quoted = slice.len() >= 2
+            && matches!(slice.first(), Some(b'"' | b'\''))
+            && slice.first() == slice.last();
+        let inner = if quoted {
+            let n = slice.len();
+            &mut slice[1..n - 1]
+        } else {
+            slice
+        };
+        inner.iter_mut().for_each(|b| *b = b'*');
+    }
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_owned())
 }
 
 #[cfg(test)]

@@ -236,6 +236,53 @@ pub struct RawAuth {
     pub password: Option<Spanned<String>>,
 }
 
+impl RawConfig {
+    /// Where `text` holds a secret written inline: a source's `password`, an https sink's
+    /// `auth.bearer`, `auth.token` or `auth.password`, the password of a URL or endpoint.
+    pub(crate) fn secret_spans(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let mut spans = Vec::new();
+        let userinfo = |url: &Spanned<String>, spans: &mut Vec<std::ops::Range<usize>>| {
+            let span = url.span();
+            let Some(literal) = text.get(span.clone()) else {
+                return;
+            };
+            // scheme://user:password@host: mask the password.
+            if let Some(start) = literal.find("://").map(|i| i + 3) {
+                let authority_end = literal[start..]
+                    .find(['/', '"', '\''])
+                    .map_or(literal.len(), |i| start + i);
+                let authority = &literal[start..authority_end];
+                if let Some(at) = authority.rfind('@')
+                    && let Some(colon) = authority[..at].find(':')
+                {
+                    spans.push(span.start + start + colon + 1..span.start + start + at);
+                }
+            }
+        };
+        for source in &self.sources {
+            spans.extend(source.password.as_ref().map(Spanned::span));
+            if let Some(endpoint) = &source.endpoint {
+                userinfo(endpoint, &mut spans);
+            }
+        }
+        for sink in &self.sinks {
+            if let Some(auth) = &sink.auth {
+                let auth = auth.get_ref();
+                for secret in [&auth.bearer, &auth.token, &auth.password]
+                    .into_iter()
+                    .flatten()
+                {
+                    spans.push(secret.span());
+                }
+            }
+            if let Some(url) = &sink.url {
+                userinfo(url, &mut spans);
+            }
+        }
+        spans
+    }
+}
+
 /// A kind-specific field of a raw section that is set, and where.
 pub(crate) type SetField = (&'static str, std::ops::Range<usize>);
 

@@ -219,6 +219,18 @@ fn inline_secrets_are_refused_without_being_echoed() {
     assert!(!rendered(&in_url).contains("me:pw"));
     let ua = UA.replace("password_env = \"UA_PASSWORD\"", "password = \"hunter2\"");
     assert!(!rendered(&ua).contains("hunter2"));
+    // Nor as a context line of another problem: the text is masked before rendering.
+    let next_to = UA
+        .replace("password_env = \"UA_PASSWORD\"\n", "")
+        .replace("name = \"ua\"\n", "name = \"ua\"\npassword = \"hunter2\"\n")
+        .replace("queue_size = 5", "queue_size = 0");
+    let shown = rendered(&next_to);
+    assert!(
+        shown.contains("password = \"*******\"") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    let endpoint = UA.replace("opc.tcp://127.0.0.1", "opc.tcp://me:pw1234@127.0.0.1");
+    assert!(!rendered(&endpoint).contains("pw1234"));
 }
 
 #[test]

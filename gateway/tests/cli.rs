@@ -65,6 +65,7 @@ fn a_bad_config_gets_every_problem_rendered_with_location_and_hint_and_exit_78()
     );
     assert!(rendered.contains("[tests/snapshots/bad.toml:15:9]"));
     assert!(rendered.contains("6 errors, 0 warnings"));
+    assert!(!rendered.contains("s3cr3t"), "the inline token is masked");
 }
 
 #[test]

@@ -680,21 +680,77 @@ fn check_identity(
     })
 }
 
-/// Logs a warning when `cert` expires within [`EXPIRY_WARNING`], an error once it has.
-pub fn warn_expiry(cert: &X509, what: &str) {
-    let Ok(not_after) = cert.not_after() else {
-        return;
-    };
-    let Ok(left) = u64::try_from(not_after.timestamp()) else {
-        return;
-    };
-    let now = SystemTime::now()
+/// How soon a certificate expires, as it is logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// Already expired: logged as an error.
+    Expired(String),
+    /// Within [`EXPIRY_WARNING`]: logged as a warning.
+    Soon(String),
+}
+
+/// Whether `cert`, called `what`, has expired or expires within [`EXPIRY_WARNING`] of `now`.
+pub fn expiry(cert: &X509, what: &str, now: SystemTime) -> Option<Expiry> {
+    let not_after = cert.not_after().ok()?;
+    let left = u64::try_from(not_after.timestamp()).ok()?;
+    let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     if left <= now {
-        tracing::error!(expired = %not_after, "{what} has expired; renew it (for Causeway's own: delete own/cert.der and private/private.pem, restart, and trust the new one on the server).");
+        Some(Expiry::Expired(format!(
+            "{what} expired on {not_after}; renew it (for Causeway's own: delete own/cert.der and private/private.pem, restart, and trust the new one on the server)"
+        )))
     } else if Duration::from_secs(left - now) <= EXPIRY_WARNING {
-        tracing::warn!(expires = %not_after, days_left = (left - now) / 86_400, "{what} expires soon; renew it before then.");
+        Some(Expiry::Soon(format!(
+            "{what} expires on {not_after}, in {} days; renew it before then",
+            (left - now) / 86_400
+        )))
+    } else {
+        None
+    }
+}
+
+/// Logs [`expiry`]: a warning 30 days ahead, an error once expired.
+pub fn warn_expiry(cert: &X509, what: &str) {
+    match expiry(cert, what, SystemTime::now()) {
+        Some(Expiry::Expired(text)) => tracing::error!("{text}"),
+        Some(Expiry::Soon(text)) => tracing::warn!("{text}"),
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(days: u32) -> X509 {
+        let mut data = opcua::crypto::X509Data::sample_cert();
+        data.certificate_duration_days = days;
+        X509::cert_and_pkey(&data).expect("a certificate").0
+    }
+
+    #[test]
+    fn expiry_is_warned_thirty_days_ahead_and_an_error_after() {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(expiry(&cert(365), "ours", now), None);
+        let Some(Expiry::Soon(text)) = expiry(&cert(20), "ours", now) else {
+            panic!("a warning for a certificate with 20 days left")
+        };
+        assert!(
+            text.contains("ours expires on") && text.contains("in 19 days")
+                || text.contains("in 20 days"),
+            "{text}"
+        );
+        assert_eq!(expiry(&cert(365), "ours", now + 300 * day), None);
+        assert!(matches!(
+            expiry(&cert(365), "ours", now + 340 * day),
+            Some(Expiry::Soon(_))
+        ));
+        let Some(Expiry::Expired(text)) = expiry(&cert(365), "ours", now + 366 * day) else {
+            panic!("an error for an expired certificate")
+        };
+        assert!(text.contains("delete own/cert.der"), "{text}");
     }
 }
