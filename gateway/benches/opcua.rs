@@ -65,13 +65,26 @@ fn serve() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = UaServer::start(&options, listener).unwrap();
         println!("{} {}", server.endpoint(), server.node("V0"));
+        let names: Vec<String> = (0..n).map(|i| format!("V{i}")).collect();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut k = 0i32;
+        let started = Instant::now();
+        let mut changes = 0u64;
         loop {
             tick.tick().await;
             k = k.wrapping_add(1);
-            for i in 0..n {
-                server.set(&format!("V{i}"), k.wrapping_add(i as i32));
+            server.set_many(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.clone(), k.wrapping_add(i as i32).into())),
+            );
+            changes += n as u64;
+            if k % 50 == 0 {
+                eprintln!(
+                    "opcua server: {:.0} changes/s",
+                    changes as f64 / started.elapsed().as_secs_f64()
+                );
             }
         }
     });
@@ -112,7 +125,7 @@ fn main() {
         })
         .collect();
     let config = format!(
-        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n[[source]]\nname = \"ua\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"100ms\"\nsampling_interval = \"100ms\"\nqueue_size = 1\ntags = [\n{}\n]\n\n{}\n[[sink]]\nname = \"qms\"\nkind = \"file\"\npath = \"quality.jsonl\"\nroutes = [\"quality.*\"]\n",
+        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n[[source]]\nname = \"ua\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"100ms\"\nsampling_interval = \"100ms\"\ntags = [\n{}\n]\n\n{}\n[[sink]]\nname = \"qms\"\nkind = \"file\"\npath = \"quality.jsonl\"\nroutes = [\"quality.*\"]\n",
         tags.join("\n"),
         rules.join("\n")
     );

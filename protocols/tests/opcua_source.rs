@@ -566,10 +566,27 @@ async fn a_pulse_shorter_than_the_publishing_interval_is_seen_whole() {
         .unwrap()
         .unwrap();
     assert_eq!(first.samples.len(), 2, "{first:?}");
-    // Force, then a pulse of Done, all within one publishing interval.
-    server.set("Force", 2.0f64);
-    server.set("Done", true);
-    server.set("Done", false);
+    // Force, then a pulse of Done, all within one publishing interval, stamped 1 ms apart as a
+    // PLC would stamp them. The publish lists them item by item (Done's queue, then Force).
+    let base = opcua::types::DateTime::now().ticks();
+    // DateTime ticks are 100 ns.
+    let at = |ms: i64| opcua::types::DateTime::from(base + ms * 10_000);
+    for (name, value, ms) in [
+        ("Force", opcua::types::Variant::from(2.0f64), 1),
+        ("Done", true.into(), 2),
+        ("Done", false.into(), 3),
+    ] {
+        server.set_value(
+            name,
+            opcua::types::DataValue {
+                value: Some(value),
+                status: Some(opcua::types::StatusCode::Good),
+                source_timestamp: Some(at(ms)),
+                server_timestamp: Some(at(ms)),
+                ..Default::default()
+            },
+        );
+    }
     let mut batches: Vec<SampleBatch> = Vec::new();
     while batches.iter().map(|b| b.samples.len()).sum::<usize>() < 3 {
         batches.push(
@@ -588,7 +605,8 @@ async fn a_pulse_shorter_than_the_publishing_interval_is_seen_whole() {
                 .collect()
         })
         .collect();
-    // One publish, two snapshots: the rising edge with its force, then the falling edge.
+    // One publish, two snapshots in time order: the force with the rising edge, then the
+    // falling edge.
     assert_eq!(
         shown,
         vec![vec!["ua.Force=2", "ua.Done=true"], vec!["ua.Done=false"]]

@@ -254,6 +254,18 @@ impl UaServer {
         }
     }
 
+    /// Writes many variables at once (one lock), each Good and stamped now.
+    pub fn set_many(&self, values: impl IntoIterator<Item = (String, Variant)>) {
+        let values: Vec<(NodeId, DataValue)> = values
+            .into_iter()
+            .map(|(name, v)| (NodeId::new(self.namespace, name), DataValue::new_now(v)))
+            .collect();
+        let refs = values.iter().map(|(id, dv)| (id, None, dv.clone()));
+        if let Err(e) = self.manager.set_values(self.handle.subscriptions(), refs) {
+            tracing::warn!(error = %e, "The simulator could not set its values.");
+        }
+    }
+
     /// Stops the server; its sessions end.
     pub fn stop(&self) {
         self.handle.cancel();

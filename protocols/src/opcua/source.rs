@@ -742,6 +742,16 @@ fn filter(deadband: Option<Deadband>) -> ExtensionObject {
     })
 }
 
+/// One publish's values in the order they were taken. A publish lists its values item by item,
+/// not in time: a force written before a trigger may come after it. When every value carries a
+/// SourceTimestamp they are sorted by it (stably: values stamped alike keep their order, and one
+/// item's queue is already in time order); otherwise they are left as they came.
+fn in_time_order(samples: &mut [(usize, Sample)]) {
+    if samples.iter().all(|(_, s)| s.source_time.is_some()) {
+        samples.sort_by_key(|(_, s)| s.source_time);
+    }
+}
+
 /// `samples` in arrival order, cut into batches in which each tag appears at most once. A
 /// subscription delivers every queued value of an item (a pulse shorter than the publishing
 /// interval arrives as true then false); rules read a batch as one snapshot, where a tag's last
@@ -870,9 +880,9 @@ impl OnSubscriptionNotificationCore for Callback {
         }
         shared.alive.store(true, Ordering::Relaxed);
         let now = SystemTime::now();
+        let mut arrived: Vec<(usize, Sample)> = Vec::new();
         for object in notification.notification_data.into_iter().flatten() {
             if let Some(change) = object.inner_as::<DataChangeNotification>() {
-                let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
                 for item in change.monitored_items.iter().flatten() {
                     let Some(i) = usize::try_from(item.client_handle)
                         .ok()
@@ -889,15 +899,22 @@ impl OnSubscriptionNotificationCore for Callback {
                     if let Some(status) = item.value.status.filter(|s| s.is_bad()) {
                         sample.quality = Quality::Bad((shared.explain)(i, status));
                     }
-                    pending.push(i, sample);
-                }
-                if pending.samples.len() >= HIGH_WATER {
-                    shared.over.notify_one();
+                    arrived.push((i, sample));
                 }
             } else if let Some(change) = object.inner_as::<StatusChangeNotification>()
                 && change.status.is_bad()
             {
                 *shared.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(change.status);
+            }
+        }
+        in_time_order(&mut arrived);
+        if !arrived.is_empty() {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, sample) in arrived {
+                pending.push(i, sample);
+            }
+            if pending.samples.len() >= HIGH_WATER {
+                shared.over.notify_one();
             }
         }
         shared.notify.notify_one();
@@ -907,6 +924,30 @@ impl OnSubscriptionNotificationCore for Callback {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publish_is_put_in_source_time_order_when_every_value_has_one() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let s = |tag: &str, ms: Option<u64>| {
+            let mut s = Sample::good(TagId::from(tag), crate::model::Value::Bool(true), t0);
+            s.source_time = ms.map(|ms| t0 + Duration::from_millis(ms));
+            s
+        };
+        // Item order: the trigger's queue (two values), then the force written first.
+        let mut publish = vec![
+            (1, s("done", Some(2))),
+            (1, s("done", Some(3))),
+            (0, s("force", Some(1))),
+            (2, s("same", Some(3))),
+        ];
+        in_time_order(&mut publish);
+        let order: Vec<&str> = publish.iter().map(|(_, s)| &*s.tag).collect();
+        assert_eq!(order, ["force", "done", "done", "same"]);
+        // One value without a timestamp: nothing to order by, arrival order kept.
+        let mut mixed = vec![(1, s("done", Some(2))), (0, s("force", None))];
+        in_time_order(&mut mixed);
+        assert_eq!(&*mixed[0].1.tag, "done");
+    }
 
     #[test]
     fn queued_values_of_one_tag_go_in_successive_batches_in_order() {
