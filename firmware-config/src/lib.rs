@@ -82,7 +82,8 @@ pub fn load(name: &str, text: &str) -> Result<ValidatedConfig, Report> {
                     "`{field}` is not a setting here; check its spelling against docs/configuration.md"
                 ));
             }
-            return Err(Report::new(name, text, vec![problem]));
+            // The text could not be parsed, so secrets are found by their keys.
+            return Err(Report::new(name, &mask_secret_values(text), vec![problem]));
         }
     };
     // Diagnostics print the lines around what they point at: secrets written inline are
@@ -96,6 +97,58 @@ pub fn load(name: &str, text: &str) -> Result<ValidatedConfig, Report> {
         }),
         None => Err(Report::new(name, &shown, problems)),
     }
+}
+
+/// `url` with the password of its `user:password@` part masked, for messages.
+pub(crate) fn mask_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}{}",
+                &url[..start + colon + 1],
+                "*".repeat(at - colon - 1),
+                &url[start + at..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `text` with the values of `password`, `bearer` and `token` keys masked, found textually (for
+/// text that does not parse). Byte lengths are kept.
+fn mask_secret_values(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for key in ["password", "bearer", "token"] {
+        let mut from = 0;
+        while let Some(found) = text[from..].find(key) {
+            let at = from + found;
+            from = at + key.len();
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+                continue;
+            }
+            let rest = &text[from..];
+            let spaces = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+            if !rest[spaces..].starts_with('=') {
+                continue;
+            }
+            let value_start = from + spaces + 1;
+            let value = &text[value_start..];
+            let value_end = value_start + value.find(['\n', ',', '}']).unwrap_or(value.len());
+            for b in &mut bytes[value_start..value_end] {
+                if !matches!(*b, b' ' | b'\t' | b'"' | b'\'' | b'\r') {
+                    *b = b'*';
+                }
+            }
+        }
+    }
+    String::from_utf8(bytes).unwrap_or_else(|_| "*".repeat(text.len()))
 }
 
 /// `text` with every byte in `spans` but a string's quotes replaced by `*` (same length, so every
@@ -117,7 +170,9 @@ fn redact(text: &str, spans: &[std::ops::Range<usize>]) -> String {
         };
         inner.iter_mut().for_each(|b| *b = b'*');
     }
-    String::from_utf8(bytes).unwrap_or_else(|_| text.to_owned())
+    // Only ASCII bytes are written, so this holds; if it ever did not, show nothing rather
+    // than the secret.
+    String::from_utf8(bytes).unwrap_or_else(|_| "*".repeat(text.len()))
 }
 
 #[cfg(test)]

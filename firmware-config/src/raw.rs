@@ -78,7 +78,7 @@ pub struct RawSource {
     pub security_mode: Option<Spanned<String>>,
     /// opcua: user name of a username/password identity.
     pub username: Option<Spanned<String>>,
-    /// opcua: file holding the password (surrounding whitespace trimmed).
+    /// opcua: file holding the password (one trailing line break dropped).
     pub password_file: Option<Spanned<String>>,
     /// opcua: environment variable holding the password.
     pub password_env: Option<Spanned<String>>,

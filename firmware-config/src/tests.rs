@@ -231,6 +231,22 @@ fn inline_secrets_are_refused_without_being_echoed() {
     );
     let endpoint = UA.replace("opc.tcp://127.0.0.1", "opc.tcp://me:pw1234@127.0.0.1");
     assert!(!rendered(&endpoint).contains("pw1234"));
+    // Nor in a message that quotes the URL.
+    let scheme = GOOD.replace("https://erp.example.com", "ftp://me:pw1234@erp.example.com");
+    let shown = rendered(&scheme);
+    assert!(
+        shown.contains("ftp://me:******@erp.example.com") && !shown.contains("pw1234"),
+        "{shown}"
+    );
+    // Nor when the file does not parse at all.
+    let broken = UA.replace(
+        "password_env = \"UA_PASSWORD\"",
+        "password = \"hunter2\nbroken = [",
+    );
+    let shown = rendered(&broken);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let unquoted = UA.replace("password_env = \"UA_PASSWORD\"", "password = hunter2");
+    assert!(!rendered(&unquoted).contains("hunter2"));
 }
 
 #[test]

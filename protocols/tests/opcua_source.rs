@@ -761,3 +761,77 @@ async fn an_x509_user_logs_in_and_a_deadband_is_applied_by_the_server() {
     assert_eq!(next.value, Some(Value::F64(20.0)), "{next:?}");
     source.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_stops_taking_loses_no_value_within_the_bound() {
+    const N: usize = 5_000;
+    const ROUNDS: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServerOptions::new(dir.path().join("server"));
+    for i in 0..N {
+        options = options.variable(format!("N{i}"), 0u32);
+    }
+    let server = UaServer::start(&options, listener().await).unwrap();
+    let names: Vec<String> = (0..N).map(|i| format!("N{i}")).collect();
+    let tags: Vec<(&str, Option<UaType>)> = names.iter().map(|n| (n.as_str(), None)).collect();
+    // A channel of one batch: the pipeline is "full" as soon as nobody reads.
+    let (tx, rx) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(
+        OpcUaSource::new(
+            config(server.endpoint(), &server, &tags),
+            dir.path().join("pki"),
+        )
+        .run(tx, cancel.clone()),
+    );
+    let mut source = Running {
+        rx,
+        backlog: Default::default(),
+        cancel,
+        task,
+    };
+    let last = format!("ua.N{}", N - 1);
+    source.until(|s| *s.tag == *last).await;
+    // Nobody reads while 100,000 changes are made: they wait in the source (under its bound of
+    // 131,072 samples), acknowledged to the server. The changes come slower than the server
+    // publishes (1,000 per publish every 100 ms), so its item queues never overflow and any
+    // skipped value would be the source's loss.
+    for round in 1..=ROUNDS {
+        server.set_many(names.iter().map(|n| (n.clone(), round.into())));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Then it drains: every value of every tag arrives, in order.
+    let mut next: std::collections::HashMap<String, u64> = Default::default();
+    let mut complete = 0;
+    source
+        .until(|s| {
+            assert!(s.quality.is_good(), "{s:?}");
+            let Some(Value::U64(v)) = s.value else {
+                return false;
+            };
+            let expected = next.entry(s.tag.to_string()).or_insert(1);
+            if v == 0 {
+                return false;
+            }
+            assert_eq!(v, *expected, "{} skipped a value", s.tag);
+            *expected += 1;
+            if v == u64::from(ROUNDS) {
+                complete += 1;
+            }
+            complete == N
+        })
+        .await;
+    // And the subscription goes on.
+    server.set_many(names.iter().map(|n| (n.clone(), 1_000u32.into())));
+    let mut again = std::collections::HashSet::new();
+    source
+        .until(|s| {
+            if s.value == Some(Value::U64(1_000)) {
+                again.insert(s.tag.clone());
+            }
+            again.len() == N
+        })
+        .await;
+    source.stop().await;
+}

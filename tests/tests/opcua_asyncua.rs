@@ -100,7 +100,14 @@ async fn until(config: OpcUaConfig, pki: &Path, mut done: impl FnMut(&Sample) ->
     let found = tokio::time::timeout(LIMIT, async {
         loop {
             let batch = rx.recv().await.expect("the source runs");
-            if let Some(s) = batch.samples.into_iter().find(|s| done(s)) {
+            // `done` sees every sample of the batch (it may record them), in order.
+            let mut hit = None;
+            for s in batch.samples {
+                if done(&s) && hit.is_none() {
+                    hit = Some(s);
+                }
+            }
+            if let Some(s) = hit {
                 return s;
             }
         }
@@ -150,11 +157,15 @@ async fn basic256sha256_sign_and_encrypt_with_a_user_on_asyncua() {
     )
     .unwrap();
     let mut seen = std::collections::HashMap::new();
+    let mut first_parts = None;
     until(config(&peer, &password), &pki, |s| {
         assert!(!matches!(s.quality, Quality::Bad(_)), "{s:?}");
         seen.insert(s.tag.to_string(), s.value.clone());
-        // The counter advances under the subscription.
-        matches!(s.value, Some(Value::U64(n)) if &*s.tag == "py.Parts" && n >= 3)
+        // The counter advances under the subscription: two increments past its first value.
+        match (&*s.tag, &s.value) {
+            ("py.Parts", Some(Value::U64(n))) => *first_parts.get_or_insert(*n) + 2 <= *n,
+            _ => false,
+        }
     })
     .await;
     assert_eq!(seen["py.Force"], Some(Value::F64(47.5)));

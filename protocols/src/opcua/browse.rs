@@ -72,6 +72,10 @@ fn fatal(status: StatusCode) -> bool {
             | StatusCode::BadSecureChannelClosed
             | StatusCode::BadCommunicationError
             | StatusCode::BadServerHalted
+            | StatusCode::BadSecureChannelIdInvalid
+            | StatusCode::BadSessionNotActivated
+            | StatusCode::BadRequestInterrupted
+            | StatusCode::BadShutdown
     )
 }
 
@@ -258,13 +262,29 @@ async fn children(
                 return Err(status);
             }
         };
+        let answered = results.len();
         let mut still = Vec::new();
         for ((i, _), result) in pending.iter().zip(results) {
+            if result.status_code.is_bad() {
+                // An expired or invalid continuation point: the rest of this node's children
+                // are missing, and said so.
+                failures.push((chunk[*i].0.clone(), result.status_code));
+                continue;
+            }
             for r in result.references.into_iter().flatten() {
                 out.push((chunk[*i].1.clone(), child(&r)));
             }
             if !result.continuation_point.is_null() {
                 still.push((*i, result.continuation_point));
+            }
+        }
+        if answered < pending.len() {
+            // Points the server did not answer for: released, and their nodes reported.
+            let unanswered: Vec<ByteString> =
+                pending[answered..].iter().map(|(_, p)| p.clone()).collect();
+            let _ = session.browse_next(true, &unanswered).await;
+            for (i, _) in &pending[answered..] {
+                failures.push((chunk[*i].0.clone(), StatusCode::BadNoContinuationPoints));
             }
         }
         pending = still;

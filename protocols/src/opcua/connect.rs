@@ -172,6 +172,9 @@ pub struct Connector {
     config: Arc<OpcUaConfig>,
     pki_dir: PathBuf,
     client: Client,
+    /// The server certificate an earlier attempt left in rejected/: later attempts are refused
+    /// by the library without writing it again.
+    rejected: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -297,6 +300,7 @@ impl Connector {
             config,
             pki_dir,
             client,
+            rejected: None,
         })
     }
 
@@ -402,7 +406,7 @@ impl Connector {
     /// about the server's certificate (checked here) or ours (refused by the server): the
     /// server's is checked locally to tell which.
     fn explain(
-        &self,
+        &mut self,
         status: StatusCode,
         server_cert: Option<&X509>,
         server_uri: &str,
@@ -434,7 +438,11 @@ impl Connector {
         });
         match status {
             StatusCode::BadCertificateUntrusted | StatusCode::BadSecurityChecksFailed => {
-                match self.newly_rejected(server_cert, started) {
+                let found = self
+                    .newly_rejected(server_cert, started)
+                    .or_else(|| self.rejected.clone().filter(|p| p.exists()));
+                self.rejected.clone_from(&found);
+                match found {
                     Some(file) => ConnectError::Untrusted {
                         file: file.display().to_string(),
                         trusted: self.pki_dir.join("trusted").display().to_string(),
@@ -567,9 +575,21 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
             meta.len()
         ));
     }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        // O_NONBLOCK: a FIFO swapped in after the check above must not block the runtime.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(0o4000);
+    }
+    let file = options.open(path).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
     let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET).read_to_string(&mut text))
+    file.take(MAX_SECRET)
+        .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let text = text.strip_suffix('\r').unwrap_or(text);
@@ -739,8 +759,8 @@ mod tests {
             panic!("a warning for a certificate with 20 days left")
         };
         assert!(
-            text.contains("ours expires on") && text.contains("in 19 days")
-                || text.contains("in 20 days"),
+            text.contains("ours expires on")
+                && (text.contains("in 19 days") || text.contains("in 20 days")),
             "{text}"
         );
         assert_eq!(expiry(&cert(365), "ours", now + 300 * day), None);

@@ -51,9 +51,6 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const MAX_PER_CALL: usize = 1_000;
 /// Samples held for the pipeline beyond which a tag's newer sample replaces its older one.
 const MAX_PENDING: usize = 131_072;
-/// Samples waiting past which publishing is paused, and below which it resumes.
-const HIGH_WATER: usize = 32_768;
-const LOW_WATER: usize = 4_096;
 /// The longest keep-alive period believed from a server.
 const MAX_PERIOD: Duration = Duration::from_secs(3_600);
 /// Keep-alive silences tolerated before the session is declared stalled.
@@ -315,7 +312,6 @@ impl OpcUaSource {
             pending: Mutex::new(Pending::new(self.ids.len())),
             notify: Notify::new(),
             last_seen: Mutex::new(Vec::new()),
-            over: Notify::new(),
             overflowed: std::sync::atomic::AtomicU64::new(0),
             alive: AtomicBool::new(false),
             status: Mutex::new(None),
@@ -442,9 +438,13 @@ impl OpcUaSource {
                     per_call = full_call;
                     again = chunk;
                 }
-                // Not even one item fits an empty subscription.
+                // Not even one item fits an empty subscription: the server takes no more
+                // (a whole-server limit); the rest are refused at once, not one call each.
                 Err(StatusCode::BadTooManyMonitoredItems) => {
-                    for &i in &chunk {
+                    for &i in chunk
+                        .iter()
+                        .chain(queue.drain(..).collect::<Vec<_>>().iter())
+                    {
                         refused.push(Sample::bad(
                             self.ids[i].clone(),
                             (shared.explain)(i, StatusCode::BadTooManyMonitoredItems),
@@ -506,8 +506,6 @@ impl OpcUaSource {
         }
         let mut watchdog = tokio::time::interval((period / 2).max(Duration::from_millis(50)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ids: Vec<u32> = subscriptions.iter().map(|(id, _)| *id).collect();
-        let mut paused = false;
         let ended = loop {
             tokio::select! {
                 biased;
@@ -531,41 +529,18 @@ impl OpcUaSource {
                         tracing::warn!(source = %self.config.name, values = overflowed, "The server's item queues overflowed: it dropped older values. Raise queue_size, or sample less often.");
                     }
                     let samples = shared.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if samples.is_empty() {
-                        continue;
-                    }
-                    // While the pipeline holds this batch, notifications pile up in `pending`.
-                    // Past the high-water mark, publishing is paused: the server keeps
-                    // sampling into each item's queue (queue_size) until it is resumed.
+                    // While the pipeline holds a batch, notifications wait in `pending` (bounded:
+                    // see `Pending`). Pausing publishing instead was tried and dropped: the
+                    // in-process server then lost what it had queued (docs/opcua.md).
                     let mut sent = true;
                     for samples in snapshots(samples) {
-                        let batch = out.send(self.batch(samples));
-                        tokio::pin!(batch);
-                        sent = loop {
-                            tokio::select! {
-                                biased;
-                                () = cancel.cancelled() => break false,
-                                r = &mut batch => break r.is_ok(),
-                                () = shared.over.notified(), if !paused => {
-                                    paused = publishing_mode(&live.session, &ids, false, self.config.timeout).await;
-                                    if paused {
-                                        tracing::info!(source = %self.config.name, "The pipeline is behind: OPC UA publishing paused; the server queues values meanwhile.");
-                                    }
-                                }
-                            }
-                        };
-                        if !sent {
+                        if !send(out, self.batch(samples), cancel).await {
+                            sent = false;
                             break;
                         }
                     }
                     if !sent {
                         break Ended::Stop;
-                    }
-                    if paused && shared.pending.lock().unwrap_or_else(|p| p.into_inner()).samples.len() < LOW_WATER {
-                        paused = !publishing_mode(&live.session, &ids, true, self.config.timeout).await;
-                        if !paused {
-                            tracing::info!(source = %self.config.name, "The pipeline caught up: OPC UA publishing resumed.");
-                        }
                     }
                 }
                 _ = watchdog.tick() => {
@@ -774,14 +749,6 @@ fn snapshots(samples: Vec<Sample>) -> Vec<Vec<Sample>> {
     out
 }
 
-/// Turns publishing of `ids` on or off; whether the server did it.
-async fn publishing_mode(session: &Session, ids: &[u32], on: bool, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, session.set_publishing_mode(ids, on)).await,
-        Ok(Ok(results)) if results.iter().all(StatusCode::is_good)
-    )
-}
-
 async fn send(
     out: &mpsc::Sender<SampleBatch>,
     batch: SampleBatch,
@@ -800,8 +767,6 @@ struct Shared {
     notify: Notify,
     /// When each subscription last sent a notification or keep-alive.
     last_seen: Mutex<Vec<Instant>>,
-    /// `pending` passed [`HIGH_WATER`].
-    over: Notify,
     /// Values the server flagged Overflow (its queue for the item dropped older values).
     overflowed: std::sync::atomic::AtomicU64,
     /// A notification or keep-alive arrived since the task last looked.
@@ -912,9 +877,6 @@ impl OnSubscriptionNotificationCore for Callback {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (i, sample) in arrived {
                 pending.push(i, sample);
-            }
-            if pending.samples.len() >= HIGH_WATER {
-                shared.over.notify_one();
             }
         }
         shared.notify.notify_one();

@@ -15,11 +15,12 @@ impl Checker {
             return None;
         };
         let text = url.get_ref().trim();
+        let shown = crate::mask_userinfo(text);
         let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
         match url::Url::parse(text) {
             Err(error) => {
                 self.error(
-                    format!("`{text}` is not a valid URL ({error})"),
+                    format!("`{shown}` is not a valid URL ({error})"),
                     span(url),
                     "expected https://host[:port]/path",
                 )
@@ -35,7 +36,7 @@ impl Checker {
                     }
                     other => {
                         self.error(
-                            format!("`{text}` is not an http(s) URL (scheme `{other}`)"),
+                            format!("`{shown}` is not an http(s) URL (scheme `{other}`)"),
                             span(url),
                             "expected https://host/path",
                         );
@@ -47,14 +48,14 @@ impl Checker {
                 }
                 if parsed.host_str().is_none_or(str::is_empty) {
                     self.error(
-                        format!("`{text}` has no host"),
+                        format!("`{shown}` has no host"),
                         span(url),
                         "expected https://host/path",
                     );
                 }
                 if parsed.port() == Some(0) {
                     self.error(
-                        format!("`{text}` names port 0"),
+                        format!("`{shown}` names port 0"),
                         span(url),
                         "expected a port in 1..=65535",
                     );

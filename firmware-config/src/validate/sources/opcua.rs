@@ -86,9 +86,10 @@ impl Checker {
 
     fn ua_endpoint(&mut self, e: &Spanned<String>) {
         let text = e.get_ref().trim();
+        let shown = crate::mask_userinfo(text);
         let Some(rest) = text.strip_prefix("opc.tcp://") else {
             self.error(
-                format!("`{text}` is not an opc.tcp:// endpoint"),
+                format!("`{shown}` is not an opc.tcp:// endpoint"),
                 span(e),
                 "expected opc.tcp://host:port",
             )
@@ -114,7 +115,7 @@ impl Checker {
         let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
         if host.is_empty() || !port_ok {
             self.error(
-                format!("`{text}` has no usable host and port"),
+                format!("`{shown}` has no usable host and port"),
                 span(e),
                 "expected opc.tcp://host:port",
             )
