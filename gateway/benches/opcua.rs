@@ -4,7 +4,8 @@
 //! reaching the normalizer, the gateway process's CPU (user + system, % of one core) and its RSS.
 //!
 //! `cargo bench -p gateway --bench opcua` (`CAUSEWAY_BENCH_ITEMS`, default 1000;
-//! `CAUSEWAY_BENCH_SECONDS`, default 30).
+//! `CAUSEWAY_BENCH_SECONDS`, default 30; `CAUSEWAY_BENCH_SAMPLING` and `CAUSEWAY_BENCH_PUBLISHING`, default "100ms";
+//! `CAUSEWAY_BENCH_CHANGE_MS`, how often the server changes every item, default 100).
 
 use std::{
     io::{BufRead, BufReader},
@@ -66,7 +67,11 @@ fn serve() {
         let server = UaServer::start(&options, listener).unwrap();
         println!("{} {}", server.endpoint(), server.node("V0"));
         let names: Vec<String> = (0..n).map(|i| format!("V{i}")).collect();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let every: u64 = std::env::var("CAUSEWAY_BENCH_CHANGE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let mut tick = tokio::time::interval(Duration::from_millis(every));
         let mut k = 0i32;
         let started = Instant::now();
         let mut changes = 0u64;
@@ -100,6 +105,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let n = items();
+    let sampling = std::env::var("CAUSEWAY_BENCH_SAMPLING").unwrap_or_else(|_| "100ms".into());
+    let publishing = std::env::var("CAUSEWAY_BENCH_PUBLISHING").unwrap_or_else(|_| "100ms".into());
+    let change_ms: u64 = std::env::var("CAUSEWAY_BENCH_CHANGE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("CAUSEWAY_BENCH_ROLE", "server")
         .stdout(Stdio::piped())
@@ -125,7 +136,7 @@ fn main() {
         })
         .collect();
     let config = format!(
-        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n[[source]]\nname = \"ua\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"100ms\"\nsampling_interval = \"100ms\"\ntags = [\n{}\n]\n\n{}\n[[sink]]\nname = \"qms\"\nkind = \"file\"\npath = \"quality.jsonl\"\nroutes = [\"quality.*\"]\n",
+        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n[[source]]\nname = \"ua\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"{publishing}\"\nsampling_interval = \"{sampling}\"\ntags = [\n{}\n]\n\n{}\n[[sink]]\nname = \"qms\"\nkind = \"file\"\npath = \"quality.jsonl\"\nroutes = [\"quality.*\"]\n",
         tags.join("\n"),
         rules.join("\n")
     );
@@ -157,9 +168,9 @@ fn main() {
         let bad = stats.bad.load(Ordering::Relaxed) - b0;
         let cpu = (cpu_time() - c0).as_secs_f64();
         println!(
-            "opcua: {n} items at 100 ms for {seconds} s: {:.0} samples/s through the pipeline (expected {}), {bad} Bad",
+            "opcua: {n} items changing every {change_ms} ms, sampled every {sampling}, published every {publishing}, for {seconds} s: {:.0} samples/s through the pipeline (the server changes {} values/s), {bad} Bad",
             samples as f64 / elapsed,
-            n * 10
+            n as u64 * 1_000 / change_ms.max(1)
         );
         println!(
             "opcua: gateway CPU {:.1} % of one core, RSS {} KiB (peak {} KiB)",

@@ -14,7 +14,10 @@ use opcua::{
     },
 };
 
-use super::{convert, source::MAX_PER_CALL};
+use super::{
+    convert,
+    source::{MAX_PER_CALL, operation_limits},
+};
 
 /// Browse requests in flight at once.
 pub const CONCURRENCY: usize = 4;
@@ -177,33 +180,21 @@ pub async fn browse(
 
 /// The server's MaxNodesPerBrowse and MaxNodesPerRead, capped at ours.
 async fn limits(session: &Session) -> (usize, usize) {
-    let ids = [
-        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
-        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-    ];
-    let read: Vec<ReadValueId> = ids
-        .iter()
-        .map(|id| ReadValueId {
-            node_id: NodeId::from(id),
-            attribute_id: AttributeId::Value as u32,
-            ..ReadValueId::default()
-        })
-        .collect();
-    let values = session
-        .read(&read, TimestampsToReturn::Neither, 0.0)
-        .await
-        .unwrap_or_default();
-    let limit = |i: usize, cap: usize| {
-        values
-            .get(i)
-            .and_then(|v| v.value.as_ref())
-            .and_then(|v| convert::value(v).ok())
-            .and_then(|v| v.as_u64())
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .map_or(cap, |n| n.min(cap))
-    };
-    (limit(0, PER_BROWSE), limit(1, MAX_PER_CALL))
+    let [browse, read] = operation_limits(
+        session,
+        [
+            (
+                VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+                PER_BROWSE,
+            ),
+            (
+                VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+                MAX_PER_CALL,
+            ),
+        ],
+    )
+    .await;
+    (browse, read)
 }
 
 type Child = (Option<NodeId>, String, NodeClass);

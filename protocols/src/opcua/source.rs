@@ -248,28 +248,22 @@ impl OpcUaSource {
     /// The server's MaxNodesPerRead and MaxMonitoredItemsPerCall, capped at [`MAX_PER_CALL`]
     /// (0, absent or unreadable: the cap).
     async fn limits(&self, session: &Session) -> (usize, usize) {
-        let ids = [
-            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-            VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-        ];
-        let read: Vec<ReadValueId> = ids.iter().map(|id| read_value(NodeId::from(id))).collect();
-        let values = session
-            .read(&read, TimestampsToReturn::Neither, 0.0)
-            .await
-            .unwrap_or_default();
-        let limit = |i: usize| {
-            values
-                .get(i)
-                .and_then(|v| v.value.as_ref())
-                .and_then(|v| convert::value(v).ok())
-                .and_then(|v| v.as_u64())
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .map_or(MAX_PER_CALL, |n| n.min(MAX_PER_CALL))
-        };
-        let limits = (limit(0), limit(1));
-        tracing::debug!(source = %self.config.name, max_nodes_per_read = limits.0, max_monitored_items_per_call = limits.1, "OPC UA operation limits.");
-        limits
+        let limits = operation_limits(
+            session,
+            [
+                (
+                    VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+                    MAX_PER_CALL,
+                ),
+                (
+                    VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+                    MAX_PER_CALL,
+                ),
+            ],
+        )
+        .await;
+        tracing::debug!(source = %self.config.name, max_nodes_per_read = limits[0], max_monitored_items_per_call = limits[1], "OPC UA operation limits.");
+        (limits[0], limits[1])
     }
 
     async fn subscribe(
@@ -690,6 +684,33 @@ fn explain(node: &str, endpoint: &str, status: StatusCode) -> String {
         }
         other => format!("{other} (node {node})"),
     }
+}
+
+/// The server's OperationLimits `ids`, each capped by its partner (0, absent or unreadable: the
+/// cap).
+pub(crate) async fn operation_limits<const N: usize>(
+    session: &Session,
+    ids: [(VariableId, usize); N],
+) -> [usize; N] {
+    let read: Vec<ReadValueId> = ids
+        .iter()
+        .map(|(id, _)| read_value(NodeId::from(id)))
+        .collect();
+    let values = session
+        .read(&read, TimestampsToReturn::Neither, 0.0)
+        .await
+        .unwrap_or_default();
+    std::array::from_fn(|i| {
+        let cap = ids[i].1;
+        values
+            .get(i)
+            .and_then(|v| v.value.as_ref())
+            .and_then(|v| convert::value(v).ok())
+            .and_then(|v| v.as_u64())
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map_or(cap, |n| n.min(cap))
+    })
 }
 
 fn round(d: Duration) -> Duration {
