@@ -782,6 +782,33 @@ pub enum SinkKind {
     },
     /// `kind = "stdout"`: JSON lines.
     Stdout,
+    /// `kind = "mqtt"`: each event published with QoS 1.
+    Mqtt(MqttSinkConfig),
+}
+
+/// `kind = "mqtt"`
+#[derive(Debug, Clone)]
+pub struct MqttSinkConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port (default 8883 for mqtts, 1883 for mqtt).
+    pub port: u16,
+    /// `mqtts://` (TLS) unless `insecure` allowed `mqtt://`.
+    pub tls: bool,
+    /// Extra CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Topic template: `{gateway_id}`, `{type}`, `{machine}`.
+    pub topic: String,
+    /// Client id; `None`: `causeway-<gateway_id>-<sink>`.
+    pub client_id: Option<String>,
+    /// User name and where the password is.
+    pub credentials: Option<(String, Secret)>,
+    /// Deadline for the broker's acknowledgements of one batch.
+    pub timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Cap on retry delay.
+    pub retry_max: Duration,
 }
 
 /// `kind = "https"`

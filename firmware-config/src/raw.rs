@@ -208,6 +208,16 @@ pub struct RawSink {
     pub retry_max: Option<Spanned<HumanDuration>>,
     /// file: the JSON-lines file events are appended to.
     pub path: Option<Spanned<String>>,
+    /// mqtt: the topic each event is published to, with `{gateway_id}`, `{type}`, `{machine}`.
+    pub topic: Option<Spanned<String>>,
+    /// mqtt: the client id (default `causeway-<gateway_id>-<sink>`).
+    pub client_id: Option<Spanned<String>>,
+    /// mqtt: user name, with `password_file` or `password_env`.
+    pub username: Option<Spanned<String>>,
+    /// mqtt: file holding the password.
+    pub password_file: Option<Spanned<String>>,
+    /// mqtt: environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
 }
 
 /// A deadband as written: a number (absolute) or a text such as `"2%"`.
@@ -383,6 +393,11 @@ impl RawSink {
             set("retry_initial", &self.retry_initial),
             set("retry_max", &self.retry_max),
             set("path", &self.path),
+            set("topic", &self.topic),
+            set("client_id", &self.client_id),
+            set("username", &self.username),
+            set("password_file", &self.password_file),
+            set("password_env", &self.password_env),
         ]
         .into_iter()
         .flatten()

@@ -833,3 +833,59 @@ proptest::proptest! {
         proptest::prop_assert_eq!(UaNodeId::parse(&id.to_string()), Some(id));
     }
 }
+
+#[test]
+fn an_mqtt_sink_loads_and_its_mistakes_are_named() {
+    let sink = "[[sink]]\nname = \"uns\"\nkind = \"mqtt\"\nurl = \"mqtts://broker.plant.local\"\ntopic = \"plant/{gateway_id}/{machine}/{type}\"\nusername = \"gw\"\npassword_env = \"MQTT_PASSWORD\"\nroutes = [\"*\"]\n";
+    let text = format!("{GOOD}{sink}");
+    let config = load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let SinkKind::Mqtt(mqtt) = &config.config().sinks[2].kind else {
+        panic!("an mqtt sink")
+    };
+    assert_eq!(
+        (mqtt.host.as_str(), mqtt.port, mqtt.tls),
+        ("broker.plant.local", 8883, true)
+    );
+    assert_eq!(mqtt.topic, "plant/{gateway_id}/{machine}/{type}");
+    assert_eq!(
+        mqtt.credentials,
+        Some(("gw".into(), Secret::Env("MQTT_PASSWORD".into())))
+    );
+    for (from, to, expected) in [
+        (
+            "mqtts://broker.plant.local",
+            "mqtt://broker.plant.local",
+            "would publish events unencrypted",
+        ),
+        (
+            "mqtts://broker.plant.local",
+            "mqtts://broker.plant.local/x",
+            "has a path",
+        ),
+        ("{machine}", "{line}", "`{line}` is not a topic field"),
+        (
+            "plant/{gateway_id}",
+            "plant/+",
+            "cannot be a topic to publish to",
+        ),
+        (
+            "password_env = \"MQTT_PASSWORD\"\n",
+            "",
+            "user `gw` has no password",
+        ),
+    ] {
+        let errors = errors(&format!("{GOOD}{}", sink.replacen(from, to, 1)));
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+    let insecure = sink
+        .replace("mqtts://", "mqtt://")
+        .replace("kind = \"mqtt\"", "kind = \"mqtt\"\ninsecure = true");
+    let config = load("t.toml", &format!("{GOOD}{insecure}")).unwrap();
+    let SinkKind::Mqtt(mqtt) = &config.config().sinks[2].kind else {
+        panic!("an mqtt sink")
+    };
+    assert_eq!((mqtt.port, mqtt.tls), (1883, false));
+}

@@ -70,7 +70,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
     let sinks = config
         .sinks
         .iter()
-        .map(|s| Ok((s.clone(), AnySink::build(s, base)?)))
+        .map(|s| Ok((s.clone(), AnySink::build(s, &config.gateway_id, base)?)))
         .collect::<Result<Vec<_>, SinkError>>()?;
     for source in &config.sources {
         let paths = crate::sources::Paths {
@@ -112,6 +112,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
     for ((sink_config, sink), reader) in sinks.into_iter().zip(readers) {
         let retry = match &sink_config.kind {
             SinkKind::Https(h) => RetryPolicy::new(h.retry_initial, h.retry_max),
+            SinkKind::Mqtt(m) => RetryPolicy::new(m.retry_initial, m.retry_max),
             SinkKind::File { .. } | SinkKind::Stdout => {
                 RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(30))
             }

@@ -102,6 +102,22 @@ const SINK_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("file", &["path"]),
     ("stdout", &[]),
+    (
+        "mqtt",
+        &[
+            "url",
+            "insecure",
+            "timeout",
+            "ca_file",
+            "retry_initial",
+            "retry_max",
+            "topic",
+            "client_id",
+            "username",
+            "password_file",
+            "password_env",
+        ],
+    ),
 ];
 const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 const MIN_MAX_BYTES: u64 = 1 << 20;

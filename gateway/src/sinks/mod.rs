@@ -22,6 +22,7 @@
 
 mod https;
 mod lines;
+mod mqtt;
 
 use std::{future::Future, path::Path, time::Duration};
 
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use https::HttpsSink;
 pub use lines::LinesSink;
+pub use mqtt::MqttSink;
 
 use crate::store::{Reader, Store, StoredEvent};
 
@@ -54,6 +56,14 @@ pub enum Outcome {
     /// The request is too large for the receiver (HTTP 413): send fewer events at once.
     TooLarge {
         /// Why, for the log.
+        reason: String,
+    },
+    /// The first `delivered` events of the batch are proven delivered (an MQTT PUBACK for each),
+    /// the rest are not: the cursor moves over the prefix and the rest is retried.
+    Partial {
+        /// How many events, from the start of the batch (less than the batch).
+        delivered: usize,
+        /// Why the rest was not, for the log.
         reason: String,
     },
 }
@@ -107,12 +117,16 @@ pub enum SinkError {
 }
 
 /// A built sink of any kind.
+// One value per configured sink, built once and moved into its task: sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnySink {
     /// `https`
     Https(HttpsSink),
     /// `file` or `stdout`
     Lines(LinesSink),
+    /// `mqtt`
+    Mqtt(MqttSink),
 }
 
 impl AnySink {
@@ -120,8 +134,11 @@ impl AnySink {
     ///
     /// # Errors
     /// TLS, credentials or the output file are not usable.
-    pub fn build(config: &SinkConfig, base: &Path) -> Result<Self, SinkError> {
+    pub fn build(config: &SinkConfig, gateway_id: &str, base: &Path) -> Result<Self, SinkError> {
         Ok(match &config.kind {
+            SinkKind::Mqtt(mqtt) => {
+                AnySink::Mqtt(MqttSink::new(&config.name, gateway_id, mqtt, base)?)
+            }
             SinkKind::Https(https) => AnySink::Https(HttpsSink::new(&config.name, https, base)?),
             SinkKind::File { path } => {
                 AnySink::Lines(LinesSink::file(&config.name, &base.join(path))?)
@@ -136,6 +153,7 @@ impl Deliver for AnySink {
         match self {
             AnySink::Https(s) => s.deliver(batch).await,
             AnySink::Lines(s) => s.deliver(batch).await,
+            AnySink::Mqtt(s) => s.deliver(batch).await,
         }
     }
 }
@@ -262,6 +280,35 @@ pub async fn run_sink<D: Deliver>(
                 outcome = sink.deliver(chunk) => outcome,
                 () = stop.abort.cancelled() => return,
             };
+            // A prefix proven delivered: the cursor moves over it, the rest is retried.
+            let outcome = match outcome {
+                Outcome::Partial { delivered, reason } if delivered > 0 && delivered < n => {
+                    let upto = chunk[delivered - 1].seq;
+                    if let Err(error) = store.ack(&name, upto).await {
+                        tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
+                    } else {
+                        cursor = upto;
+                        rest = &rest[delivered..];
+                        refusals = 0;
+                        refuse_hold = None;
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %name, %reason, delivered, events = n, retry_in = ?delay, "Part of a batch was delivered; the rest stays buffered.");
+                    if sleep_or_abort(delay, &stop.abort).await {
+                        return;
+                    }
+                    continue;
+                }
+                Outcome::Partial { delivered, reason } if delivered >= n => {
+                    tracing::debug!(sink = %name, %reason, "A partial delivery covered the whole batch.");
+                    Outcome::Delivered
+                }
+                Outcome::Partial { reason, .. } => Outcome::Retry {
+                    reason,
+                    after: None,
+                },
+                other => other,
+            };
             // The refusal for good of the one event in `chunk`, if it comes to that.
             let refused = match outcome {
                 Outcome::Delivered => {
@@ -367,6 +414,8 @@ pub async fn run_sink<D: Deliver>(
                     }
                     Some(reason)
                 }
+                // Turned into Delivered or Retry above.
+                Outcome::Partial { .. } => None,
             };
             if let Some(reason) = refused {
                 match dead_letter(
@@ -492,6 +541,9 @@ mod tests {
         max_events: usize,
         requests: Arc<Mutex<Vec<usize>>>,
         accepted: Arc<Mutex<Vec<String>>>,
+        /// The next delivery confirms only this many events (an MQTT connection cut after
+        /// some PUBACKs).
+        partial: Arc<Mutex<Option<usize>>>,
     }
 
     impl Scripted {
@@ -501,6 +553,7 @@ mod tests {
                 max_events,
                 requests: Arc::default(),
                 accepted: Arc::default(),
+                partial: Arc::default(),
             }
         }
     }
@@ -521,6 +574,16 @@ mod tests {
             if batch.iter().any(|e| self.poisoned.contains(&n(e))) {
                 return Outcome::Reject {
                     reason: "HTTP 422: bad".into(),
+                };
+            }
+            if let Some(k) = self.partial.lock().unwrap().take() {
+                self.accepted
+                    .lock()
+                    .unwrap()
+                    .extend(batch[..k].iter().map(|e| e.id.clone()));
+                return Outcome::Partial {
+                    delivered: k,
+                    reason: "connection lost".into(),
                 };
             }
             self.accepted
@@ -653,6 +716,23 @@ mod tests {
             requests <= 2 * (2 * 7 + 2),
             "a binary search, not one request per event: {requests}"
         );
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_partial_delivery_moves_the_cursor_over_the_prefix_and_sends_only_the_rest() {
+        let sink = Scripted::new(&[], usize::MAX);
+        *sink.partial.lock().unwrap() = Some(30);
+        let d = drain(sink.clone(), sink_config(100, 1 << 20), 100).await;
+        assert_eq!(
+            *sink.accepted.lock().unwrap(),
+            d.ids,
+            "every event once, in order: the confirmed 30 are not sent again"
+        );
+        assert_eq!(*sink.requests.lock().unwrap(), vec![100, 70]);
+        assert!(d.reader.dead_letters("erp").await.unwrap().is_empty());
+        assert_eq!(d.reader.cursor("erp").await.unwrap(), 100);
         drop((d.store, d.reader));
         d.writer.join();
     }

@@ -1,6 +1,7 @@
 //! Sinks: the kind dispatch, routes, and what every kind shares. https has its own module.
 
 mod https;
+mod mqtt;
 
 use crate::validate::*;
 
@@ -40,6 +41,7 @@ impl Checker {
         }
         let kind = match kind_name {
             "https" => SinkKind::Https(self.https(raw)?),
+            "mqtt" => SinkKind::Mqtt(self.mqtt(raw)?),
             "file" => {
                 let Some(path) = &raw.path else {
                     self.error(
@@ -58,9 +60,9 @@ impl Checker {
             other => {
                 let hint = match closest(other, ["https", "file", "stdout"]) {
                     Some(near) => {
-                        format!("did you mean \"{near}\"? Sink kinds: https, file, stdout")
+                        format!("did you mean \"{near}\"? Sink kinds: https, mqtt, file, stdout")
                     }
-                    None => "sink kinds: https, file, stdout".to_owned(),
+                    None => "sink kinds: https, mqtt, file, stdout".to_owned(),
                 };
                 self.error(
                     format!("unknown sink kind `{other}`"),

@@ -1,0 +1,203 @@
+//! `kind = "mqtt"`: the broker URL, the topic template, the credentials, the timeouts.
+
+use crate::validate::*;
+
+/// What a topic template may name.
+const TOPIC_FIELDS: [&str; 3] = ["gateway_id", "type", "machine"];
+
+impl Checker {
+    pub(crate) fn mqtt(&mut self, raw: &RawSink) -> Option<MqttSinkConfig> {
+        let name = raw.name.get_ref();
+        let Some(url) = &raw.url else {
+            self.error(
+                format!("mqtt sink `{name}` has no url"),
+                span(&raw.name),
+                "this sink",
+            )
+            .hint("add url = \"mqtts://broker.plant.local:8883\"");
+            return None;
+        };
+        let text = url.get_ref().trim();
+        let shown = crate::mask_userinfo(text);
+        let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
+        let mut target = None;
+        match url::Url::parse(text) {
+            Err(error) => {
+                self.error(
+                    format!("`{shown}` is not a valid URL ({error})"),
+                    span(url),
+                    "expected mqtts://host[:port]",
+                );
+            }
+            Ok(parsed) => {
+                let tls = match parsed.scheme() {
+                    "mqtts" | "ssl" => true,
+                    "mqtt" | "tcp" if insecure => false,
+                    "mqtt" | "tcp" => {
+                        self.error(format!("sink `{name}` would publish events unencrypted"), span(url), "plain mqtt://")
+                            .hint("use an mqtts:// URL; only on a network you trust, set insecure = true to allow mqtt://");
+                        false
+                    }
+                    other => {
+                        self.error(
+                            format!("`{shown}` is not an MQTT URL (scheme `{other}`)"),
+                            span(url),
+                            "expected mqtts://host[:port]",
+                        );
+                        false
+                    }
+                };
+                if parsed.password().is_some() || !parsed.username().is_empty() {
+                    self.error(
+                        "a user or password is written inline in the URL",
+                        span(&raw.name),
+                        "secret in the config file",
+                    )
+                    .hint(
+                        "remove it from the URL; use username with password_file or password_env",
+                    );
+                }
+                match parsed.host_str().filter(|h| !h.is_empty()) {
+                    None => {
+                        self.error(
+                            format!("`{shown}` has no host"),
+                            span(url),
+                            "expected mqtts://host[:port]",
+                        );
+                    }
+                    Some(host) => {
+                        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+                        if port == 0 {
+                            self.error(
+                                format!("`{shown}` names port 0"),
+                                span(url),
+                                "expected a port in 1..=65535",
+                            );
+                        }
+                        let host = host.trim_matches(['[', ']']).to_owned();
+                        target = Some((host, port, tls));
+                    }
+                }
+                if !matches!(parsed.path(), "" | "/") {
+                    self.error(
+                        format!("`{shown}` has a path"),
+                        span(url),
+                        "the topic goes in `topic`",
+                    )
+                    .hint("write url = \"mqtts://host:8883\" and topic = \"plant/{gateway_id}/{type}\"");
+                }
+            }
+        }
+        let topic = match &raw.topic {
+            None => "causeway/{gateway_id}/{type}".to_owned(),
+            Some(t) => {
+                let text = t.get_ref();
+                let mut rest = text.as_str();
+                let mut ok = !text.is_empty() && !text.contains(['+', '#', '\0']);
+                while let Some(open) = rest.find('{') {
+                    let Some(close) = rest[open..].find('}') else {
+                        ok = false;
+                        break;
+                    };
+                    let field = &rest[open + 1..open + close];
+                    if !TOPIC_FIELDS.contains(&field) {
+                        self.error(
+                            format!("`{{{field}}}` is not a topic field"),
+                            span(t),
+                            "unknown field",
+                        )
+                        .hint(format!("topic fields: {{{}}}", TOPIC_FIELDS.join("}, {")));
+                    }
+                    rest = &rest[open + close + 1..];
+                }
+                if !ok {
+                    self.error(
+                        format!("`{text}` cannot be a topic to publish to"),
+                        span(t),
+                        "no wildcards, no empty topic",
+                    )
+                    .hint(
+                        "e.g. topic = \"plant/{gateway_id}/{type}\"; + and # are for subscribing",
+                    );
+                }
+                text.clone()
+            }
+        };
+        let client_id = raw.client_id.as_ref().map(|c| {
+            let id = c.get_ref();
+            if id.is_empty() || id.len() > 64 {
+                self.error("`client_id` must be 1 to 64 characters", span(c), "length");
+            }
+            id.clone()
+        });
+        let secret = match (&raw.password_env, &raw.password_file) {
+            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
+            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
+            (Some(_), Some(file)) => {
+                self.error(
+                    "`password_env` and `password_file` are both set",
+                    span(file),
+                    "choose one",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let credentials = match (&raw.username, secret) {
+            (Some(user), Some(secret)) => Some((user.get_ref().clone(), secret)),
+            (Some(user), None) => {
+                self.error(format!("user `{}` has no password", user.get_ref()), span(user), "password missing")
+                    .hint("add password_file = \"/etc/causeway/mqtt.pw\" or password_env = \"MQTT_PASSWORD\"");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    "a password is given without `username`",
+                    span(&raw.name),
+                    "whose password?",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let timeout = self.duration(
+            raw.timeout.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_millis(100)..=5 * MINUTE,
+            "timeout",
+        );
+        let retry_initial = self.duration(
+            raw.retry_initial.as_ref(),
+            Duration::from_millis(500),
+            Duration::from_millis(10)..=HOUR,
+            "retry_initial",
+        );
+        let retry_max = self.duration(
+            raw.retry_max.as_ref(),
+            Duration::from_secs(30),
+            Duration::from_millis(10)..=HOUR,
+            "retry_max",
+        );
+        if retry_max < retry_initial {
+            let at = raw.retry_max.as_ref().map_or_else(|| span(&raw.name), span);
+            self.error(
+                "`retry_max` is shorter than `retry_initial`",
+                at,
+                "too short",
+            );
+        }
+        let (host, port, tls) = target?;
+        Some(MqttSinkConfig {
+            host,
+            port,
+            tls,
+            ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(c.get_ref())),
+            topic,
+            client_id,
+            credentials,
+            timeout,
+            retry_initial,
+            retry_max,
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! The MQTT sink: each event published with QoS 1 to its topic, delivered only on the broker's
+//! PUBACK for that very packet.
+//!
+//! rumqttc's `publish()` only queues a request; its event loop (run in a task here) assigns the
+//! packet id when it writes the PUBLISH and reports the PUBACK later. The sink pairs the two in
+//! order, so a batch's outcome is exactly the prefix the broker acknowledged
+//! ([`Outcome::Partial`]): the cursor moves over that prefix and the rest is sent again. Any
+//! connection failure throws the client away whole (no hidden retransmission state) and the
+//! next delivery connects afresh; a re-sent event keeps its id, for the receiver to dedupe.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use firmware_config::{MqttSinkConfig, Secret};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{Deliver, Outcome, SinkError};
+use crate::store::StoredEvent;
+
+/// What the event loop task reports.
+#[derive(Debug)]
+enum Report {
+    Connected,
+    /// A PUBLISH was written with this packet id.
+    Sent(u16),
+    /// The broker acknowledged this packet id.
+    Acked(u16),
+    /// The connection failed.
+    Down(String),
+}
+
+struct Connection {
+    client: AsyncClient,
+    reports: mpsc::UnboundedReceiver<Report>,
+    task: JoinHandle<()>,
+    ready: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A built `kind = "mqtt"` sink.
+pub struct MqttSink {
+    name: String,
+    config: MqttSinkConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    password: Option<String>,
+    client_id: String,
+    connection: Option<Connection>,
+}
+
+impl std::fmt::Debug for MqttSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSink")
+            .field("name", &self.name)
+            .field(
+                "broker",
+                &format!("{}:{}", self.config.host, self.config.port),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSink {
+    /// The sink `config` describes; the CA file and the password are read now.
+    ///
+    /// # Errors
+    /// The CA file or the password cannot be read.
+    pub fn new(
+        name: &str,
+        gateway_id: &str,
+        config: &MqttSinkConfig,
+        base: &Path,
+    ) -> Result<Self, SinkError> {
+        let tls = if config.tls {
+            let ca = config.ca_file.as_ref().map(|p| base.join(p));
+            let tls =
+                crate::tls::client_config(ca.as_deref()).map_err(|source| SinkError::Tls {
+                    sink: name.to_owned(),
+                    source,
+                })?;
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
+        let password = match &config.credentials {
+            None => None,
+            Some((user, secret)) => {
+                Some(
+                    read_secret(secret, base).map_err(|why| SinkError::Credential {
+                        sink: name.to_owned(),
+                        why: format!("the password of user `{user}`: {why}"),
+                    })?,
+                )
+            }
+        };
+        Ok(MqttSink {
+            name: name.to_owned(),
+            client_id: config
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("causeway-{gateway_id}-{name}")),
+            config: config.clone(),
+            tls,
+            password,
+            connection: None,
+        })
+    }
+
+    fn connect(&self, capacity: usize) -> Connection {
+        let mut options = MqttOptions::new(&self.client_id, &self.config.host, self.config.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_request_channel_capacity(capacity.max(10))
+            .set_max_packet_size(1 << 20, (1 << 20) + 4_096);
+        if let (Some((user, _)), Some(password)) = (&self.config.credentials, &self.password) {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        let (client, eventloop) = AsyncClient::new(options, capacity.max(10));
+        let (tx, reports) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(eventloop, tx));
+        Connection {
+            client,
+            reports,
+            task,
+            ready: false,
+        }
+    }
+
+    /// The topic of `event`, from the template.
+    fn topic(&self, event: &StoredEvent) -> String {
+        let parsed: serde_json::Value = serde_json::from_str(&event.payload).unwrap_or_default();
+        let source = parsed["source"].as_str().unwrap_or_default();
+        let rest = source.strip_prefix("causeway://").unwrap_or_default();
+        let (gateway, machine) = rest.split_once('/').unwrap_or((rest, ""));
+        let machine = parsed["subject"].as_str().unwrap_or(machine);
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if matches!(c, '+' | '#' | '/' | '\0') {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        };
+        self.config
+            .topic
+            .replace("{gateway_id}", &clean(gateway))
+            .replace("{type}", &clean(&event.event_type))
+            .replace("{machine}", &clean(machine))
+    }
+}
+
+/// Runs the event loop until the connection fails, reporting what matters to the sink.
+async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Report>) {
+    loop {
+        let report = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Report::Connected,
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Report::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
+            Ok(_) => continue,
+            Err(error) => {
+                let _ = tx.send(Report::Down(error.to_string()));
+                return;
+            }
+        };
+        if tx.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+fn read_secret(secret: &Secret, base: &Path) -> Result<String, String> {
+    match secret {
+        Secret::Env(name) => std::env::var(name)
+            .map_err(|_| format!("the environment variable {name} is not set (or not UTF-8)")),
+        Secret::File(path) => {
+            let path = base.join(path);
+            protocols::opcua::connect::read_secret(&path)
+                .map_err(|why| format!("{}: {why}", path.display()))
+        }
+    }
+}
+
+impl Deliver for MqttSink {
+    async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+        let outcome = self.publish(batch).await;
+        if !matches!(outcome, Outcome::Delivered) {
+            // Whatever state the client holds is thrown away: the next attempt starts clean.
+            self.connection = None;
+        }
+        outcome
+    }
+}
+
+impl MqttSink {
+    async fn publish(&mut self, batch: &[StoredEvent]) -> Outcome {
+        let timeout = self.config.timeout;
+        let broker = format!("{}:{}", self.config.host, self.config.port);
+        if self.connection.is_none() {
+            self.connection = Some(self.connect(batch.len() + 10));
+        }
+        let topics: Vec<String> = batch.iter().map(|e| self.topic(e)).collect();
+        let Some(conn) = self.connection.as_mut() else {
+            return retry("no connection".into());
+        };
+        // Wait for the CONNACK (the event loop connects when first polled).
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !conn.ready {
+            match tokio::time::timeout_at(deadline, conn.reports.recv()).await {
+                Ok(Some(Report::Connected)) => conn.ready = true,
+                Ok(Some(Report::Down(why))) => {
+                    return retry(format!("cannot connect to the broker {broker}: {why}"));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return retry(format!("the connection to {broker} ended")),
+                Err(_) => {
+                    return retry(format!(
+                        "the broker {broker} did not accept the connection within {timeout:?}"
+                    ));
+                }
+            }
+        }
+        for (event, topic) in batch.iter().zip(&topics) {
+            let sent = conn.client.publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                event.payload.as_bytes().to_vec(),
+            );
+            if let Err(error) = tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| "the client's queue stayed full".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                return retry(format!("cannot queue a publish: {error}"));
+            }
+        }
+        // Pair packet ids with events in order; a packet id may be reused within a batch once
+        // acknowledged, so each id keeps a queue of the events sent under it.
+        let mut next_sent = 0usize;
+        let mut waiting: HashMap<u16, VecDeque<usize>> = HashMap::new();
+        let mut acked = vec![false; batch.len()];
+        let mut prefix = 0usize;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while prefix < batch.len() {
+            let report = match tokio::time::timeout_at(deadline, conn.reports.recv()).await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_) => {
+                    return partial(
+                        prefix,
+                        format!("the broker {broker} did not acknowledge within {timeout:?}"),
+                    );
+                }
+            };
+            match report {
+                Report::Sent(pkid) => {
+                    if next_sent < batch.len() {
+                        waiting.entry(pkid).or_default().push_back(next_sent);
+                        next_sent += 1;
+                    }
+                }
+                Report::Acked(pkid) => {
+                    if let Some(i) = waiting.get_mut(&pkid).and_then(VecDeque::pop_front) {
+                        acked[i] = true;
+                        while prefix < batch.len() && acked[prefix] {
+                            prefix += 1;
+                        }
+                    }
+                }
+                Report::Connected => {}
+                Report::Down(why) => {
+                    return partial(prefix, format!("the connection to {broker} failed: {why}"));
+                }
+            }
+        }
+        if prefix == batch.len() {
+            Outcome::Delivered
+        } else {
+            partial(prefix, format!("the connection to {broker} ended"))
+        }
+    }
+}
+
+fn retry(reason: String) -> Outcome {
+    Outcome::Retry {
+        reason,
+        after: None,
+    }
+}
+
+fn partial(delivered: usize, reason: String) -> Outcome {
+    if delivered == 0 {
+        retry(reason)
+    } else {
+        Outcome::Partial { delivered, reason }
+    }
+}
