@@ -797,6 +797,8 @@ pub struct MqttSinkConfig {
     pub tls: bool,
     /// Extra CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
     /// Topic template: `{gateway_id}`, `{type}`, `{machine}`.
     pub topic: String,
     /// Client id; `None`: `causeway-<gateway_id>-<sink>`.

@@ -218,6 +218,10 @@ pub struct RawSink {
     pub password_file: Option<Spanned<String>>,
     /// mqtt: environment variable holding the password.
     pub password_env: Option<Spanned<String>>,
+    /// mqtt: PEM client certificate (chain) for mutual TLS.
+    pub client_certificate: Option<Spanned<String>>,
+    /// mqtt: PEM private key of `client_certificate`.
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// A deadband as written: a number (absolute) or a text such as `"2%"`.
@@ -398,6 +402,8 @@ impl RawSink {
             set("username", &self.username),
             set("password_file", &self.password_file),
             set("password_env", &self.password_env),
+            set("client_certificate", &self.client_certificate),
+            set("client_key", &self.client_key),
         ]
         .into_iter()
         .flatten()

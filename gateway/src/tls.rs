@@ -17,6 +17,14 @@ pub enum TlsError {
         /// What went wrong.
         why: String,
     },
+    /// The client certificate or its key could not be read.
+    #[error("cannot use client certificate or key `{path}`: {why}")]
+    Identity {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS setup failed")]
     Rustls(#[from] rustls::Error),
@@ -32,6 +40,14 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// # Errors
 /// The CA file is unreadable, holds no certificate, or holds an invalid one.
 pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_file)?)
+        .with_no_client_auth())
+}
+
+/// The system's roots plus the certificates in `ca_file`.
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -52,8 +68,34 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
     }
+    Ok(roots)
+}
+
+/// As [`client_config`], presenting the PEM certificate chain in `certificate` with its PEM
+/// private key `key` (mutual TLS).
+///
+/// # Errors
+/// The CA file, the certificate or the key is unreadable or invalid, or they do not match.
+pub fn client_config_with_identity(
+    ca_file: Option<&Path>,
+    certificate: &Path,
+    key: &Path,
+) -> Result<ClientConfig, TlsError> {
+    use rustls_pki_types::PrivateKeyDer;
+    let bad = |path: &Path, why: String| TlsError::Identity {
+        path: path.display().to_string(),
+        why,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| bad(certificate, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(certificate, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(certificate, "no PEM certificate in it".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots(ca_file)?)
+        .with_client_auth_cert(chain, key)?)
 }

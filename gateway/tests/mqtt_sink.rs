@@ -128,6 +128,7 @@ fn sink_config(port: u16) -> (SinkConfig, MqttSinkConfig) {
         port,
         tls: false,
         ca_file: None,
+        identity: None,
         topic: "causeway/{gateway_id}/{machine}/{type}".into(),
         client_id: None,
         credentials: None,
@@ -210,8 +211,9 @@ async fn every_event_is_published_with_qos_1_to_its_topic() {
     );
 }
 
-/// Forwards TCP to `upstream`; the first connection is cut after `cut_after` bytes from the
-/// client, mid-stream.
+/// Forwards TCP to `upstream`. On the first connection, after `cut_after` bytes from the
+/// client, nothing more goes to the broker; what the broker answers still comes back for half a
+/// second (the PUBACKs of what got through), then both directions close.
 async fn cutting_proxy(upstream: SocketAddr, cut_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -237,9 +239,9 @@ async fn cutting_proxy(upstream: SocketAddr, cut_after: usize) -> (SocketAddr, A
                     }
                     total += n;
                     if first && total > cut_after {
-                        // Forward part of it, then cut both ways.
                         let keep = n.saturating_sub(total - cut_after);
                         let _ = sw.write_all(&buf[..keep]).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         break;
                     }
                     if sw.write_all(&buf[..n]).await.is_err() {

@@ -116,6 +116,8 @@ const SINK_FIELDS: &[(&str, &[&str])] = &[
             "username",
             "password_file",
             "password_env",
+            "client_certificate",
+            "client_key",
         ],
     ),
 ];
@@ -178,6 +180,8 @@ struct Checker {
     tags: BTreeMap<String, TagFacts>,
     /// Declared but invalid: already reported, so rules naming them stay quiet.
     broken_tags: HashSet<String>,
+    /// MQTT client ids given so far: two sinks with one id would take each other's session.
+    client_ids: HashMap<String, Range<usize>>,
 }
 
 /// Adds a hint to a problem already pushed.

@@ -292,6 +292,8 @@ pub async fn run_sink<D: Deliver>(
                         refusals = 0;
                         refuse_hold = None;
                     }
+                    // Acknowledgements prove the receiver healthy: the wait starts short.
+                    backoff.reset();
                     let delay = backoff.next_delay();
                     tracing::warn!(sink = %name, %reason, delivered, events = n, retry_in = ?delay, "Part of a batch was delivered; the rest stays buffered.");
                     if sleep_or_abort(delay, &stop.abort).await {
@@ -735,6 +737,20 @@ mod tests {
         assert_eq!(d.reader.cursor("erp").await.unwrap(), 100);
         drop((d.store, d.reader));
         d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn a_partial_delivery_of_nothing_is_a_retry_and_of_everything_a_delivery() {
+        for (confirmed, requests) in [(0, vec![100, 100]), (100, vec![100])] {
+            let sink = Scripted::new(&[], usize::MAX);
+            *sink.partial.lock().unwrap() = Some(confirmed);
+            let d = drain(sink.clone(), sink_config(100, 1 << 20), 100).await;
+            assert_eq!(*sink.accepted.lock().unwrap(), d.ids, "{confirmed}");
+            assert_eq!(*sink.requests.lock().unwrap(), requests, "{confirmed}");
+            assert_eq!(d.reader.cursor("erp").await.unwrap(), 100);
+            drop((d.store, d.reader));
+            d.writer.join();
+        }
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use super::{Deliver, Outcome, SinkError};
 use crate::store::StoredEvent;
 
+/// The largest event payload published (1 MiB): a larger one is refused by size.
+const MAX_PAYLOAD: usize = 1 << 20;
+
 /// What the event loop task reports.
 #[derive(Debug)]
 enum Report {
@@ -38,6 +41,7 @@ enum Report {
 
 struct Connection {
     client: AsyncClient,
+    capacity: usize,
     reports: mpsc::UnboundedReceiver<Report>,
     task: JoinHandle<()>,
     ready: bool,
@@ -84,11 +88,18 @@ impl MqttSink {
     ) -> Result<Self, SinkError> {
         let tls = if config.tls {
             let ca = config.ca_file.as_ref().map(|p| base.join(p));
-            let tls =
-                crate::tls::client_config(ca.as_deref()).map_err(|source| SinkError::Tls {
-                    sink: name.to_owned(),
-                    source,
-                })?;
+            let tls = match &config.identity {
+                None => crate::tls::client_config(ca.as_deref()),
+                Some((certificate, key)) => crate::tls::client_config_with_identity(
+                    ca.as_deref(),
+                    &base.join(certificate),
+                    &base.join(key),
+                ),
+            }
+            .map_err(|source| SinkError::Tls {
+                sink: name.to_owned(),
+                source,
+            })?;
             Some(Arc::new(tls))
         } else {
             None
@@ -123,7 +134,7 @@ impl MqttSink {
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
             .set_request_channel_capacity(capacity.max(10))
-            .set_max_packet_size(1 << 20, (1 << 20) + 4_096);
+            .set_max_packet_size(1 << 20, MAX_PAYLOAD + u16::MAX as usize + 16);
         if let (Some((user, _)), Some(password)) = (&self.config.credentials, &self.password) {
             options.set_credentials(user, password);
         }
@@ -137,19 +148,21 @@ impl MqttSink {
         let task = tokio::spawn(drive(eventloop, tx));
         Connection {
             client,
+            capacity: capacity.max(10),
             reports,
             task,
             ready: false,
         }
     }
 
-    /// The topic of `event`, from the template.
+    /// The topic of `event`, from the template: `{gateway_id}` and `{machine}` from its
+    /// `source` (`causeway://<gateway_id>/<machine>`), `{type}` from its type. Filled in one
+    /// pass, so a value holding `{...}` is not expanded again.
     fn topic(&self, event: &StoredEvent) -> String {
         let parsed: serde_json::Value = serde_json::from_str(&event.payload).unwrap_or_default();
         let source = parsed["source"].as_str().unwrap_or_default();
         let rest = source.strip_prefix("causeway://").unwrap_or_default();
         let (gateway, machine) = rest.split_once('/').unwrap_or((rest, ""));
-        let machine = parsed["subject"].as_str().unwrap_or(machine);
         let clean = |s: &str| -> String {
             s.chars()
                 .map(|c| {
@@ -161,11 +174,25 @@ impl MqttSink {
                 })
                 .collect()
         };
-        self.config
-            .topic
-            .replace("{gateway_id}", &clean(gateway))
-            .replace("{type}", &clean(&event.event_type))
-            .replace("{machine}", &clean(machine))
+        let mut out = String::with_capacity(self.config.topic.len() + 32);
+        let mut rest = self.config.topic.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open..];
+            let (value, len) = if after.starts_with("{gateway_id}") {
+                (clean(gateway), "{gateway_id}".len())
+            } else if after.starts_with("{machine}") {
+                (clean(machine), "{machine}".len())
+            } else if after.starts_with("{type}") {
+                (clean(&event.event_type), "{type}".len())
+            } else {
+                ("{".to_owned(), 1)
+            };
+            out.push_str(&value);
+            rest = &after[len..];
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -215,10 +242,44 @@ impl MqttSink {
     async fn publish(&mut self, batch: &[StoredEvent]) -> Outcome {
         let timeout = self.config.timeout;
         let broker = format!("{}:{}", self.config.host, self.config.port);
+        let topics: Vec<String> = batch.iter().map(|e| self.topic(e)).collect();
+        // What no broker can take is the event's own fault: too large is isolated by the
+        // runner's halving, a topic over MQTT's 65,535 bytes is refused.
+        if let Some(big) = batch.iter().find(|e| e.payload.len() > MAX_PAYLOAD) {
+            return Outcome::TooLarge {
+                reason: format!(
+                    "event {} is {} bytes, more than an MQTT publish of this sink carries ({MAX_PAYLOAD})",
+                    big.id,
+                    big.payload.len()
+                ),
+            };
+        }
+        if let Some(long) = topics.iter().position(|t| t.len() > u16::MAX as usize) {
+            return if batch.len() == 1 {
+                Outcome::Reject {
+                    reason: format!(
+                        "its topic is {} bytes, longer than MQTT allows",
+                        topics[long].len()
+                    ),
+                }
+            } else {
+                Outcome::TooLarge {
+                    reason: "a topic is longer than MQTT allows".into(),
+                }
+            };
+        }
+        // A connection that ended while idle, or whose request queue is smaller than this
+        // batch, is replaced before anything is queued on it.
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.task.is_finished() || c.capacity < batch.len() + 10)
+        {
+            self.connection = None;
+        }
         if self.connection.is_none() {
             self.connection = Some(self.connect(batch.len() + 10));
         }
-        let topics: Vec<String> = batch.iter().map(|e| self.topic(e)).collect();
         let Some(conn) = self.connection.as_mut() else {
             return retry("no connection".into());
         };

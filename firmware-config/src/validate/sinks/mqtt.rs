@@ -128,6 +128,10 @@ impl Checker {
             if id.is_empty() || id.len() > 64 {
                 self.error("`client_id` must be 1 to 64 characters", span(c), "length");
             }
+            if self.client_ids.insert(id.clone(), span(c)).is_some() {
+                self.error(format!("two mqtt sinks use client_id `{id}`"), span(c), "second use")
+                    .hint("a broker keeps one session per client id: the two would take it from each other forever");
+            }
             id.clone()
         });
         let secret = match (&raw.password_env, &raw.password_file) {
@@ -163,7 +167,7 @@ impl Checker {
         let timeout = self.duration(
             raw.timeout.as_ref(),
             Duration::from_secs(10),
-            Duration::from_millis(100)..=5 * MINUTE,
+            SECOND..=5 * MINUTE,
             "timeout",
         );
         let retry_initial = self.duration(
@@ -186,12 +190,42 @@ impl Checker {
                 "too short",
             );
         }
+        let identity = match (&raw.client_certificate, &raw.client_key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
+            (None, None) => None,
+            (Some(c), None) => {
+                self.error("`client_certificate` needs `client_key`", span(c), "no key")
+                    .hint("add client_key = \"/etc/causeway/mqtt-client.key.pem\"");
+                None
+            }
+            (None, Some(k)) => {
+                self.error(
+                    "`client_key` needs `client_certificate`",
+                    span(k),
+                    "no certificate",
+                );
+                None
+            }
+        };
         let (host, port, tls) = target?;
+        if let (Some(ca), false) = (&raw.ca_file, tls) {
+            self.warning("`ca_file` is not used with mqtt://", span(ca), "no TLS")
+                .hint("use an mqtts:// URL, or remove ca_file");
+        }
+        if identity.is_some() && !tls {
+            let at = raw
+                .client_certificate
+                .as_ref()
+                .map_or_else(|| span(&raw.name), span);
+            self.error("a client certificate needs mqtts://", at, "no TLS")
+                .hint("use an mqtts:// URL to present the certificate");
+        }
         Some(MqttSinkConfig {
             host,
             port,
             tls,
             ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(c.get_ref())),
+            identity,
             topic,
             client_id,
             credentials,

@@ -1,0 +1,319 @@
+//! The MQTT sink against Mosquitto (Debian's package, installed by `.ci/run`), started per test
+//! on a free 127.0.0.1 port with a generated config: a TLS listener with a generated CA that
+//! requires client certificates, a client without one refused, and the broker stopped and
+//! restarted mid-stream with every event still delivered, by id. Built with `--features
+//! external-peers`.
+#![cfg(feature = "external-peers")]
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use firmware_config::{MqttSinkConfig, SinkConfig, SinkKind};
+use gateway::{
+    event::CloudEvent,
+    sinks::{MqttSink, RetryPolicy, SinkStop, run_sink},
+    store::{Store, StoreOptions},
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Causeway test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let leaf = |names: Vec<String>, cn: &str, file: &str| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (
+            write(&format!("{file}.pem"), cert.pem()),
+            write(&format!("{file}.key"), key.serialize_pem()),
+        )
+    };
+    Pki {
+        ca: write("ca.pem", ca_cert.pem()),
+        server: leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "mosquitto",
+            "server",
+        ),
+        client: leaf(Vec::new(), "causeway-sink", "client"),
+    }
+}
+
+/// Mosquitto on `port` with a TLS listener requiring client certificates; stopped on drop.
+struct Mosquitto {
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path, pki: &Pki, port: u16) -> Self {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\ncafile {}\ncertfile {}\nkeyfile {}\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
+                pki.ca.display(),
+                pki.server.0.display(),
+                pki.server.1.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(
+            std::env::var("CAUSEWAY_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into()),
+        )
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto runs (.ci/run installs Debian's package)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto listens on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child }
+    }
+
+    /// SIGTERM, and wait: Mosquitto saves its persistent sessions on the way out.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tls(pki: &Pki, with_client: bool) -> Arc<rustls::ClientConfig> {
+    let config = if with_client {
+        gateway::tls::client_config_with_identity(Some(&pki.ca), &pki.client.0, &pki.client.1)
+    } else {
+        gateway::tls::client_config(Some(&pki.ca))
+    };
+    Arc::new(config.unwrap())
+}
+
+/// A subscriber to `causeway/#` with a persistent session (it gets what it missed while the
+/// broker was down): the ids it receives.
+fn subscriber(pki: &Pki, port: u16) -> Arc<Mutex<Vec<String>>> {
+    let mut options = MqttOptions::new("test-subscriber", "127.0.0.1", port);
+    options
+        .set_clean_session(false)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls(
+            pki, true,
+        ))));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe("causeway/#", QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    s.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    seen
+}
+
+async fn store_with(dir: &Path, n: usize) -> (Store, HashSet<String>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (store, writer) =
+        Store::open(StoreOptions::new(dir.join("buffer.db"), &["broker"])).unwrap();
+    std::mem::forget(writer);
+    let events: Vec<CloudEvent> = (0..n)
+        .map(|i| {
+            CloudEvent::new(
+                "line3",
+                "press1",
+                "production.count",
+                "press1",
+                SystemTime::now(),
+                serde_json::json!({ "machine": "press1", "total": i }),
+            )
+        })
+        .collect();
+    let ids = events.iter().map(|e| e.id.clone()).collect();
+    store.append(events, vec![]).await.unwrap();
+    (store, ids)
+}
+
+fn sink(pki: &Pki, port: u16, with_client: bool) -> (SinkConfig, MqttSinkConfig) {
+    let mqtt = MqttSinkConfig {
+        host: "127.0.0.1".into(),
+        port,
+        tls: true,
+        ca_file: Some(pki.ca.clone()),
+        identity: with_client.then(|| pki.client.clone()),
+        topic: "causeway/{gateway_id}/{type}".into(),
+        client_id: None,
+        credentials: None,
+        timeout: Duration::from_secs(5),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+    };
+    let config = SinkConfig {
+        name: "broker".into(),
+        routes: vec!["*".into()],
+        batch_size: 50,
+        max_batch_bytes: 1 << 20,
+        kind: SinkKind::Mqtt(mqtt.clone()),
+    };
+    (config, mqtt)
+}
+
+fn spawn_sink(
+    store: &Store,
+    config: SinkConfig,
+    mqtt: &MqttSinkConfig,
+    dir: &Path,
+    stop: SinkStop,
+) -> tokio::task::JoinHandle<()> {
+    let sink = MqttSink::new("broker", "line3", mqtt, dir).unwrap();
+    tokio::spawn(run_sink(
+        "broker".into(),
+        config,
+        sink,
+        store.clone(),
+        store.reader().unwrap(),
+        RetryPolicy::new(Duration::from_millis(100), Duration::from_millis(500)),
+        stop,
+    ))
+}
+
+async fn until_all(seen: &Mutex<Vec<String>>, ids: &HashSet<String>) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let got: HashSet<String> = seen.lock().unwrap().iter().cloned().collect();
+        if &got == ids {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} events arrived",
+            got.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_is_required_and_a_broker_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let port = free_port();
+    let broker = Mosquitto::start(dir.path(), &pki, port);
+    let seen = subscriber(&pki, port);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Without a client certificate the broker refuses the connection: nothing is delivered,
+    // nothing is dead-lettered, the cursor stays.
+    let (store, _) = store_with(&dir.path().join("refused"), 20).await;
+    let (config, mqtt) = sink(&pki, port, false);
+    let stop = SinkStop {
+        inputs_done: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    let task = spawn_sink(&store, config, &mqtt, dir.path(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.abort.cancel();
+    task.await.unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.cursor("broker").await.unwrap(), 0);
+    assert!(reader.dead_letters("broker").await.unwrap().is_empty());
+    assert!(seen.lock().unwrap().is_empty());
+
+    // With one, every event arrives; midway the broker is stopped and started again.
+    let (store, ids) = store_with(dir.path(), 20_000).await;
+    let (config, mqtt) = sink(&pki, port, true);
+    let stop = SinkStop {
+        inputs_done: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    stop.inputs_done.cancel();
+    let task = spawn_sink(&store, config, &mqtt, dir.path(), stop.clone());
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while seen.lock().unwrap().len() < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first events arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    broker.stop();
+    let at_stop = store.reader().unwrap().cursor("broker").await.unwrap();
+    assert!(
+        (1..ids.len() as i64).contains(&at_stop),
+        "the broker stopped mid-stream (cursor {at_stop})"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _broker = Mosquitto::start(dir.path(), &pki, port);
+    until_all(&seen, &ids).await;
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("the sink catches up")
+        .unwrap();
+    let reader = store.reader().unwrap();
+    assert!(reader.dead_letters("broker").await.unwrap().is_empty());
+    let received = seen.lock().unwrap().len();
+    assert!(
+        received >= ids.len() && received < ids.len() + 500,
+        "every event, repeats only of unacknowledged ones: {received}"
+    );
+}
