@@ -86,6 +86,8 @@ pub enum SourceConfig {
     ModbusTcp(ModbusTcpConfig),
     /// `kind = "opcua"`
     OpcUa(OpcUaConfig),
+    /// `kind = "mqtt"`
+    Mqtt(MqttSourceConfig),
 }
 
 impl SourceConfig {
@@ -94,6 +96,7 @@ impl SourceConfig {
         match self {
             SourceConfig::ModbusTcp(m) => &m.name,
             SourceConfig::OpcUa(u) => &u.name,
+            SourceConfig::Mqtt(m) => &m.name,
         }
     }
 }
@@ -138,6 +141,62 @@ pub struct OpcUaConfig {
     pub timeout: Duration,
     /// Non-empty, unique names.
     pub tags: Vec<OpcUaTagConfig>,
+}
+
+/// `kind = "mqtt"` (a source)
+#[derive(Debug, Clone)]
+pub struct MqttSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (`mqtts://`).
+    pub tls: bool,
+    /// Extra CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Client id; `None`: `causeway-<gateway_id>-<source>`.
+    pub client_id: Option<String>,
+    /// Clean session at each connect.
+    pub clean_session: bool,
+    /// User name and where the password is.
+    pub credentials: Option<(String, Secret)>,
+    /// Largest payload read.
+    pub max_payload: usize,
+    /// Non-empty, unique names.
+    pub tags: Vec<MqttTagConfig>,
+}
+
+/// One tag of an MQTT source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttTagConfig {
+    /// Unique within the source.
+    pub name: String,
+    /// The topic (no wildcards).
+    pub topic: String,
+    /// How its messages are read.
+    pub format: MqttFormat,
+    /// The declared type: values that do not convert to it without loss are Bad.
+    pub data_type: Option<UaType>,
+}
+
+/// How an MQTT message is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttFormat {
+    /// JSON, with JSON Pointers (`""` is the whole message).
+    Json {
+        /// To the value.
+        value: String,
+        /// To the time, if given.
+        timestamp: Option<String>,
+        /// To a quality, if given.
+        quality: Option<String>,
+    },
+    /// The whole payload as text: a number, true/false, or a string.
+    Text,
 }
 
 /// OPC UA security policies Causeway offers (the deprecated Basic128Rsa15 and Basic256 are not).

@@ -98,6 +98,22 @@ pub struct RawSource {
     pub sampling_interval: Option<Spanned<HumanDuration>>,
     /// opcua: values the server queues per item between publishes (default 10).
     pub queue_size: Option<Spanned<i64>>,
+    /// mqtt: `mqtts://host[:port]` of the broker.
+    pub url: Option<Spanned<String>>,
+    /// mqtt: allow a plain `mqtt://` URL.
+    pub insecure: Option<Spanned<bool>>,
+    /// mqtt: the client id (default `causeway-<gateway_id>-<source>`).
+    pub client_id: Option<Spanned<String>>,
+    /// mqtt: start a clean session at every connect (default true).
+    pub clean_session: Option<Spanned<bool>>,
+    /// mqtt: PEM CA certificates to trust besides the system's.
+    pub ca_file: Option<Spanned<String>>,
+    /// mqtt: PEM client certificate (chain) for mutual TLS.
+    pub client_certificate: Option<Spanned<String>>,
+    /// mqtt: PEM private key of `client_certificate`.
+    pub client_key: Option<Spanned<String>>,
+    /// mqtt: the largest payload read (default "64KiB"); larger ones make their tags Bad.
+    pub max_payload: Option<Spanned<crate::units::ByteSize>>,
     /// The tags to read.
     #[serde(default)]
     pub tags: Vec<RawTag>,
@@ -129,6 +145,16 @@ pub struct RawTag {
     pub scale: Option<Spanned<f64>>,
     /// Added after scaling.
     pub offset: Option<Spanned<f64>>,
+    /// mqtt: the topic whose messages carry the tag (no wildcards).
+    pub topic: Option<Spanned<String>>,
+    /// mqtt: `json` (default) or `text`.
+    pub format: Option<Spanned<String>>,
+    /// mqtt json: JSON Pointer to the value (default: the whole message).
+    pub value: Option<Spanned<String>>,
+    /// mqtt json: JSON Pointer to the time (RFC 3339 text, or Unix milliseconds).
+    pub timestamp: Option<Spanned<String>>,
+    /// mqtt json: JSON Pointer to a quality: true/"good"/192 are Good, anything else Bad.
+    pub quality: Option<Spanned<String>>,
 }
 
 /// `[[rule]]`
@@ -328,6 +354,14 @@ impl RawSource {
             set("publishing_interval", &self.publishing_interval),
             set("sampling_interval", &self.sampling_interval),
             set("queue_size", &self.queue_size),
+            set("url", &self.url),
+            set("insecure", &self.insecure),
+            set("client_id", &self.client_id),
+            set("clean_session", &self.clean_session),
+            set("ca_file", &self.ca_file),
+            set("client_certificate", &self.client_certificate),
+            set("client_key", &self.client_key),
+            set("max_payload", &self.max_payload),
             self.tags.first().map(|t| ("tags", t.name.span())),
         ]
         .into_iter()
@@ -349,6 +383,11 @@ impl RawTag {
             set("scale", &self.scale),
             set("offset", &self.offset),
             set("deadband", &self.deadband),
+            set("topic", &self.topic),
+            set("format", &self.format),
+            set("value", &self.value),
+            set("timestamp", &self.timestamp),
+            set("quality", &self.quality),
         ]
         .into_iter()
         .flatten()

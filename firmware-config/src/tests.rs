@@ -889,3 +889,88 @@ fn an_mqtt_sink_loads_and_its_mistakes_are_named() {
     };
     assert_eq!((mqtt.port, mqtt.tls), (1883, false));
 }
+
+#[test]
+fn an_mqtt_source_loads_and_its_mistakes_are_named() {
+    let source = r#"
+gateway_id = "plant1"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtts://broker.plant.local"
+username = "gw"
+password_file = "/etc/causeway/mqtt.pw"
+tags = [
+  { name = "temp", topic = "plant/line3/press1/telemetry", value = "/m/temp", timestamp = "/ts" },
+  { name = "parts", topic = "plant/line3/press1/parts", format = "text", type = "u32" },
+]
+
+[[rule]]
+kind = "counter"
+machine = "press1"
+total = "uns.parts"
+
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+    let config = load("t.toml", source).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let SourceConfig::Mqtt(mqtt) = &config.config().sources[0] else {
+        panic!("an mqtt source")
+    };
+    assert_eq!(
+        (mqtt.port, mqtt.tls, mqtt.clean_session),
+        (8883, true, true)
+    );
+    assert_eq!(mqtt.max_payload, 64 << 10);
+    assert_eq!(
+        mqtt.tags[0].format,
+        MqttFormat::Json {
+            value: "/m/temp".into(),
+            timestamp: Some("/ts".into()),
+            quality: None
+        }
+    );
+    for (from, to, expected) in [
+        (
+            "plant/line3/press1/parts\"",
+            "plant/line3/+/parts\"",
+            "is not a topic a tag can be read from",
+        ),
+        (
+            "value = \"/m/temp\"",
+            "value = \"m/temp\"",
+            "is not a JSON Pointer",
+        ),
+        (
+            "format = \"text\"",
+            "format = \"xml\"",
+            "unknown format `xml`",
+        ),
+        ("mqtts://", "mqtt://", "would publish events unencrypted"),
+        (
+            "topic = \"plant/line3/press1/telemetry\"",
+            "topic = \"plant/line3/press1/parts\"",
+            "read it in two formats",
+        ),
+        (
+            "type = \"u32\" }",
+            "}",
+            "counter tag `uns.parts` has no declared type",
+        ),
+        (
+            "topic = \"plant/line3/press1/parts\"",
+            "register = \"holding:1\"",
+            "`register` does not apply to a mqtt tag",
+        ),
+    ] {
+        let text = source.replacen(from, to, 1);
+        let errors = errors(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+}

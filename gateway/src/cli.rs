@@ -347,6 +347,7 @@ fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> 
     let warnings = config.warnings().warning_count();
     let buffer = base.join(&config.buffer.path);
     let paths = sources::Paths {
+        gateway_id: &config.gateway_id,
         base: &base,
         buffer: &buffer,
     };

@@ -74,6 +74,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
         .collect::<Result<Vec<_>, SinkError>>()?;
     for source in &config.sources {
         let paths = crate::sources::Paths {
+            gateway_id: &config.gateway_id,
             base,
             buffer: &buffer_path,
         };
@@ -94,6 +95,7 @@ pub fn start(config: &GatewayConfig, base: &Path) -> Result<Running, StartError>
     let (tx, rx) = mpsc::channel(SAMPLE_CHANNEL);
     for source in &config.sources {
         let paths = crate::sources::Paths {
+            gateway_id: &config.gateway_id,
             base,
             buffer: &buffer_path,
         };

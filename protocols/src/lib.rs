@@ -1,4 +1,4 @@
-//! Causeway's southbound side: protocol drivers (Modbus TCP, OPC UA) that read PLCs and SCADA systems and emit
+//! Causeway's southbound side: protocol drivers (Modbus TCP, OPC UA, MQTT) that read PLCs and SCADA systems and emit
 //! [`model::SampleBatch`]es into a bounded channel. Drivers know nothing of events, SQLite or
 //! sinks.
 //!
@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod modbus;
 pub mod model;
+pub mod mqtt;
 pub mod opcua;
 
 /// The error and its causes on one line, for logs and Bad-quality reasons.

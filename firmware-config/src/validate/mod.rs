@@ -52,6 +52,24 @@ const SOURCE_FIELDS: &[(&str, &[&str])] = &[
             "tags",
         ],
     ),
+    (
+        "mqtt",
+        &[
+            "url",
+            "insecure",
+            "client_id",
+            "clean_session",
+            "ca_file",
+            "client_certificate",
+            "client_key",
+            "username",
+            "password_file",
+            "password_env",
+            "password",
+            "max_payload",
+            "tags",
+        ],
+    ),
 ];
 /// The kind-specific fields each source kind's tags take.
 const TAG_FIELDS: &[(&str, &[&str])] = &[
@@ -62,6 +80,10 @@ const TAG_FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("opcua", &["node", "type", "deadband"]),
+    (
+        "mqtt",
+        &["topic", "format", "value", "timestamp", "quality", "type"],
+    ),
 ];
 /// The kind-specific fields each rule kind takes.
 const RULE_FIELDS: &[(&str, &[&str])] = &[

@@ -11,6 +11,7 @@ use firmware_config::{OpcUaConfig, SourceConfig, UaIdentity, UaReading};
 use protocols::{
     modbus::{ModbusSource, ReadPlan, ShownPlan},
     model::SampleBatch,
+    mqtt::MqttSource,
     opcua::{MAX_PER_CALL, OpcUaSource},
 };
 use tokio::sync::mpsc;
@@ -26,12 +27,16 @@ pub enum Source {
     Modbus(ModbusSource),
     /// `kind = "opcua"`
     OpcUa(OpcUaSource),
+    /// `kind = "mqtt"`
+    Mqtt(MqttSource),
 }
 
 /// Where a source keeps its files: paths in the config are taken from `base`, and an OPC UA
 /// source's PKI folder defaults to `pki` beside the buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Paths<'a> {
+    /// The gateway's id (default MQTT client ids are made from it).
+    pub gateway_id: &'a str,
     /// The config file's folder.
     pub base: &'a Path,
     /// The buffer file.
@@ -63,6 +68,18 @@ impl Source {
                 let pki = paths.pki_dir(&ua);
                 Source::OpcUa(OpcUaSource::new(ua, pki))
             }
+            SourceConfig::Mqtt(mqtt) => {
+                let client_id = mqtt
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("causeway-{}-{}", paths.gateway_id, mqtt.name));
+                Source::Mqtt(MqttSource::new(
+                    mqtt.clone(),
+                    client_id,
+                    mqtt_tls(mqtt, paths.base),
+                    mqtt_password(mqtt, paths.base),
+                ))
+            }
         }
     }
 
@@ -75,6 +92,7 @@ impl Source {
         match self {
             Source::Modbus(source) => source.run(out, cancel).await,
             Source::OpcUa(source) => source.run(out, cancel).await,
+            Source::Mqtt(source) => source.run(out, cancel).await,
         }
     }
 }
@@ -96,6 +114,12 @@ pub struct Planned {
 pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> {
     match config {
         SourceConfig::ModbusTcp(_) => Ok(()),
+        SourceConfig::Mqtt(mqtt) => {
+            mqtt_tls(mqtt, paths.base).map_err(|e| format!("source `{}`: {e}", mqtt.name))?;
+            mqtt_password(mqtt, paths.base)
+                .map(drop)
+                .map_err(|e| format!("source `{}`: {e}", mqtt.name))
+        }
         SourceConfig::OpcUa(ua) => {
             let mut ua = ua.clone();
             resolve_identity(&mut ua, paths.base);
@@ -108,6 +132,48 @@ pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> 
                 .map_err(|e| format!("source `{}`: {e}", ua.name))
         }
     }
+}
+
+/// The TLS configuration of an MQTT source (`None` for `mqtt://`).
+fn mqtt_tls(
+    config: &firmware_config::MqttSourceConfig,
+    base: &Path,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if !config.tls {
+        return Ok(None);
+    }
+    let ca = config.ca_file.as_ref().map(|p| base.join(p));
+    match &config.identity {
+        None => crate::tls::client_config(ca.as_deref()),
+        Some((certificate, key)) => crate::tls::client_config_with_identity(
+            ca.as_deref(),
+            &base.join(certificate),
+            &base.join(key),
+        ),
+    }
+    .map(|c| Some(std::sync::Arc::new(c)))
+    .map_err(|e| crate::error_chain(&e))
+}
+
+/// The password of an MQTT source, read now.
+fn mqtt_password(
+    config: &firmware_config::MqttSourceConfig,
+    base: &Path,
+) -> Result<Option<String>, String> {
+    let Some((user, secret)) = &config.credentials else {
+        return Ok(None);
+    };
+    let text = match secret {
+        firmware_config::Secret::Env(name) => std::env::var(name)
+            .map_err(|_| format!("the environment variable {name} is not set (or not UTF-8)")),
+        firmware_config::Secret::File(path) => {
+            let path = base.join(path);
+            protocols::opcua::connect::read_secret(&path)
+                .map_err(|why| format!("{}: {why}", path.display()))
+        }
+    };
+    text.map(Some)
+        .map_err(|why| format!("cannot read the password of user `{user}`: {why}"))
 }
 
 /// Paths of the identity files, taken from `base`.
@@ -129,6 +195,33 @@ fn resolve_identity(ua: &mut OpcUaConfig, base: &Path) {
 /// How `config` would be read.
 pub fn plan(config: &SourceConfig, paths: Paths<'_>) -> Planned {
     match config {
+        SourceConfig::Mqtt(mqtt) => {
+            let mut shown = String::new();
+            let topics: std::collections::BTreeSet<&str> =
+                mqtt.tags.iter().map(|t| t.topic.as_str()).collect();
+            let _ = writeln!(
+                shown,
+                "source `{}` (mqtt {}:{}{}): {} topic(s) subscribed with QoS 1, messages up to {} bytes",
+                mqtt.name,
+                mqtt.host,
+                mqtt.port,
+                if mqtt.tls { ", TLS" } else { ", no TLS" },
+                topics.len(),
+                mqtt.max_payload
+            );
+            for tag in &mqtt.tags {
+                let how = match &tag.format {
+                    firmware_config::MqttFormat::Json { value, .. } => format!("json {value}"),
+                    firmware_config::MqttFormat::Text => "text".to_owned(),
+                };
+                let _ = writeln!(shown, "  {:<24} {} ({how})", tag.name, tag.topic);
+            }
+            Planned {
+                tags: mqtt.tags.len(),
+                reads: topics.len(),
+                shown,
+            }
+        }
         SourceConfig::OpcUa(ua) => {
             let calls = ua.tags.len().div_ceil(MAX_PER_CALL);
             let mut shown = String::new();

@@ -17,77 +17,8 @@ impl Checker {
             .hint("add url = \"mqtts://broker.plant.local:8883\"");
             return None;
         };
-        let text = url.get_ref().trim();
-        let shown = crate::mask_userinfo(text);
         let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
-        let mut target = None;
-        match url::Url::parse(text) {
-            Err(error) => {
-                self.error(
-                    format!("`{shown}` is not a valid URL ({error})"),
-                    span(url),
-                    "expected mqtts://host[:port]",
-                );
-            }
-            Ok(parsed) => {
-                let tls = match parsed.scheme() {
-                    "mqtts" | "ssl" => true,
-                    "mqtt" | "tcp" if insecure => false,
-                    "mqtt" | "tcp" => {
-                        self.error(format!("sink `{name}` would publish events unencrypted"), span(url), "plain mqtt://")
-                            .hint("use an mqtts:// URL; only on a network you trust, set insecure = true to allow mqtt://");
-                        false
-                    }
-                    other => {
-                        self.error(
-                            format!("`{shown}` is not an MQTT URL (scheme `{other}`)"),
-                            span(url),
-                            "expected mqtts://host[:port]",
-                        );
-                        false
-                    }
-                };
-                if parsed.password().is_some() || !parsed.username().is_empty() {
-                    self.error(
-                        "a user or password is written inline in the URL",
-                        span(&raw.name),
-                        "secret in the config file",
-                    )
-                    .hint(
-                        "remove it from the URL; use username with password_file or password_env",
-                    );
-                }
-                match parsed.host_str().filter(|h| !h.is_empty()) {
-                    None => {
-                        self.error(
-                            format!("`{shown}` has no host"),
-                            span(url),
-                            "expected mqtts://host[:port]",
-                        );
-                    }
-                    Some(host) => {
-                        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
-                        if port == 0 {
-                            self.error(
-                                format!("`{shown}` names port 0"),
-                                span(url),
-                                "expected a port in 1..=65535",
-                            );
-                        }
-                        let host = host.trim_matches(['[', ']']).to_owned();
-                        target = Some((host, port, tls));
-                    }
-                }
-                if !matches!(parsed.path(), "" | "/") {
-                    self.error(
-                        format!("`{shown}` has a path"),
-                        span(url),
-                        "the topic goes in `topic`",
-                    )
-                    .hint("write url = \"mqtts://host:8883\" and topic = \"plant/{gateway_id}/{type}\"");
-                }
-            }
-        }
+        let target = self.mqtt_url(url, insecure, &raw.name);
         let topic = match &raw.topic {
             None => "causeway/{gateway_id}/{type}".to_owned(),
             Some(t) => {
@@ -134,36 +65,12 @@ impl Checker {
             }
             id.clone()
         });
-        let secret = match (&raw.password_env, &raw.password_file) {
-            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
-            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
-            (Some(_), Some(file)) => {
-                self.error(
-                    "`password_env` and `password_file` are both set",
-                    span(file),
-                    "choose one",
-                );
-                None
-            }
-            (None, None) => None,
-        };
-        let credentials = match (&raw.username, secret) {
-            (Some(user), Some(secret)) => Some((user.get_ref().clone(), secret)),
-            (Some(user), None) => {
-                self.error(format!("user `{}` has no password", user.get_ref()), span(user), "password missing")
-                    .hint("add password_file = \"/etc/causeway/mqtt.pw\" or password_env = \"MQTT_PASSWORD\"");
-                None
-            }
-            (None, Some(_)) => {
-                self.error(
-                    "a password is given without `username`",
-                    span(&raw.name),
-                    "whose password?",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let credentials = self.mqtt_credentials(
+            raw.username.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+            &raw.name,
+        );
         let timeout = self.duration(
             raw.timeout.as_ref(),
             Duration::from_secs(10),
@@ -190,23 +97,7 @@ impl Checker {
                 "too short",
             );
         }
-        let identity = match (&raw.client_certificate, &raw.client_key) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
-            (None, None) => None,
-            (Some(c), None) => {
-                self.error("`client_certificate` needs `client_key`", span(c), "no key")
-                    .hint("add client_key = \"/etc/causeway/mqtt-client.key.pem\"");
-                None
-            }
-            (None, Some(k)) => {
-                self.error(
-                    "`client_key` needs `client_certificate`",
-                    span(k),
-                    "no certificate",
-                );
-                None
-            }
-        };
+        let identity = self.mqtt_identity(raw.client_certificate.as_ref(), raw.client_key.as_ref());
         let (host, port, tls) = target?;
         if let (Some(ca), false) = (&raw.ca_file, tls) {
             self.warning("`ca_file` is not used with mqtt://", span(ca), "no TLS")
@@ -233,5 +124,154 @@ impl Checker {
             retry_initial,
             retry_max,
         })
+    }
+}
+
+impl Checker {
+    /// An MQTT broker URL: host, port and whether TLS; `mqtt://` only with `insecure`.
+    pub(crate) fn mqtt_url(
+        &mut self,
+        url: &Spanned<String>,
+        insecure: bool,
+        owner: &Spanned<String>,
+    ) -> Option<(String, u16, bool)> {
+        let name = owner.get_ref();
+        let raw_name = owner;
+        let text = url.get_ref().trim();
+        let shown = crate::mask_userinfo(text);
+        let mut target = None;
+        match url::Url::parse(text) {
+            Err(error) => {
+                self.error(
+                    format!("`{shown}` is not a valid URL ({error})"),
+                    span(url),
+                    "expected mqtts://host[:port]",
+                );
+            }
+            Ok(parsed) => {
+                let tls = match parsed.scheme() {
+                    "mqtts" | "ssl" => true,
+                    "mqtt" | "tcp" if insecure => false,
+                    "mqtt" | "tcp" => {
+                        self.error(format!("sink `{name}` would publish events unencrypted"), span(url), "plain mqtt://")
+                            .hint("use an mqtts:// URL; only on a network you trust, set insecure = true to allow mqtt://");
+                        false
+                    }
+                    other => {
+                        self.error(
+                            format!("`{shown}` is not an MQTT URL (scheme `{other}`)"),
+                            span(url),
+                            "expected mqtts://host[:port]",
+                        );
+                        false
+                    }
+                };
+                if parsed.password().is_some() || !parsed.username().is_empty() {
+                    self.error(
+                        "a user or password is written inline in the URL",
+                        span(raw_name),
+                        "secret in the config file",
+                    )
+                    .hint(
+                        "remove it from the URL; use username with password_file or password_env",
+                    );
+                }
+                match parsed.host_str().filter(|h| !h.is_empty()) {
+                    None => {
+                        self.error(
+                            format!("`{shown}` has no host"),
+                            span(url),
+                            "expected mqtts://host[:port]",
+                        );
+                    }
+                    Some(host) => {
+                        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+                        if port == 0 {
+                            self.error(
+                                format!("`{shown}` names port 0"),
+                                span(url),
+                                "expected a port in 1..=65535",
+                            );
+                        }
+                        let host = host.trim_matches(['[', ']']).to_owned();
+                        target = Some((host, port, tls));
+                    }
+                }
+                if !matches!(parsed.path(), "" | "/") {
+                    self.error(
+                        format!("`{shown}` has a path"),
+                        span(url),
+                        "the topic goes in `topic`",
+                    )
+                    .hint("write url = \"mqtts://host:8883\" and topic = \"plant/{gateway_id}/{type}\"");
+                }
+            }
+        }
+        target
+    }
+
+    /// A user name with its password's file or variable.
+    pub(crate) fn mqtt_credentials(
+        &mut self,
+        username: Option<&Spanned<String>>,
+        password_file: Option<&Spanned<String>>,
+        password_env: Option<&Spanned<String>>,
+        owner: &Spanned<String>,
+    ) -> Option<(String, Secret)> {
+        let secret = match (password_env, password_file) {
+            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
+            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
+            (Some(_), Some(file)) => {
+                self.error(
+                    "`password_env` and `password_file` are both set",
+                    span(file),
+                    "choose one",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        match (username, secret) {
+            (Some(user), Some(secret)) => Some((user.get_ref().clone(), secret)),
+            (Some(user), None) => {
+                self.error(format!("user `{}` has no password", user.get_ref()), span(user), "password missing")
+                    .hint("add password_file = \"/etc/causeway/mqtt.pw\" or password_env = \"MQTT_PASSWORD\"");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    "a password is given without `username`",
+                    span(owner),
+                    "whose password?",
+                );
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// A client certificate with its key.
+    pub(crate) fn mqtt_identity(
+        &mut self,
+        certificate: Option<&Spanned<String>>,
+        key: Option<&Spanned<String>>,
+    ) -> Option<(PathBuf, PathBuf)> {
+        match (certificate, key) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
+            (None, None) => None,
+            (Some(c), None) => {
+                self.error("`client_certificate` needs `client_key`", span(c), "no key")
+                    .hint("add client_key = \"/etc/causeway/mqtt-client.key.pem\"");
+                None
+            }
+            (None, Some(k)) => {
+                self.error(
+                    "`client_key` needs `client_certificate`",
+                    span(k),
+                    "no certificate",
+                );
+                None
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Sources: the kind dispatch. Each kind has its own module.
 
 mod modbus;
+mod mqtt;
 mod opcua;
 
 use crate::validate::*;
@@ -20,6 +21,10 @@ impl Checker {
             "opcua" => {
                 self.foreign("source", "opcua", &raw.kind_fields(), SOURCE_FIELDS);
                 self.opcua(raw).map(SourceConfig::OpcUa)
+            }
+            "mqtt" => {
+                self.foreign("source", "mqtt", &raw.kind_fields(), SOURCE_FIELDS);
+                self.mqtt_source(raw).map(SourceConfig::Mqtt)
             }
             other => {
                 let kinds: Vec<&str> = SOURCE_FIELDS.iter().map(|(k, _)| *k).collect();

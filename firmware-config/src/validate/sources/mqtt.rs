@@ -1,0 +1,210 @@
+//! `kind = "mqtt"` (a source): the broker, the session, the credentials, and tags read from
+//! the messages of one topic each (JSON with pointers, or plain text).
+
+use crate::validate::*;
+
+/// Default cap on a message's size.
+const DEFAULT_MAX_PAYLOAD: u64 = 64 << 10;
+
+impl Checker {
+    pub(crate) fn mqtt_source(&mut self, raw: &RawSource) -> Option<MqttSourceConfig> {
+        let source = raw.name.get_ref().clone();
+        let Some(url) = &raw.url else {
+            self.error(
+                format!("mqtt source `{source}` has no url"),
+                span(&raw.name),
+                "this source",
+            )
+            .hint("add url = \"mqtts://broker.plant.local:8883\"");
+            return None;
+        };
+        let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
+        let target = self.mqtt_url(url, insecure, &raw.name);
+        if raw.password.is_some() {
+            self.error(
+                format!("source `{source}` has a password written inline (`password = ...`)"),
+                span(&raw.name),
+                "secret in the config file",
+            )
+            .hint("put it in a file (password_file = \"/etc/causeway/mqtt.pw\") or an environment variable (password_env = \"MQTT_PASSWORD\")");
+        }
+        let credentials = self.mqtt_credentials(
+            raw.username.as_ref(),
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+            &raw.name,
+        );
+        let identity = self.mqtt_identity(raw.client_certificate.as_ref(), raw.client_key.as_ref());
+        let client_id = raw.client_id.as_ref().map(|c| {
+            let id = c.get_ref();
+            if id.is_empty() || id.len() > 64 {
+                self.error("`client_id` must be 1 to 64 characters", span(c), "length");
+            }
+            if self.client_ids.insert(id.clone(), span(c)).is_some() {
+                self.error(format!("two mqtt clients use client_id `{id}`"), span(c), "second use")
+                    .hint("a broker keeps one session per client id: the two would take it from each other forever");
+            }
+            id.clone()
+        });
+        let max_payload = self.size(
+            raw.max_payload.as_ref(),
+            DEFAULT_MAX_PAYLOAD,
+            16..=(16 << 20),
+            "max_payload",
+        );
+        if raw.tags.is_empty() {
+            self.warning(
+                format!("source `{source}` has no tags"),
+                span(&raw.name),
+                "reads nothing",
+            )
+            .hint("add tags = [ { name = \"temp\", topic = \"plant/line3/press1/telemetry\", value = \"/temp\" } ]");
+        }
+        let mut names = HashMap::new();
+        let mut formats: HashMap<String, (bool, Range<usize>)> = HashMap::new();
+        let mut tags = Vec::new();
+        for tag in &raw.tags {
+            self.unique("tag", &tag.name, &mut names);
+            let key = format!("{source}.{}", tag.name.get_ref());
+            match self.mqtt_tag(tag) {
+                Some(built) => {
+                    let json = matches!(built.format, MqttFormat::Json { .. });
+                    let at = tag.topic.as_ref().map_or_else(|| span(&tag.name), span);
+                    match formats.get(&built.topic) {
+                        Some((other, _)) if *other != json => {
+                            self.error(
+                                format!("tags on topic `{}` read it in two formats", built.topic),
+                                at,
+                                "json and text",
+                            )
+                            .hint("a topic's messages have one format: give every tag on it the same `format`");
+                        }
+                        Some(_) => {}
+                        None => {
+                            formats.insert(built.topic.clone(), (json, at));
+                        }
+                    }
+                    let facts = TagFacts::opcua(built.data_type);
+                    self.tags.insert(key, facts);
+                    tags.push(built);
+                }
+                None => {
+                    self.broken_tags.insert(key);
+                }
+            }
+        }
+        let (host, port, tls) = target?;
+        if identity.is_some() && !tls {
+            let at = raw
+                .client_certificate
+                .as_ref()
+                .map_or_else(|| span(&raw.name), span);
+            self.error("a client certificate needs mqtts://", at, "no TLS");
+        }
+        Some(MqttSourceConfig {
+            name: source,
+            host,
+            port,
+            tls,
+            ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(c.get_ref())),
+            identity,
+            client_id,
+            clean_session: raw.clean_session.as_ref().is_none_or(|c| *c.get_ref()),
+            credentials,
+            max_payload: usize::try_from(max_payload).unwrap_or(usize::MAX),
+            tags,
+        })
+    }
+
+    fn mqtt_tag(&mut self, raw: &RawTag) -> Option<MqttTagConfig> {
+        let name = raw.name.get_ref().clone();
+        self.foreign("tag", "mqtt", &raw.kind_fields(), TAG_FIELDS);
+        let Some(topic) = &raw.topic else {
+            self.error(
+                format!("tag `{name}` has no topic"),
+                span(&raw.name),
+                "which topic?",
+            )
+            .hint("add topic = \"plant/line3/press1/telemetry\"");
+            return None;
+        };
+        let text = topic.get_ref();
+        if text.is_empty() || text.contains(['+', '#', '\0']) || text.len() > 65_535 {
+            self.error(
+                format!("`{text}` is not a topic a tag can be read from"),
+                span(topic),
+                "no wildcards, not empty",
+            )
+            .hint("give each tag the exact topic its value is published on");
+            return None;
+        }
+        let json = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("json") => true,
+            Some("text") => false,
+            Some(other) => {
+                let at = raw.format.as_ref().map_or_else(|| span(&raw.name), span);
+                self.error(format!("unknown format `{other}`"), at, "expected json or text")
+                    .hint("json reads a member by its JSON Pointer (`value`); text reads the whole payload");
+                return None;
+            }
+        };
+        let pointer = |this: &mut Self, field: &str, value: &Option<Spanned<String>>| {
+            let v = value.as_ref()?;
+            let text = v.get_ref();
+            if !text.is_empty() && !text.starts_with('/') {
+                this.error(
+                    format!("`{field}` = \"{text}\" is not a JSON Pointer"),
+                    span(v),
+                    "expected /member/...",
+                )
+                .hint(format!(
+                    "write it as \"/{text}\" (RFC 6901: members separated by /)"
+                ));
+            }
+            Some(text.clone())
+        };
+        let format = if json {
+            MqttFormat::Json {
+                value: pointer(self, "value", &raw.value).unwrap_or_default(),
+                timestamp: pointer(self, "timestamp", &raw.timestamp),
+                quality: pointer(self, "quality", &raw.quality),
+            }
+        } else {
+            for (field, v) in [
+                ("value", &raw.value),
+                ("timestamp", &raw.timestamp),
+                ("quality", &raw.quality),
+            ] {
+                if let Some(v) = v {
+                    self.error(
+                        format!("`{field}` applies to format = \"json\""),
+                        span(v),
+                        "not used with text",
+                    );
+                }
+            }
+            MqttFormat::Text
+        };
+        let data_type = match &raw.data_type {
+            None => None,
+            Some(t) => {
+                let text = t.get_ref().trim();
+                match UaType::ALL.iter().find(|(n, _)| *n == text) {
+                    Some((_, ty)) => Some(*ty),
+                    None => {
+                        let all: Vec<&str> = UaType::ALL.iter().map(|(n, _)| *n).collect();
+                        self.error(format!("unknown type `{text}`"), span(t), "unknown type")
+                            .hint(format!("types are {}", all.join(", ")));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(MqttTagConfig {
+            name,
+            topic: text.clone(),
+            format,
+            data_type,
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! The MQTT source against rumqttd in-process: JSON members by pointer, text, declared types,
+//! malformed, truncated and oversized messages (Bad for their tags, never a stalled source), and
+//! MQTT values feeding a counter rule through the whole pipeline.
+
+use std::time::Duration;
+
+use firmware_config::SourceConfig;
+use gateway::sources::{Paths, Source};
+use protocols::model::{Quality, Sample, Value};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[path = "support/broker.rs"]
+mod support_broker;
+use support_broker::broker;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+gateway_id = "line3"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{port}"
+insecure = true
+max_payload = "1KiB"
+tags = [
+  {{ name = "temp",  topic = "plant/line3/press1/telemetry", value = "/m/temp", timestamp = "/ts" }},
+  {{ name = "state", topic = "plant/line3/press1/telemetry", value = "/state", type = "u16" }},
+  {{ name = "parts", topic = "plant/line3/press1/parts", format = "text", type = "u32" }},
+]
+{extra}
+[[sink]]
+name = "out"
+kind = "file"
+path = "events.jsonl"
+routes = ["*"]
+"#
+    )
+}
+
+async fn publisher(port: u16) -> AsyncClient {
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("test-publisher", "127.0.0.1", port), 100);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+/// Samples until `done` accepts one, within [`LIMIT`].
+async fn until(
+    rx: &mut mpsc::Receiver<protocols::model::SampleBatch>,
+    mut done: impl FnMut(&Sample) -> bool,
+) -> Sample {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let batch = rx.recv().await.expect("the source runs");
+            if let Some(s) = batch.samples.into_iter().find(|s| done(s)) {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("the awaited sample within the limit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_read_from_json_and_text_and_bad_messages_only_make_their_tags_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = broker();
+    let loaded = firmware_config::load("t.toml", &config(addr.port(), "")).unwrap();
+    let buffer = dir.path().join("buffer.db");
+    let paths = Paths {
+        gateway_id: "line3",
+        base: dir.path(),
+        buffer: &buffer,
+    };
+    let SourceConfig::Mqtt(_) = &loaded.sources[0] else {
+        panic!("an mqtt source")
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Source::build(&loaded.sources[0], paths).run(tx, cancel.clone()));
+    let client = publisher(addr.port()).await;
+    // Until the source has subscribed, messages may be missed: publish until one arrives.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let first = loop {
+        client
+            .publish("plant/line3/press1/parts", QoS::AtLeastOnce, false, "41")
+            .await
+            .unwrap();
+        if let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            && let Some(s) = batch.samples.into_iter().find(|s| &*s.tag == "uns.parts")
+        {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the source subscribes"
+        );
+    };
+    assert_eq!(first.value, Some(Value::U64(41)));
+    let telemetry = r#"{"m":{"temp":21.5},"ts":"2026-11-28T10:00:00Z","state":2}"#;
+    client
+        .publish(
+            "plant/line3/press1/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            telemetry,
+        )
+        .await
+        .unwrap();
+    let temp = until(&mut rx, |s| &*s.tag == "uns.temp").await;
+    assert_eq!(temp.value, Some(Value::F64(21.5)));
+    assert!(temp.source_time.is_some());
+    // A malformed message: both tags of its topic Bad, naming the fault.
+    client
+        .publish(
+            "plant/line3/press1/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"m":{"temp":2"#,
+        )
+        .await
+        .unwrap();
+    let bad = until(&mut rx, |s| &*s.tag == "uns.state").await;
+    assert!(
+        matches!(&bad.quality, Quality::Bad(why) if why.contains("malformed JSON")),
+        "{bad:?}"
+    );
+    // An oversized one (max_payload 1 KiB).
+    let big = format!(r#"{{"m":{{"temp":1}},"pad":"{}"}}"#, "x".repeat(2_000));
+    client
+        .publish("plant/line3/press1/telemetry", QoS::AtLeastOnce, false, big)
+        .await
+        .unwrap();
+    let bad = until(&mut rx, |s| &*s.tag == "uns.temp").await;
+    assert!(
+        matches!(&bad.quality, Quality::Bad(why) if why.contains("larger than max_payload")),
+        "{bad:?}"
+    );
+    // A value that does not fit its declared type.
+    client
+        .publish("plant/line3/press1/parts", QoS::AtLeastOnce, false, "-1")
+        .await
+        .unwrap();
+    let bad = until(&mut rx, |s| &*s.tag == "uns.parts").await;
+    assert!(
+        matches!(&bad.quality, Quality::Bad(why) if why.contains("u32")),
+        "{bad:?}"
+    );
+    // And the source goes on.
+    client
+        .publish("plant/line3/press1/parts", QoS::AtLeastOnce, false, "42")
+        .await
+        .unwrap();
+    let good = until(&mut rx, |s| &*s.tag == "uns.parts").await;
+    assert_eq!(good.value, Some(Value::U64(42)));
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_values_feed_a_counter_rule_through_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = broker();
+    let rule = "[[rule]]\nkind = \"counter\"\nmachine = \"press1\"\ntotal = \"uns.parts\"\ninterval = \"1s\"\n";
+    let loaded = firmware_config::load("t.toml", &config(addr.port(), rule)).unwrap();
+    let running = gateway::topology::start(&loaded, dir.path()).unwrap();
+    let client = publisher(addr.port()).await;
+    let events = dir.path().join("events.jsonl");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut n = 100u32;
+    let total = loop {
+        client
+            .publish(
+                "plant/line3/press1/parts",
+                QoS::AtLeastOnce,
+                false,
+                n.to_string(),
+            )
+            .await
+            .unwrap();
+        n += 5;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        let counted: u64 = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "production.count")
+            .filter_map(|e| e["data"]["total"].as_u64())
+            .sum();
+        if counted >= 20 {
+            break counted;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "production.count events from MQTT values"
+        );
+    };
+    assert_eq!(total % 5, 0, "parts counted in steps of 5: {total}");
+    running.shutdown().await;
+}

@@ -1,0 +1,7 @@
+//! MQTT: a source reading tags from the messages of their topics (JSON with pointers, or plain
+//! text) on rumqttc.
+
+pub mod payload;
+mod source;
+
+pub use source::MqttSource;

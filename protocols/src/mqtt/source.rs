@@ -1,0 +1,263 @@
+//! The MQTT source: one client per source, subscribed with QoS 1 to each tag's topic.
+//!
+//! A message is parsed once (bounded by `max_payload`) and read by every tag of its topic into
+//! one batch. What cannot be read makes those tags Bad with the reason, and a warning naming the
+//! topic (at most one per topic and reason every 10 s, with a count); the source goes on.
+//! Incoming publishes are acknowledged only once their batch is in the pipeline. A lost
+//! connection marks every tag Bad and is rebuilt by the client after a capped, jittered backoff,
+//! which resets on proof of health (a subscription acknowledged or a message received).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use firmware_config::{MqttFormat, MqttSourceConfig};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::payload;
+use crate::{
+    backoff::Backoff,
+    model::{Sample, SampleBatch, TagId},
+};
+
+const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// At most one warning per topic and reason in this long.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A configured MQTT source, ready to run.
+pub struct MqttSource {
+    config: MqttSourceConfig,
+    client_id: String,
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
+    password: Result<Option<String>, String>,
+    ids: Vec<TagId>,
+    by_topic: HashMap<String, (bool, Vec<usize>)>,
+    source: Arc<str>,
+    reconnect: Backoff,
+    warned: HashMap<(String, String), (Instant, u64)>,
+}
+
+impl std::fmt::Debug for MqttSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSource")
+            .field("source", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttSource {
+    /// The source `config` describes, connecting as `client_id`, with the TLS configuration and
+    /// password read at start (an error is reported on every tag until restart).
+    pub fn new(
+        config: MqttSourceConfig,
+        client_id: String,
+        tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
+        password: Result<Option<String>, String>,
+    ) -> Self {
+        let ids = config
+            .tags
+            .iter()
+            .map(|t| TagId::from(format!("{}.{}", config.name, t.name)))
+            .collect();
+        let mut by_topic: HashMap<String, (bool, Vec<usize>)> = HashMap::new();
+        for (i, tag) in config.tags.iter().enumerate() {
+            let json = matches!(tag.format, MqttFormat::Json { .. });
+            by_topic
+                .entry(tag.topic.clone())
+                .or_insert((json, Vec::new()))
+                .1
+                .push(i);
+        }
+        let source = Arc::from(config.name.as_str());
+        MqttSource {
+            config,
+            client_id,
+            tls,
+            password,
+            ids,
+            by_topic,
+            source,
+            reconnect: Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX),
+            warned: HashMap::new(),
+        }
+    }
+
+    /// Overrides the reconnect backoff (tests use short delays).
+    #[must_use]
+    pub fn with_reconnect(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect = Backoff::new(initial, max);
+        self
+    }
+
+    fn all_bad(&self, why: &str) -> SampleBatch {
+        let now = SystemTime::now();
+        SampleBatch {
+            source: self.source.clone(),
+            samples: self
+                .ids
+                .iter()
+                .map(|id| Sample::bad(id.clone(), why, now))
+                .collect(),
+        }
+    }
+
+    /// Reads the broker until `cancel` fires or `out` closes.
+    ///
+    /// # Cancel safety
+    /// Returns promptly on cancellation; a batch being sent then is dropped (never accepted),
+    /// and its messages were not acknowledged.
+    pub async fn run(mut self, out: mpsc::Sender<SampleBatch>, cancel: CancellationToken) {
+        let setup = match (&self.tls, &self.password) {
+            (Err(why), _) | (_, Err(why)) => Some(why.clone()),
+            _ => None,
+        };
+        if let Some(why) = setup {
+            tracing::error!(source = %self.config.name, "{why}");
+            let batch = self.all_bad(&why);
+            let _ = send(&out, batch, &cancel).await;
+            cancel.cancelled().await;
+            return;
+        }
+        let mut options = MqttOptions::new(&self.client_id, &self.config.host, self.config.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(self.config.clean_session)
+            .set_manual_acks(true)
+            .set_max_packet_size(self.config.max_payload.saturating_add(65_536 + 16), 65_536);
+        if let (Some((user, _)), Ok(Some(password))) = (&self.config.credentials, &self.password) {
+            options.set_credentials(user, password);
+        }
+        if let Ok(Some(tls)) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        let mut down = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(source = %self.config.name, broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "Connected to MQTT broker.");
+                    let filters = topics
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::warn!(source = %self.config.name, error = %e, "Cannot queue the subscriptions.");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    self.reconnect.reset();
+                    down = false;
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        let why = "the broker refused a subscription (check the user's ACL)";
+                        tracing::error!(source = %self.config.name, "{why}");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.reconnect.reset();
+                    down = false;
+                    let batch = self.read(&publish.topic, &publish.payload);
+                    if let Some(batch) = batch
+                        && !send(&out, batch, &cancel).await
+                    {
+                        return;
+                    }
+                    // Acknowledged only now that the batch is in the pipeline.
+                    if let Err(e) = client.try_ack(&publish) {
+                        tracing::debug!(source = %self.config.name, error = %e, "Cannot queue an acknowledgement.");
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let delay = self.reconnect.next_delay();
+                    let why = format!(
+                        "MQTT connection to {}:{} lost, values are stale: {error}",
+                        self.config.host, self.config.port
+                    );
+                    if !down {
+                        tracing::warn!(source = %self.config.name, retry_in = ?delay, "{why}");
+                        down = true;
+                    }
+                    let batch = self.all_bad(&why);
+                    if !send(&out, batch, &cancel).await {
+                        return;
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batch a message on `topic` makes for its tags.
+    fn read(&mut self, topic: &str, bytes: &[u8]) -> Option<SampleBatch> {
+        let (json, tags) = self.by_topic.get(topic)?.clone();
+        let parsed = payload::parse(bytes, json, self.config.max_payload);
+        if let payload::Parsed::Bad(why) = &parsed {
+            self.warn(topic, why);
+        }
+        let now = SystemTime::now();
+        let samples = tags
+            .iter()
+            .map(|&i| payload::sample(&self.config.tags[i], &self.ids[i], &parsed, now))
+            .collect::<Vec<_>>();
+        if let payload::Parsed::Json(_) = parsed
+            && let Some(bad) = samples.iter().find_map(|s| match &s.quality {
+                crate::model::Quality::Bad(why) => Some(why.clone()),
+                _ => None,
+            })
+        {
+            self.warn(topic, &bad);
+        }
+        Some(SampleBatch {
+            source: self.source.clone(),
+            samples,
+        })
+    }
+
+    /// A warning for `topic`, at most once per reason every [`WARN_EVERY`], with how many
+    /// were held back.
+    fn warn(&mut self, topic: &str, why: &str) {
+        let key = (topic.to_owned(), why.to_owned());
+        let now = Instant::now();
+        let entry = self.warned.entry(key).or_insert((now - WARN_EVERY, 0));
+        if now.duration_since(entry.0) >= WARN_EVERY {
+            tracing::warn!(source = %self.config.name, %topic, reason = %why, held_back = entry.1, "An MQTT message could not be read; its tags are Bad.");
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+        if self.warned.len() > 1_000 {
+            self.warned.clear();
+        }
+    }
+}
+
+async fn send(
+    out: &mpsc::Sender<SampleBatch>,
+    batch: SampleBatch,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        sent = out.send(batch) => sent.is_ok(),
+    }
+}
