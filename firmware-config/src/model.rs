@@ -158,7 +158,7 @@ pub struct MqttSourceConfig {
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key (PEM).
     pub identity: Option<(PathBuf, PathBuf)>,
-    /// Client id; `None`: `causeway-<gateway_id>-<source>`.
+    /// Client id; `None`: `causeway-<gateway_id>-source-<source>`.
     pub client_id: Option<String>,
     /// Clean session at each connect.
     pub clean_session: bool,

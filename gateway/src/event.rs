@@ -51,7 +51,21 @@ impl CloudEvent {
     }
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// RFC 3339 UTC with milliseconds; a time past 9999-12-31 is written as its last millisecond.
 pub fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    protocols::model::rfc3339(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_past_year_9999_is_written_not_panicked_on() {
+        // A device's microseconds read as milliseconds land in year 58,000.
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_860_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_860_000_123);
+        assert_eq!(rfc3339(now), "2026-11-28T10:00:00.123Z");
+    }
 }

@@ -159,6 +159,29 @@ async fn tags_are_read_from_json_and_text_and_bad_messages_only_make_their_tags_
         .unwrap();
     let good = until(&mut rx, |s| &*s.tag == "uns.parts").await;
     assert_eq!(good.value, Some(Value::U64(42)));
+    // More messages than the broker keeps in flight (rumqttd: 100) all arrive: each is
+    // acknowledged once read, or the broker would stop sending.
+    for n in 1_000..1_500u32 {
+        client
+            .publish(
+                "plant/line3/press1/parts",
+                QoS::AtLeastOnce,
+                false,
+                n.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    until(&mut rx, |s| {
+        if &*s.tag == "uns.parts"
+            && let Some(Value::U64(n)) = s.value
+        {
+            seen.insert(n);
+        }
+        seen.len() == 500
+    })
+    .await;
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await

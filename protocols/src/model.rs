@@ -92,6 +92,18 @@ impl fmt::Display for Value {
     }
 }
 
+/// RFC 3339 UTC with milliseconds; a time past 9999-12-31, which RFC 3339 cannot write, is
+/// written as that year's last millisecond (formatting it would fail, and `to_string` panic).
+pub fn rfc3339(at: SystemTime) -> String {
+    use std::fmt::Write as _;
+    let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+    let mut out = String::new();
+    if write!(out, "{}", humantime::format_rfc3339_millis(at.min(last))).is_err() {
+        out = "9999-12-31T23:59:59.999Z".to_owned();
+    }
+    out
+}
+
 /// `text` as a JSON string literal.
 fn json_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     write!(f, "\"")?;

@@ -69,10 +69,9 @@ impl Source {
                 Source::OpcUa(OpcUaSource::new(ua, pki))
             }
             SourceConfig::Mqtt(mqtt) => {
-                let client_id = mqtt
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| format!("causeway-{}-{}", paths.gateway_id, mqtt.name));
+                let client_id = mqtt.client_id.clone().unwrap_or_else(|| {
+                    format!("causeway-{}-source-{}", paths.gateway_id, mqtt.name)
+                });
                 Source::Mqtt(MqttSource::new(
                     mqtt.clone(),
                     client_id,

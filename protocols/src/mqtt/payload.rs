@@ -136,15 +136,19 @@ fn json_value(v: &Json) -> Result<Value, String> {
     })
 }
 
-/// RFC 3339 text, or Unix milliseconds.
+/// RFC 3339 text in UTC (`Z`), or Unix milliseconds; only 1970 ..= 2200, so a time in the
+/// wrong unit (seconds, microseconds) is refused rather than believed.
 fn json_time(v: &Json) -> Option<SystemTime> {
-    match v {
-        Json::String(s) => humantime::parse_rfc3339_weak(s).ok(),
+    let latest = UNIX_EPOCH + Duration::from_secs(7_258_118_400); // 2200-01-01
+    let at = match v {
+        Json::String(s) => humantime::parse_rfc3339(s).ok(),
         Json::Number(n) => n
             .as_u64()
+            .filter(|ms| *ms >= 1_000_000_000_000) // 2001-09-09: earlier is seconds, not ms
             .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
         _ => None,
-    }
+    }?;
+    (at <= latest).then_some(at)
 }
 
 /// Plain text: a bool, an integer, a float, or else the text itself.
@@ -216,6 +220,13 @@ mod tests {
             s.source_time,
             Some(UNIX_EPOCH + Duration::from_secs(1_795_860_000))
         );
+        // Microseconds, seconds and a zone-less local time are refused, not believed: the
+        // value stays, Uncertain.
+        for ts in ["1795860000000000", "1795860000", "\"2026-11-28T10:00:00\""] {
+            let s = read(&t, &format!(r#"{{"m":{{"temp":21}},"ts":{ts},"q":192}}"#));
+            assert_eq!(s.source_time, None, "{ts}");
+            assert!(matches!(s.quality, Quality::Uncertain(_)), "{ts}: {s:?}");
+        }
         let bad = read(&t, r#"{"m":{"temp":21},"ts":1,"q":"bad"}"#);
         assert!(
             matches!(bad.quality, Quality::Bad(ref why) if why.contains("quality")),

@@ -5,7 +5,7 @@
 //! topic (at most one per topic and reason every 10 s, with a count); the source goes on.
 //! Incoming publishes are acknowledged only once their batch is in the pipeline. A lost
 //! connection marks every tag Bad and is rebuilt by the client after a capped, jittered backoff,
-//! which resets on proof of health (a subscription acknowledged or a message received).
+//! which resets on proof of health (a message read).
 
 use std::{
     collections::HashMap,
@@ -140,7 +140,16 @@ impl MqttSource {
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let topics: Vec<String> = self.by_topic.keys().cloned().collect();
         let mut down = false;
+        // Acknowledgements not yet queued on the client (its request channel was full): a
+        // missing PUBACK would fill the broker's inflight window and stall the source.
+        let mut acks: std::collections::VecDeque<rumqttc::Publish> = Default::default();
         loop {
+            while let Some(publish) = acks.front() {
+                if client.try_ack(publish).is_err() {
+                    break;
+                }
+                acks.pop_front();
+            }
             let event = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
@@ -157,8 +166,8 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    self.reconnect.reset();
-                    down = false;
+                    // Not proof of health on its own: a message that kills the connection
+                    // arrives right after it. The backoff resets on a message read.
                     if ack
                         .return_codes
                         .iter()
@@ -178,12 +187,11 @@ impl MqttSource {
                         return;
                     }
                     // Acknowledged only now that the batch is in the pipeline.
-                    if let Err(e) = client.try_ack(&publish) {
-                        tracing::debug!(source = %self.config.name, error = %e, "Cannot queue an acknowledgement.");
-                    }
+                    acks.push_back(publish);
                 }
                 Ok(_) => {}
                 Err(error) => {
+                    acks.clear();
                     let delay = self.reconnect.next_delay();
                     let why = format!(
                         "MQTT connection to {}:{} lost, values are stale: {error}",
@@ -235,7 +243,16 @@ impl MqttSource {
     /// A warning for `topic`, at most once per reason every [`WARN_EVERY`], with how many
     /// were held back.
     fn warn(&mut self, topic: &str, why: &str) {
-        let key = (topic.to_owned(), why.to_owned());
+        // Keyed on the reason's kind (its text up to the first digit or colon), so a fault
+        // whose details vary does not warn on every message; the detail logged is bounded.
+        let kind: String = why
+            .chars()
+            .take_while(|c| !c.is_ascii_digit() && *c != ':')
+            .take(60)
+            .collect();
+        let why: String = why.chars().take(200).collect();
+        let why = why.as_str();
+        let key = (topic.to_owned(), kind);
         let now = Instant::now();
         let entry = self.warned.entry(key).or_insert((now - WARN_EVERY, 0));
         if now.duration_since(entry.0) >= WARN_EVERY {

@@ -117,7 +117,7 @@ pub fn value(v: &Variant) -> Result<Value, String> {
         Variant::QualifiedName(q) => Value::Str(q.name.value().clone().unwrap_or_default()),
         Variant::ByteString(b) => Value::Str(b.as_base64()),
         Variant::DateTime(d) => match system_time(d) {
-            Some(t) => Value::Str(humantime::format_rfc3339_millis(t).to_string()),
+            Some(t) => Value::Str(crate::model::rfc3339(t)),
             None => return Err("the server sent a null DateTime".to_owned()),
         },
         Variant::Array(array) => {

@@ -49,7 +49,7 @@ impl Checker {
         let max_payload = self.size(
             raw.max_payload.as_ref(),
             DEFAULT_MAX_PAYLOAD,
-            16..=(16 << 20),
+            16..=(1 << 20),
             "max_payload",
         );
         if raw.tags.is_empty() {
