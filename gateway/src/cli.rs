@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         action: BufferAction,
     },
+    /// MQTT tools for plant engineers.
+    Mqtt {
+        #[command(subcommand)]
+        action: MqttAction,
+    },
     /// OPC UA tools for plant engineers.
     Opcua {
         #[command(subcommand)]
@@ -88,6 +93,60 @@ enum Command {
         #[arg(long = "for")]
         duration: Option<HumanDuration>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MqttAction {
+    /// Print what arrives on a broker's topics, one line per message: the topic, then the
+    /// payload (compact JSON, or text).
+    Sub {
+        /// The broker, e.g. mqtts://broker.plant.local:8883 (mqtt:// needs --insecure).
+        url: String,
+        /// Topic filters; + and # wildcards allowed.
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// How to show payloads.
+        #[arg(long, value_enum, default_value_t = SubFormat::Json)]
+        format: SubFormat,
+        /// Allow a plain mqtt:// URL.
+        #[arg(long)]
+        insecure: bool,
+        /// PEM CA certificates to trust besides the system's.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Log in as this user (with --password-file or --password-env).
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Environment variable holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// PEM client certificate for mutual TLS (with --client-key).
+        #[arg(long, requires = "client_key")]
+        client_certificate: Option<PathBuf>,
+        /// PEM key of --client-certificate.
+        #[arg(long, requires = "client_certificate")]
+        client_key: Option<PathBuf>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long = "for")]
+        duration: Option<HumanDuration>,
+        /// Larger payloads are shown by size only.
+        #[arg(long, default_value_t = 65_536)]
+        max_payload: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SubFormat {
+    /// JSON, printed compactly (a malformed message says why).
+    Json,
+    /// Text, control characters escaped.
+    Text,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +303,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Opcua { action } => opcua(action),
+        Command::Mqtt { action } => mqtt(action),
         Command::Simulate { modbus, duration } => simulate_line(modbus, duration.map(|d| d.0)),
         Command::Buffer { config, action } => {
             let config = config.context(
@@ -400,6 +460,82 @@ fn run(path: &Path) -> Result<ExitCode> {
         tracing::info!(?drained, "Stopped.");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn mqtt(action: MqttAction) -> Result<ExitCode> {
+    let MqttAction::Sub {
+        url,
+        topics,
+        format,
+        insecure,
+        ca_file,
+        username,
+        password_file,
+        password_env,
+        client_certificate,
+        client_key,
+        count,
+        duration,
+        max_payload,
+    } = action;
+    let parsed = url::Url::parse(&url).with_context(|| format!("`{url}` is not a URL"))?;
+    let tls = match parsed.scheme() {
+        "mqtts" | "ssl" => true,
+        "mqtt" | "tcp" if insecure => false,
+        "mqtt" | "tcp" => anyhow::bail!(
+            "`{url}` is not encrypted; use mqtts://, or add --insecure on a network you trust"
+        ),
+        other => anyhow::bail!("`{url}` is not an MQTT URL (scheme `{other}`)"),
+    };
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("`{url}` has no host"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let tls = if tls {
+        let config = match (&client_certificate, &client_key) {
+            (Some(c), Some(k)) => {
+                gateway::tls::client_config_with_identity(ca_file.as_deref(), c, k)
+            }
+            _ => gateway::tls::client_config(ca_file.as_deref()),
+        }
+        .map_err(|e| anyhow::anyhow!(gateway::error_chain(&e)))?;
+        Some(std::sync::Arc::new(config))
+    } else {
+        None
+    };
+    let credentials = match (username, password_file, password_env) {
+        (None, None, None) => None,
+        (Some(user), Some(file), None) => Some((
+            user,
+            protocols::opcua::connect::read_secret(&file)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?,
+        )),
+        (Some(user), None, Some(env)) => Some((
+            user,
+            std::env::var(&env)
+                .with_context(|| format!("the environment variable {env} is not set"))?,
+        )),
+        _ => anyhow::bail!("give --username with one of --password-file or --password-env"),
+    };
+    let args = gateway::mqtt_sub::SubArgs {
+        host,
+        port,
+        tls,
+        credentials,
+        topics,
+        json: matches!(format, SubFormat::Json),
+        count,
+        duration: duration.map(|d| d.0),
+        max_payload: max_payload.clamp(16, 16 << 20),
+    };
+    runtime()?.block_on(async {
+        let mut out = std::io::stdout().lock();
+        gateway::mqtt_sub::run(&args, &mut out).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn opcua(action: OpcuaAction) -> Result<ExitCode> {

@@ -7,6 +7,7 @@
 pub mod browse;
 pub mod demo;
 pub mod event;
+pub mod mqtt_sub;
 pub mod normalize;
 pub mod sinks;
 pub mod sources;
