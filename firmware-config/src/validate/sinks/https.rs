@@ -69,26 +69,7 @@ impl Checker {
             Duration::from_millis(100)..=5 * MINUTE,
             "timeout",
         );
-        let retry_initial = self.duration(
-            raw.retry_initial.as_ref(),
-            Duration::from_millis(500),
-            Duration::from_millis(10)..=HOUR,
-            "retry_initial",
-        );
-        let retry_max = self.duration(
-            raw.retry_max.as_ref(),
-            Duration::from_secs(30),
-            Duration::from_millis(10)..=HOUR,
-            "retry_max",
-        );
-        if retry_max < retry_initial {
-            let at = raw.retry_max.as_ref().map_or_else(|| span(&raw.name), span);
-            self.error(
-                "retry_max is shorter than retry_initial",
-                at,
-                "the cap is below the first delay",
-            );
-        }
+        let (retry_initial, retry_max) = self.retry_delays(raw);
         Some(HttpsSinkConfig {
             url: text.to_owned(),
             insecure,
@@ -137,5 +118,33 @@ impl Checker {
                 None
             }
         }
+    }
+}
+
+impl Checker {
+    /// A sink's `retry_initial` (default 500 ms) and `retry_max` (default 30 s), 10 ms ..= 1 h,
+    /// the cap not below the first delay.
+    pub(crate) fn retry_delays(&mut self, raw: &RawSink) -> (Duration, Duration) {
+        let retry_initial = self.duration(
+            raw.retry_initial.as_ref(),
+            Duration::from_millis(500),
+            Duration::from_millis(10)..=HOUR,
+            "retry_initial",
+        );
+        let retry_max = self.duration(
+            raw.retry_max.as_ref(),
+            Duration::from_secs(30),
+            Duration::from_millis(10)..=HOUR,
+            "retry_max",
+        );
+        if retry_max < retry_initial {
+            let at = raw.retry_max.as_ref().map_or_else(|| span(&raw.name), span);
+            self.error(
+                "retry_max is shorter than retry_initial",
+                at,
+                "the cap is below the first delay",
+            );
+        }
+        (retry_initial, retry_max)
     }
 }

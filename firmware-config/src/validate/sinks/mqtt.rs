@@ -77,26 +77,7 @@ impl Checker {
             SECOND..=5 * MINUTE,
             "timeout",
         );
-        let retry_initial = self.duration(
-            raw.retry_initial.as_ref(),
-            Duration::from_millis(500),
-            Duration::from_millis(10)..=HOUR,
-            "retry_initial",
-        );
-        let retry_max = self.duration(
-            raw.retry_max.as_ref(),
-            Duration::from_secs(30),
-            Duration::from_millis(10)..=HOUR,
-            "retry_max",
-        );
-        if retry_max < retry_initial {
-            let at = raw.retry_max.as_ref().map_or_else(|| span(&raw.name), span);
-            self.error(
-                "`retry_max` is shorter than `retry_initial`",
-                at,
-                "too short",
-            );
-        }
+        let (retry_initial, retry_max) = self.retry_delays(raw);
         let identity = self.mqtt_identity(raw.client_certificate.as_ref(), raw.client_key.as_ref());
         let (host, port, tls) = target?;
         if let (Some(ca), false) = (&raw.ca_file, tls) {
@@ -218,19 +199,7 @@ impl Checker {
         password_env: Option<&Spanned<String>>,
         owner: &Spanned<String>,
     ) -> Option<(String, Secret)> {
-        let secret = match (password_env, password_file) {
-            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
-            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
-            (Some(_), Some(file)) => {
-                self.error(
-                    "`password_env` and `password_file` are both set",
-                    span(file),
-                    "choose one",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let secret = self.secret(password_env, password_file);
         match (username, secret) {
             (Some(user), Some(secret)) => Some((user.get_ref().clone(), secret)),
             (Some(user), None) => {
@@ -272,6 +241,27 @@ impl Checker {
                 );
                 None
             }
+        }
+    }
+
+    /// A password from `password_env` or `password_file` (not both).
+    pub(crate) fn secret(
+        &mut self,
+        password_env: Option<&Spanned<String>>,
+        password_file: Option<&Spanned<String>>,
+    ) -> Option<Secret> {
+        match (password_env, password_file) {
+            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
+            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
+            (Some(_), Some(file)) => {
+                self.error(
+                    "`password_env` and `password_file` are both set",
+                    span(file),
+                    "choose one",
+                );
+                None
+            }
+            (None, None) => None,
         }
     }
 }

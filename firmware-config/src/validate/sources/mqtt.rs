@@ -187,18 +187,7 @@ impl Checker {
         };
         let data_type = match &raw.data_type {
             None => None,
-            Some(t) => {
-                let text = t.get_ref().trim();
-                match UaType::ALL.iter().find(|(n, _)| *n == text) {
-                    Some((_, ty)) => Some(*ty),
-                    None => {
-                        let all: Vec<&str> = UaType::ALL.iter().map(|(n, _)| *n).collect();
-                        self.error(format!("unknown type `{text}`"), span(t), "unknown type")
-                            .hint(format!("types are {}", all.join(", ")));
-                        return None;
-                    }
-                }
-            }
+            Some(t) => Some(self.value_type(t)?),
         };
         Some(MqttTagConfig {
             name,

@@ -217,19 +217,7 @@ impl Checker {
             )
                 .hint("config files get copied, committed and mailed: put it in a file (password_file = \"/etc/causeway/ua.pw\") or an environment variable (password_env = \"UA_PASSWORD\")");
         }
-        let secret = match (&raw.password_env, &raw.password_file) {
-            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
-            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
-            (Some(_), Some(file)) => {
-                self.error(
-                    "`password_env` and `password_file` are both set",
-                    span(file),
-                    "choose one",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let secret = self.secret(raw.password_env.as_ref(), raw.password_file.as_ref());
         let cert = (&raw.user_certificate, &raw.user_key);
         if raw.username.is_some() && (cert.0.is_some() || cert.1.is_some()) {
             let at = cert
@@ -422,22 +410,7 @@ impl Checker {
         };
         let data_type = match &raw.data_type {
             None => None,
-            Some(t) => {
-                let text = t.get_ref().trim();
-                match UaType::ALL.iter().find(|(n, _)| *n == text) {
-                    Some((_, ty)) => Some(*ty),
-                    None => {
-                        let all: Vec<&str> = UaType::ALL.iter().map(|(n, _)| *n).collect();
-                        let hint = closest(text, all.iter().copied()).map_or_else(
-                            || format!("types are {}", all.join(", ")),
-                            |n| format!("did you mean \"{n}\"? Types are {}", all.join(", ")),
-                        );
-                        self.error(format!("unknown type `{text}`"), span(t), "unknown type")
-                            .hint(hint);
-                        return None;
-                    }
-                }
-            }
+            Some(t) => Some(self.value_type(t)?),
         };
         let deadband = match &raw.deadband {
             None => None,
@@ -468,5 +441,23 @@ impl Checker {
             data_type,
             deadband,
         })
+    }
+}
+
+impl Checker {
+    /// A declared tag type of an opcua or mqtt tag.
+    pub(crate) fn value_type(&mut self, t: &Spanned<String>) -> Option<UaType> {
+        let text = t.get_ref().trim();
+        if let Some((_, ty)) = UaType::ALL.iter().find(|(n, _)| *n == text) {
+            return Some(*ty);
+        }
+        let all: Vec<&str> = UaType::ALL.iter().map(|(n, _)| *n).collect();
+        let hint = closest(text, all.iter().copied()).map_or_else(
+            || format!("types are {}", all.join(", ")),
+            |n| format!("did you mean \"{n}\"? Types are {}", all.join(", ")),
+        );
+        self.error(format!("unknown type `{text}`"), span(t), "unknown type")
+            .hint(hint);
+        None
     }
 }
