@@ -23,3 +23,17 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Sends `batch` unless `cancel` fires first; `false`: stop (cancelled, or the receiver is gone).
+/// A batch whose send is cancelled is dropped, never half-accepted.
+pub(crate) async fn send(
+    out: &tokio::sync::mpsc::Sender<model::SampleBatch>,
+    batch: model::SampleBatch,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        sent = out.send(batch) => sent.is_ok(),
+    }
+}

@@ -28,6 +28,7 @@ use crate::{
     backoff::Backoff,
     error_chain,
     model::{Sample, SampleBatch, TagId, Value},
+    send,
 };
 
 /// Reconnect delays: from 200 ms up to 30 s.
@@ -322,17 +323,5 @@ impl ModbusSource {
             source: Arc::clone(&self.source),
             samples,
         }
-    }
-}
-
-/// Sends unless cancelled first; `false` when the pipeline is gone or stopping.
-async fn send(
-    out: &mpsc::Sender<SampleBatch>,
-    batch: SampleBatch,
-    cancel: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        sent = out.send(batch) => sent.is_ok(),
-        () = cancel.cancelled() => false,
     }
 }

@@ -22,6 +22,7 @@ use super::payload;
 use crate::{
     backoff::Backoff,
     model::{Sample, SampleBatch, TagId},
+    send,
 };
 
 const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
@@ -264,17 +265,5 @@ impl MqttSource {
         if self.warned.len() > 1_000 {
             self.warned.clear();
         }
-    }
-}
-
-async fn send(
-    out: &mpsc::Sender<SampleBatch>,
-    batch: SampleBatch,
-    cancel: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => false,
-        sent = out.send(batch) => sent.is_ok(),
     }
 }

@@ -41,6 +41,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     model::{Quality, Sample, SampleBatch, TagId},
+    send,
 };
 
 /// Reconnect delays: from 500 ms up to 30 s.
@@ -768,18 +769,6 @@ fn snapshots(samples: Vec<Sample>) -> Vec<Vec<Sample>> {
         out.push(current);
     }
     out
-}
-
-async fn send(
-    out: &mpsc::Sender<SampleBatch>,
-    batch: SampleBatch,
-    cancel: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => false,
-        sent = out.send(batch) => sent.is_ok(),
-    }
 }
 
 /// What the subscription callback (called synchronously by the session) hands the source task.
