@@ -175,7 +175,8 @@ pub struct MqttSourceConfig {
 pub struct MqttTagConfig {
     /// Unique within the source.
     pub name: String,
-    /// The topic (no wildcards).
+    /// The topic (no wildcards); for Sparkplug B, the filter its node's or device's messages
+    /// arrive on (`spBv1.0/<group>/+/<edge node>[/<device>]`).
     pub topic: String,
     /// How its messages are read.
     pub format: MqttFormat,
@@ -197,6 +198,17 @@ pub enum MqttFormat {
     },
     /// The whole payload as text: a number, true/false, or a string.
     Text,
+    /// A metric of a Sparkplug B edge node or device, by name (aliases resolved from births).
+    Sparkplug {
+        /// The group id.
+        group: String,
+        /// The edge node id.
+        edge_node: String,
+        /// The device id; `None` for a metric of the edge node itself.
+        device: Option<String>,
+        /// The metric's name.
+        metric: String,
+    },
 }
 
 /// OPC UA security policies Causeway offers (the deprecated Basic128Rsa15 and Basic256 are not).

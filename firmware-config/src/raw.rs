@@ -155,6 +155,14 @@ pub struct RawTag {
     pub timestamp: Option<Spanned<String>>,
     /// mqtt json: JSON Pointer to a quality: true/"good"/192 are Good, anything else Bad.
     pub quality: Option<Spanned<String>>,
+    /// mqtt sparkplug: the Sparkplug group id.
+    pub group: Option<Spanned<String>>,
+    /// mqtt sparkplug: the edge node id.
+    pub edge_node: Option<Spanned<String>>,
+    /// mqtt sparkplug: the device id (absent: a metric of the edge node itself).
+    pub device: Option<Spanned<String>>,
+    /// mqtt sparkplug: the metric's name, as in the birth certificate.
+    pub metric: Option<Spanned<String>>,
 }
 
 /// `[[rule]]`
@@ -388,6 +396,10 @@ impl RawTag {
             set("value", &self.value),
             set("timestamp", &self.timestamp),
             set("quality", &self.quality),
+            set("group", &self.group),
+            set("edge_node", &self.edge_node),
+            set("device", &self.device),
+            set("metric", &self.metric),
         ]
         .into_iter()
         .flatten()

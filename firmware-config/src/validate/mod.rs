@@ -82,7 +82,18 @@ const TAG_FIELDS: &[(&str, &[&str])] = &[
     ("opcua", &["node", "type", "deadband"]),
     (
         "mqtt",
-        &["topic", "format", "value", "timestamp", "quality", "type"],
+        &[
+            "topic",
+            "format",
+            "value",
+            "timestamp",
+            "quality",
+            "type",
+            "group",
+            "edge_node",
+            "device",
+            "metric",
+        ],
     ),
 ];
 /// The kind-specific fields each rule kind takes.

@@ -3,5 +3,6 @@
 
 pub mod payload;
 mod source;
+pub mod sparkplug;
 
 pub use source::MqttSource;

@@ -119,6 +119,25 @@ impl Checker {
     fn mqtt_tag(&mut self, raw: &RawTag) -> Option<MqttTagConfig> {
         let name = raw.name.get_ref().clone();
         self.foreign("tag", "mqtt", &raw.kind_fields(), TAG_FIELDS);
+        let format = raw.format.as_ref().map(|f| f.get_ref().as_str());
+        if format == Some("sparkplug") {
+            return self.sparkplug_tag(raw);
+        }
+        for (field, v) in [
+            ("group", &raw.group),
+            ("edge_node", &raw.edge_node),
+            ("device", &raw.device),
+            ("metric", &raw.metric),
+        ] {
+            if let Some(v) = v {
+                self.error(
+                    format!("`{field}` applies to format = \"sparkplug\""),
+                    span(v),
+                    "not used here",
+                )
+                .hint("a Sparkplug B metric is read with format = \"sparkplug\", group, edge_node, (device) and metric");
+            }
+        }
         let Some(topic) = &raw.topic else {
             self.error(
                 format!("tag `{name}` has no topic"),
@@ -138,13 +157,17 @@ impl Checker {
             .hint("give each tag the exact topic its value is published on");
             return None;
         }
-        let json = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+        let json = match format {
             None | Some("json") => true,
             Some("text") => false,
             Some(other) => {
                 let at = raw.format.as_ref().map_or_else(|| span(&raw.name), span);
-                self.error(format!("unknown format `{other}`"), at, "expected json or text")
-                    .hint("json reads a member by its JSON Pointer (`value`); text reads the whole payload");
+                self.error(
+                    format!("unknown format `{other}`"),
+                    at,
+                    "expected json, text or sparkplug",
+                )
+                .hint("json reads a member by its JSON Pointer (`value`); text reads the whole payload; sparkplug reads a Sparkplug B metric");
                 return None;
             }
         };
@@ -193,6 +216,92 @@ impl Checker {
             name,
             topic: text.clone(),
             format,
+            data_type,
+        })
+    }
+
+    /// A tag reading a Sparkplug B metric: `group`, `edge_node`, optional `device`, `metric`.
+    fn sparkplug_tag(&mut self, raw: &RawTag) -> Option<MqttTagConfig> {
+        let name = raw.name.get_ref();
+        for (field, v) in [
+            ("topic", &raw.topic),
+            ("value", &raw.value),
+            ("timestamp", &raw.timestamp),
+            ("quality", &raw.quality),
+        ] {
+            if let Some(v) = v {
+                self.error(
+                    format!("`{field}` does not apply to format = \"sparkplug\""),
+                    span(v),
+                    "not used with sparkplug",
+                )
+                .hint("the topic follows from group, edge_node and device; the value, time and quality from the metric");
+            }
+        }
+        let id = |this: &mut Self, field: &str, v: &Option<Spanned<String>>, required: bool| {
+            let Some(v) = v else {
+                if required {
+                    this.error(
+                        format!("sparkplug tag `{name}` has no `{field}`"),
+                        span(&raw.name),
+                        "which metric?",
+                    )
+                    .hint("a Sparkplug B metric is named by group, edge_node, (device,) and metric, e.g. group = \"Plant1\", edge_node = \"Line3\", device = \"Press1\", metric = \"Force\"");
+                }
+                return None;
+            };
+            let text = v.get_ref();
+            if text.is_empty() || text.len() > 256 || text.contains(['/', '+', '#', '\0']) {
+                this.error(
+                    format!("`{field}` = \"{text}\" is not a Sparkplug id"),
+                    span(v),
+                    "1 to 256 characters, no / + #",
+                )
+                .hint("copy it from the topic the edge node publishes on: spBv1.0/<group>/NDATA/<edge_node>[/<device>]");
+                return None;
+            }
+            Some(text.clone())
+        };
+        let group = id(self, "group", &raw.group, true);
+        let edge_node = id(self, "edge_node", &raw.edge_node, true);
+        let device = id(self, "device", &raw.device, false);
+        if raw.device.is_some() && device.is_none() {
+            return None;
+        }
+        let metric = match &raw.metric {
+            Some(m) if m.get_ref().is_empty() || m.get_ref().len() > 1_024 => {
+                self.error("`metric` must be 1 to 1,024 characters", span(m), "length");
+                None
+            }
+            Some(m) => Some(m.get_ref().clone()),
+            None => {
+                self.error(
+                    format!("sparkplug tag `{name}` has no `metric`"),
+                    span(&raw.name),
+                    "which metric?",
+                )
+                .hint("add metric = \"Force\", as the birth certificate names it (folders with /, e.g. \"Press/Force\")");
+                None
+            }
+        };
+        let data_type = match &raw.data_type {
+            None => None,
+            Some(t) => Some(self.value_type(t)?),
+        };
+        let (group, edge_node, metric) = (group?, edge_node?, metric?);
+        let topic = match &device {
+            Some(d) => format!("spBv1.0/{group}/+/{edge_node}/{d}"),
+            None => format!("spBv1.0/{group}/+/{edge_node}"),
+        };
+        Some(MqttTagConfig {
+            name: name.clone(),
+            topic,
+            format: MqttFormat::Sparkplug {
+                group,
+                edge_node,
+                device,
+                metric,
+            },
             data_type,
         })
     }
