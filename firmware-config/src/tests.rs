@@ -974,3 +974,96 @@ routes = ["*"]
         );
     }
 }
+
+#[test]
+fn a_sparkplug_tag_loads_and_its_mistakes_are_named() {
+    let source = r#"
+gateway_id = "plant1"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtt://broker.plant.local"
+insecure = true
+tags = [
+  { name = "force", format = "sparkplug", group = "Plant1", edge_node = "Line3", device = "Press1", metric = "Press/Force" },
+  { name = "parts", format = "sparkplug", group = "Plant1", edge_node = "Line3", metric = "Count", type = "u32" },
+  { name = "temp", topic = "plant/line3/temp", value = "/t" },
+]
+
+[[rule]]
+kind = "counter"
+machine = "press1"
+total = "uns.parts"
+
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+    let config = load("t.toml", source).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let SourceConfig::Mqtt(mqtt) = &config.config().sources[0] else {
+        panic!("an mqtt source")
+    };
+    assert_eq!(
+        mqtt.tags[0].format,
+        MqttFormat::Sparkplug {
+            group: "Plant1".into(),
+            edge_node: "Line3".into(),
+            device: Some("Press1".into()),
+            metric: "Press/Force".into(),
+        }
+    );
+    assert_eq!(mqtt.tags[0].topic, "spBv1.0/Plant1/+/Line3/Press1");
+    assert_eq!(mqtt.tags[1].topic, "spBv1.0/Plant1/+/Line3");
+    for (from, to, expected) in [
+        (
+            "edge_node = \"Line3\", device",
+            "device",
+            "sparkplug tag `force` has no `edge_node`",
+        ),
+        (
+            "edge_node = \"Line3\", device",
+            "edge_node = \"Line/3\", device",
+            "`edge_node` = \"Line/3\" is not a Sparkplug id",
+        ),
+        (
+            "group = \"Plant1\", edge_node = \"Line3\", device",
+            "group = \"Plant#\", edge_node = \"Line3\", device",
+            "`group` = \"Plant#\" is not a Sparkplug id",
+        ),
+        (
+            "metric = \"Press/Force\"",
+            "metric = \"Press/Force\", topic = \"a/b\"",
+            "`topic` does not apply to format = \"sparkplug\"",
+        ),
+        (
+            ", metric = \"Press/Force\"",
+            "",
+            "sparkplug tag `force` has no `metric`",
+        ),
+        (
+            "value = \"/t\"",
+            "value = \"/t\", metric = \"x\"",
+            "`metric` applies to format = \"sparkplug\"",
+        ),
+        (
+            "metric = \"Count\", type = \"u32\"",
+            "metric = \"Count\"",
+            "counter tag `uns.parts` has no declared type",
+        ),
+        (
+            "metric = \"Count\", type = \"u32\"",
+            "metric = \"Count\", type = \"u32\", value = \"/x\"",
+            "`value` does not apply to format = \"sparkplug\"",
+        ),
+    ] {
+        let text = source.replacen(from, to, 1);
+        assert_ne!(text, source, "{from}");
+        let errors = errors(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+}

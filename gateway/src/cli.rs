@@ -147,6 +147,8 @@ enum SubFormat {
     Json,
     /// Text, control characters escaped.
     Text,
+    /// Sparkplug B, decoded (metrics by alias named from the births seen).
+    Sparkplug,
 }
 
 #[derive(Debug, Subcommand)]
@@ -526,7 +528,11 @@ fn mqtt(action: MqttAction) -> Result<ExitCode> {
         tls,
         credentials,
         topics,
-        json: matches!(format, SubFormat::Json),
+        format: match format {
+            SubFormat::Json => gateway::mqtt_sub::Shown::Json,
+            SubFormat::Text => gateway::mqtt_sub::Shown::Text,
+            SubFormat::Sparkplug => gateway::mqtt_sub::Shown::Sparkplug,
+        },
         count,
         duration: duration.map(|d| d.0),
         max_payload: max_payload.clamp(16, 16 << 20),

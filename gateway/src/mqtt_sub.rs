@@ -1,10 +1,27 @@
 //! `causeway mqtt sub`: what arrives on a broker's topics, decoded, for an engineer checking a
 //! broker before writing the config.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use protocols::{
+    model::Value,
+    mqtt::sparkplug::{self, Kind, Topic},
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::json;
+
+/// How payloads are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// JSON, printed compactly (a malformed message says why).
+    Json,
+    /// Text, control characters escaped.
+    Text,
+    /// Sparkplug B, decoded to one line of JSON; metrics sent by alias are named from the
+    /// births seen in this session.
+    Sparkplug,
+}
 
 /// Where to listen and how to show what arrives.
 #[derive(Debug, Clone)]
@@ -19,8 +36,8 @@ pub struct SubArgs {
     pub credentials: Option<(String, String)>,
     /// Topic filters (wildcards allowed).
     pub topics: Vec<String>,
-    /// Decode payloads as JSON (pretty-printed) rather than show them as text.
-    pub json: bool,
+    /// How payloads are decoded.
+    pub format: Shown,
     /// Stop after this many messages.
     pub count: Option<usize>,
     /// Stop after this long.
@@ -48,6 +65,7 @@ pub async fn run(args: &SubArgs, out: &mut dyn Write) -> Result<()> {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut seen = 0usize;
+    let mut births = Births::default();
     loop {
         let next = eventloop.poll();
         let event = match deadline {
@@ -76,12 +94,13 @@ pub async fn run(args: &SubArgs, out: &mut dyn Write) -> Result<()> {
                 );
             }
             Event::Incoming(Packet::Publish(p)) => {
-                writeln!(
-                    out,
-                    "{}  {}",
-                    p.topic,
-                    show(&p.payload, args.json, args.max_payload)
-                )?;
+                let shown =
+                    if args.format == Shown::Sparkplug && p.payload.len() <= args.max_payload {
+                        births.show(&p.topic, &p.payload)
+                    } else {
+                        show(&p.payload, args.format == Shown::Json, args.max_payload)
+                    };
+                writeln!(out, "{}  {shown}", p.topic)?;
                 out.flush()?;
                 seen += 1;
                 if args.count.is_some_and(|n| seen >= n) {
@@ -120,5 +139,169 @@ fn text(payload: &[u8]) -> String {
         format!("{shown}…")
     } else {
         shown
+    }
+}
+
+/// What the births seen so far declared: (group, edge node) -> alias -> (name, data type).
+#[derive(Debug, Default)]
+pub struct Births {
+    aliases: HashMap<(String, String), HashMap<u64, (String, u32)>>,
+}
+
+impl Births {
+    /// A Sparkplug B payload on one line of JSON: `seq`, `timestamp` and each metric's name
+    /// (from the birth when sent by alias), alias, type and value (or why it has none).
+    pub fn show(&mut self, topic: &str, payload: &[u8]) -> String {
+        let payload = match sparkplug::decode(payload) {
+            Ok(p) => p,
+            Err(why) => return format!("<{why}> {}", text(payload)),
+        };
+        let parsed = Topic::parse(topic);
+        let known = parsed.map(|t| {
+            let key = (t.group.to_owned(), t.edge_node.to_owned());
+            if t.kind == Kind::NBirth {
+                self.aliases.remove(&key);
+            }
+            if self.aliases.len() >= 10_000 && !self.aliases.contains_key(&key) {
+                self.aliases.clear();
+            }
+            (self.aliases.entry(key).or_default(), t.kind)
+        });
+        let (mut aliases, kind) = match known {
+            Some((a, k)) => (Some(a), Some(k)),
+            None => (None, None),
+        };
+        let birth = matches!(kind, Some(Kind::NBirth | Kind::DBirth));
+        let metrics: Vec<serde_json::Value> = payload
+            .metrics
+            .iter()
+            .map(|m| {
+                let declared = m
+                    .alias
+                    .and_then(|a| aliases.as_ref().and_then(|map| map.get(&a)).cloned());
+                if birth
+                    && let (Some(alias), Some(name), Some(map)) =
+                        (m.alias, &m.name, aliases.as_mut())
+                    && map.len() < 100_000
+                {
+                    map.insert(alias, (name.clone(), m.datatype.unwrap_or(0)));
+                }
+                let name = m
+                    .name
+                    .clone()
+                    .or_else(|| declared.as_ref().map(|d| d.0.clone()));
+                let code = m.datatype.or(declared.map(|d| d.1)).unwrap_or(0);
+                let mut shown = serde_json::Map::new();
+                if let Some(name) = name {
+                    shown.insert("name".into(), json!(name));
+                }
+                if let Some(alias) = m.alias {
+                    shown.insert("alias".into(), json!(alias));
+                }
+                shown.insert("type".into(), json!(sparkplug::type_name(code)));
+                match sparkplug::value(m, code) {
+                    Ok(v) => shown.insert("value".into(), json_value(&v)),
+                    Err(why) => shown.insert("error".into(), json!(why)),
+                };
+                if m.is_historical == Some(true) {
+                    shown.insert("historical".into(), json!(true));
+                }
+                serde_json::Value::Object(shown)
+            })
+            .collect();
+        let mut line = serde_json::Map::new();
+        if let Some(seq) = payload.seq {
+            line.insert("seq".into(), json!(seq));
+        }
+        if let Some(ms) = payload.timestamp {
+            line.insert("timestamp".into(), json!(ms));
+        }
+        line.insert("metrics".into(), json!(metrics));
+        serde_json::Value::Object(line).to_string()
+    }
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => json!(b),
+        Value::I64(i) => json!(i),
+        Value::U64(u) => json!(u),
+        Value::F64(f) => json!(f),
+        Value::Str(s) => json!(s),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(json_value).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use protocols::mqtt::sparkplug::{Metric, MetricValue, Payload};
+
+    use super::*;
+
+    fn bytes(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            timestamp: Some(1_800_000_000_000),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn sparkplug_metrics_by_alias_are_named_from_the_birth() {
+        let mut births = Births::default();
+        let birth = bytes(
+            0,
+            vec![Metric {
+                name: Some("Press/Force".into()),
+                alias: Some(7),
+                datatype: Some(3),
+                value: Some(MetricValue::Int(0xFFFF_FFFE)),
+                ..Metric::default()
+            }],
+        );
+        let line = births.show("spBv1.0/G/NBIRTH/N", &birth);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"seq": 0, "timestamp": 1_800_000_000_000u64, "metrics": [
+                {"name": "Press/Force", "alias": 7, "type": "Int32", "value": -2}
+            ]})
+        );
+        let data = bytes(
+            1,
+            vec![
+                Metric {
+                    alias: Some(7),
+                    value: Some(MetricValue::Int(5)),
+                    ..Metric::default()
+                },
+                Metric {
+                    alias: Some(8),
+                    value: Some(MetricValue::Int(1)),
+                    ..Metric::default()
+                },
+            ],
+        );
+        let line = births.show("spBv1.0/G/NDATA/N", &data);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["metrics"][0]["name"], "Press/Force");
+        assert_eq!(v["metrics"][0]["value"], 5);
+        assert_eq!(
+            v["metrics"][1].get("name"),
+            None,
+            "alias 8 was never declared"
+        );
+        // Another node's alias 7 is not this one's.
+        let line = births.show("spBv1.0/G/NDATA/Other", &data);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["metrics"][0].get("name"), None);
+        assert!(
+            births
+                .show("spBv1.0/G/NDATA/N", &[0x12, 0xFF])
+                .starts_with("<malformed Sparkplug B payload")
+        );
     }
 }

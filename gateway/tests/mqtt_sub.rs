@@ -37,7 +37,7 @@ async fn retained_messages_are_printed_decoded_and_a_malformed_one_says_why() {
         tls: None,
         credentials: None,
         topics: vec!["plant/line3/+/telemetry".into()],
-        json: true,
+        format: gateway::mqtt_sub::Shown::Json,
         count: Some(2),
         duration: Some(Duration::from_secs(30)),
         max_payload: 65_536,

@@ -196,8 +196,20 @@ pub fn plan(config: &SourceConfig, paths: Paths<'_>) -> Planned {
     match config {
         SourceConfig::Mqtt(mqtt) => {
             let mut shown = String::new();
-            let topics: std::collections::BTreeSet<&str> =
-                mqtt.tags.iter().map(|t| t.topic.as_str()).collect();
+            // Exact topics, and two filters per Sparkplug edge node (its messages, its devices').
+            let topics: std::collections::BTreeSet<String> = mqtt
+                .tags
+                .iter()
+                .flat_map(|t| match &t.format {
+                    firmware_config::MqttFormat::Sparkplug {
+                        group, edge_node, ..
+                    } => vec![
+                        format!("spBv1.0/{group}/+/{edge_node}"),
+                        format!("spBv1.0/{group}/+/{edge_node}/+"),
+                    ],
+                    _ => vec![t.topic.clone()],
+                })
+                .collect();
             let _ = writeln!(
                 shown,
                 "source `{}` (mqtt {}:{}{}): {} topic(s) subscribed with QoS 1, messages up to {} bytes",
@@ -212,6 +224,9 @@ pub fn plan(config: &SourceConfig, paths: Paths<'_>) -> Planned {
                 let how = match &tag.format {
                     firmware_config::MqttFormat::Json { value, .. } => format!("json {value}"),
                     firmware_config::MqttFormat::Text => "text".to_owned(),
+                    firmware_config::MqttFormat::Sparkplug { metric, .. } => {
+                        format!("sparkplug metric `{metric}`")
+                    }
                 };
                 let _ = writeln!(shown, "  {:<24} {} ({how})", tag.name, tag.topic);
             }

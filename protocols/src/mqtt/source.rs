@@ -18,7 +18,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::payload;
+use super::{payload, sparkplug};
 use crate::{
     backoff::Backoff,
     model::{Sample, SampleBatch, TagId},
@@ -38,6 +38,7 @@ pub struct MqttSource {
     password: Result<Option<String>, String>,
     ids: Vec<TagId>,
     by_topic: HashMap<String, (bool, Vec<usize>)>,
+    sparkplug: sparkplug::Host,
     source: Arc<str>,
     reconnect: Backoff,
     warned: HashMap<(String, String), (Instant, u64)>,
@@ -66,7 +67,28 @@ impl MqttSource {
             .map(|t| TagId::from(format!("{}.{}", config.name, t.name)))
             .collect();
         let mut by_topic: HashMap<String, (bool, Vec<usize>)> = HashMap::new();
+        let sparkplug =
+            sparkplug::Host::new(config.tags.iter().enumerate().filter_map(|(i, tag)| {
+                match &tag.format {
+                    MqttFormat::Sparkplug {
+                        group,
+                        edge_node,
+                        device,
+                        metric,
+                    } => Some((
+                        i,
+                        group.as_str(),
+                        edge_node.as_str(),
+                        device.as_deref(),
+                        metric.as_str(),
+                    )),
+                    _ => None,
+                }
+            }));
         for (i, tag) in config.tags.iter().enumerate() {
+            if matches!(tag.format, MqttFormat::Sparkplug { .. }) {
+                continue;
+            }
             let json = matches!(tag.format, MqttFormat::Json { .. });
             by_topic
                 .entry(tag.topic.clone())
@@ -82,6 +104,7 @@ impl MqttSource {
             password,
             ids,
             by_topic,
+            sparkplug,
             source,
             reconnect: Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX),
             warned: HashMap::new(),
@@ -139,7 +162,8 @@ impl MqttSource {
             )));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        let mut topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        topics.extend(self.sparkplug.filters());
         let mut down = false;
         // Acknowledgements not yet queued on the client (its request channel was full): a
         // missing PUBACK would fill the broker's inflight window and stall the source.
@@ -156,6 +180,17 @@ impl MqttSource {
                 () = cancel.cancelled() => return,
                 e = eventloop.poll() => e,
             };
+            // Sparkplug: unanswered rebirth requests are repeated. Checked between events (at
+            // least a ping every keep-alive), never by racing the event loop: its poll is not
+            // to be cancelled mid-write.
+            if matches!(&event, Ok(e) if !matches!(e, Event::Incoming(Packet::ConnAck(_))))
+                && !self.sparkplug.is_empty()
+            {
+                for (topic, request) in self.sparkplug.due(Instant::now(), SystemTime::now()) {
+                    tracing::info!(source = %self.config.name, %topic, "Asked a Sparkplug edge node for a rebirth again (the last request was not answered).");
+                    let _ = client.try_publish(topic, QoS::AtMostOnce, false, request);
+                }
+            }
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(source = %self.config.name, broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "Connected to MQTT broker.");
@@ -164,6 +199,14 @@ impl MqttSource {
                         .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::warn!(source = %self.config.name, error = %e, "Cannot queue the subscriptions.");
+                    }
+                    // Sparkplug: whatever was missed while away, the births bring back (asked
+                    // for after subscribing, so they are not missed in turn).
+                    for (topic, request) in self
+                        .sparkplug
+                        .reconnected(Instant::now(), SystemTime::now())
+                    {
+                        let _ = client.try_publish(topic, QoS::AtMostOnce, false, request);
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -186,6 +229,11 @@ impl MqttSource {
                         && !send(&out, batch, &cancel).await
                     {
                         return;
+                    }
+                    for batch in self.read_sparkplug(&client, &publish.topic, &publish.payload) {
+                        if !send(&out, batch, &cancel).await {
+                            return;
+                        }
                     }
                     // Acknowledged only now that the batch is in the pipeline.
                     acks.push_back(publish);
@@ -239,6 +287,78 @@ impl MqttSource {
             source: self.source.clone(),
             samples,
         })
+    }
+
+    /// The batches a Sparkplug B message makes (a tag at most once in each), with a rebirth
+    /// asked for when the message calls for one.
+    fn read_sparkplug(
+        &mut self,
+        client: &AsyncClient,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Vec<SampleBatch> {
+        if self.sparkplug.is_empty() {
+            return Vec::new();
+        }
+        let max = self.config.max_payload;
+        let payload = if bytes.len() > max {
+            Err(format!(
+                "a message of {} bytes is larger than max_payload ({max} bytes)",
+                bytes.len()
+            ))
+        } else {
+            Ok(bytes)
+        };
+        let Some(effect) = self
+            .sparkplug
+            .read(topic, payload, Instant::now(), SystemTime::now())
+        else {
+            return Vec::new();
+        };
+        if let Some(why) = &effect.warning {
+            self.warn(topic, why);
+        }
+        if let Some((ncmd, request)) = effect.rebirth {
+            tracing::info!(source = %self.config.name, topic = %ncmd, "Asked a Sparkplug edge node for a rebirth.");
+            if let Err(e) = client.try_publish(ncmd, QoS::AtMostOnce, false, request) {
+                tracing::warn!(source = %self.config.name, error = %e, "Cannot queue a rebirth request.");
+            }
+        }
+        let now = SystemTime::now();
+        let mut batches = Vec::new();
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut in_batch = std::collections::HashSet::new();
+        for (i, read) in effect.samples {
+            let (Some(tag), Some(id)) = (self.config.tags.get(i), self.ids.get(i)) else {
+                continue;
+            };
+            if !in_batch.insert(i) {
+                batches.push(std::mem::take(&mut samples));
+                in_batch.clear();
+                in_batch.insert(i);
+            }
+            let sample = match read
+                .and_then(|(v, t)| crate::opcua::convert::fit(v, tag.data_type).map(|v| (v, t)))
+            {
+                Ok((value, source_time)) => {
+                    let mut s = Sample::good(id.clone(), value, now);
+                    s.source_time = source_time;
+                    s
+                }
+                Err(why) => Sample::bad(id.clone(), why, now),
+            };
+            samples.push(sample);
+        }
+        if !samples.is_empty() {
+            batches.push(samples);
+        }
+        batches
+            .into_iter()
+            .map(|samples| SampleBatch {
+                source: self.source.clone(),
+                samples,
+            })
+            .collect()
     }
 
     /// A warning for `topic`, at most once per reason every [`WARN_EVERY`], with how many

@@ -24,6 +24,8 @@ use crate::model::Value;
 
 /// At most one rebirth request per edge node in this long.
 pub const REBIRTH_EVERY: Duration = Duration::from_secs(5);
+/// Unanswered, rebirth requests are repeated at most this far apart.
+pub const REBIRTH_MAX: Duration = Duration::from_secs(300);
 /// The metric an NCMD sets to ask for a rebirth.
 pub const REBIRTH_METRIC: &str = "Node Control/Rebirth";
 /// The metric NBIRTH and NDEATH carry to pair a death with its birth.
@@ -314,6 +316,9 @@ pub fn value(metric: &Metric, code: u32) -> Result<Value, String> {
     }
 }
 
+/// A tag's value and its time, or why it is Bad.
+pub type Read = Result<(Value, Option<SystemTime>), String>;
+
 /// Which configured tags a metric feeds, by index.
 type Wanted = HashMap<(Option<String>, String), Vec<usize>>;
 
@@ -336,13 +341,17 @@ struct Node {
     types: HashMap<(Option<String>, String), u32>,
     /// When a rebirth was last asked for.
     asked: Option<Instant>,
+    /// Whether a birth is awaited (asked for, not yet come).
+    waiting: bool,
+    /// How long to wait for it before asking again (doubles, up to [`REBIRTH_MAX`]).
+    every: Duration,
 }
 
 /// What one message means for the tags.
 #[derive(Debug, Default)]
 pub struct Effect {
     /// (tag index, value and its time, or why it is Bad), in message order; a tag may repeat.
-    pub samples: Vec<(usize, Result<(Value, Option<SystemTime>), String>)>,
+    pub samples: Vec<(usize, Read)>,
     /// Publish this (topic, payload) to ask for a rebirth.
     pub rebirth: Option<(String, Vec<u8>)>,
     /// Worth a warning (rate-limited by the caller).
@@ -369,6 +378,9 @@ impl Host {
                 .entry((device.map(str::to_owned), metric.to_owned()))
                 .or_default()
                 .push(i);
+        }
+        for node in nodes.values_mut() {
+            node.every = REBIRTH_EVERY;
         }
         Host { nodes }
     }
@@ -397,8 +409,30 @@ impl Host {
             state.born = false;
             state.devices.clear();
             state.seq = None;
+            state.waiting = true;
             state.asked = Some(now);
+            state.every = REBIRTH_EVERY;
             requests.push((ncmd_topic(group, node), rebirth_request(wall)));
+        }
+        requests.sort();
+        requests
+    }
+
+    /// Rebirth requests repeated for the nodes whose birth is still awaited, each interval
+    /// twice the last, from [`REBIRTH_EVERY`] up to [`REBIRTH_MAX`] (a node that ignores them,
+    /// or is gone without a death certificate, is not flooded). Called now and then.
+    pub fn due(&mut self, now: Instant, wall: SystemTime) -> Vec<(String, Vec<u8>)> {
+        let mut requests = Vec::new();
+        for ((group, node), state) in &mut self.nodes {
+            let due = state.waiting
+                && state
+                    .asked
+                    .is_none_or(|at| now.duration_since(at) >= state.every);
+            if due {
+                state.asked = Some(now);
+                state.every = (state.every * 2).min(REBIRTH_MAX);
+                requests.push((ncmd_topic(group, node), rebirth_request(wall)));
+            }
         }
         requests.sort();
         requests
@@ -457,7 +491,11 @@ impl Host {
         }
         match t.kind {
             Kind::NBirth => {
+                // The answer to any request: the next one may go out at once.
                 node.born = true;
+                node.waiting = false;
+                node.asked = None;
+                node.every = REBIRTH_EVERY;
                 node.devices.clear();
                 node.aliases.clear();
                 node.types.clear();
@@ -514,6 +552,8 @@ impl Host {
                 node.born = false;
                 node.devices.clear();
                 node.seq = None;
+                // Gone: its next NBIRTH comes when it is back, unasked.
+                node.waiting = false;
                 let why = format!("edge node {}/{} is offline (NDEATH)", t.group, t.edge_node);
                 effect.samples = node.all(&why);
             }
@@ -535,11 +575,7 @@ fn ncmd_topic(group: &str, node: &str) -> String {
 
 impl Node {
     /// Every tag of `device` (or of the node itself) Bad for `why`.
-    fn tags_of(
-        &self,
-        device: Option<&str>,
-        why: &str,
-    ) -> Vec<(usize, Result<(Value, Option<SystemTime>), String>)> {
+    fn tags_of(&self, device: Option<&str>, why: &str) -> Vec<(usize, Read)> {
         let mut tags: Vec<usize> = self
             .wanted
             .iter()
@@ -569,17 +605,19 @@ impl Node {
     }
 
     /// Every tag of the node and its devices Bad for `why`.
-    fn all(&self, why: &str) -> Vec<(usize, Result<(Value, Option<SystemTime>), String>)> {
+    fn all(&self, why: &str) -> Vec<(usize, Read)> {
         let mut tags: Vec<usize> = self.wanted.values().flatten().copied().collect();
         tags.sort_unstable();
         tags.into_iter().map(|i| (i, Err(why.to_owned()))).collect()
     }
 
-    /// A rebirth request, unless one went out less than [`REBIRTH_EVERY`] ago.
+    /// A rebirth request, unless one is awaited that went out less than its interval ago
+    /// ([`Host::due`] repeats it).
     fn ask(&mut self, t: Topic<'_>, now: Instant, wall: SystemTime) -> Option<(String, Vec<u8>)> {
+        self.waiting = true;
         if self
             .asked
-            .is_some_and(|at| now.duration_since(at) < REBIRTH_EVERY)
+            .is_some_and(|at| now.duration_since(at) < self.every)
         {
             return None;
         }

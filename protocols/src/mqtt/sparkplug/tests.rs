@@ -494,3 +494,47 @@ fn other_nodes_commands_and_reconnects() {
     );
     all_bad(&e, &[0, 1, 2], "waiting");
 }
+
+#[test]
+fn unanswered_requests_are_repeated_ever_less_often_until_a_birth() {
+    let mut host = host();
+    let t0 = Instant::now();
+    let wall = SystemTime::now();
+    assert_eq!(host.reconnected(t0, wall).len(), 1);
+    assert!(host.due(t0 + Duration::from_secs(4), wall).is_empty());
+    assert_eq!(host.due(t0 + Duration::from_secs(5), wall).len(), 1);
+    // Next after 10 s, then 20 s, ...
+    assert!(host.due(t0 + Duration::from_secs(14), wall).is_empty());
+    assert_eq!(host.due(t0 + Duration::from_secs(15), wall).len(), 1);
+    assert!(host.due(t0 + Duration::from_secs(34), wall).is_empty());
+    assert_eq!(host.due(t0 + Duration::from_secs(35), wall).len(), 1);
+    // ... never more than 5 min apart.
+    let mut at = t0 + Duration::from_secs(35);
+    for _ in 0..10 {
+        at += REBIRTH_MAX;
+        assert_eq!(host.due(at, wall).len(), 1);
+    }
+    // The birth answers it; a gap right after asks at once.
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), at);
+    assert!(host.due(at + REBIRTH_MAX, wall).is_empty());
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(5), vec![]),
+        at + Duration::from_millis(10),
+    );
+    assert!(
+        e.rebirth.is_some(),
+        "a gap just after a birth is asked about at once"
+    );
+    // A death ends the asking: the node's next birth comes unasked.
+    let _ = read(
+        &mut host,
+        "NDEATH",
+        None,
+        &payload(None, vec![]),
+        at + Duration::from_secs(1),
+    );
+    assert!(host.due(at + REBIRTH_MAX * 2, wall).is_empty());
+}
