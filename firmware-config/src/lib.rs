@@ -28,6 +28,7 @@
 pub mod diagnostic;
 pub mod model;
 pub mod raw;
+pub mod topic;
 pub mod units;
 mod validate;
 

@@ -937,7 +937,7 @@ routes = ["*"]
         (
             "plant/line3/press1/parts\"",
             "plant/line3/+/parts\"",
-            "is not a topic a tag can be read from",
+            "its name does not take level {3}",
         ),
         (
             "value = \"/m/temp\"",
@@ -1065,5 +1065,97 @@ routes = ["*"]
             errors.iter().any(|e| e.contains(expected)),
             "{to}: {errors:?}"
         );
+        if from != "uns.line3_press1_parts" && !to.starts_with("{1}") {
+            assert_eq!(errors.len(), 1, "one mistake, one error: {errors:?}");
+        }
+    }
+}
+
+#[test]
+fn a_wildcard_tag_is_named_from_topic_levels_and_rules_name_what_it_makes() {
+    let source = r#"
+gateway_id = "plant1"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtt://broker.plant.local"
+insecure = true
+tags = [
+  { name = "{2}_{3}_parts", topic = "plant/+/+/parts", format = "text", type = "u32" },
+]
+
+[[rule]]
+kind = "counter"
+machine = "press1"
+total = "uns.line3_press1_parts"
+
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#;
+    let config = load("t.toml", source).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let SourceConfig::Mqtt(mqtt) = &config.config().sources[0] else {
+        panic!("an mqtt source")
+    };
+    assert_eq!(mqtt.tags[0].name, "{2}_{3}_parts");
+    assert_eq!(mqtt.tags[0].topic, "plant/+/+/parts");
+    for (from, to, expected, alone) in [
+        // The last: whether the mistake is the only error (a rule naming a tag a broken
+        // template could make stays quiet).
+        (
+            "uns.line3_press1_parts",
+            "uns.line3_parts",
+            "names unknown tag `uns.line3_parts`",
+            true,
+        ),
+        (
+            "plant/+/+/parts",
+            "plant/#",
+            "a tag cannot read a `#` filter",
+            true,
+        ),
+        (
+            "{2}_{3}_parts",
+            "{2}_parts",
+            "its name does not take level {3}",
+            false,
+        ),
+        (
+            "{2}_{3}_parts",
+            "{1}_{2}_{3}_parts",
+            "{1} in tag name `{1}_{2}_{3}_parts` is not a `+` level",
+            false,
+        ),
+        (
+            "{2}_{3}_parts",
+            "{2}_{3}.parts",
+            "cannot be a tag name",
+            false,
+        ),
+        (
+            "{2}_{3}_parts",
+            "{2}_{x}_parts",
+            "brace that is not a topic level",
+            false,
+        ),
+        (
+            "plant/+/+/parts",
+            "plant/+/l+/parts",
+            "`plant/+/l+/parts` is not a topic a tag can be read from",
+            true,
+        ),
+    ] {
+        let text = source.replacen(from, to, 1);
+        assert_ne!(text, source, "{from}");
+        let errors = errors(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+        if alone {
+            assert_eq!(errors.len(), 1, "one mistake, one error: {errors:?}");
+        }
     }
 }

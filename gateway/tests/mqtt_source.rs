@@ -230,3 +230,101 @@ async fn mqtt_values_feed_a_counter_rule_through_the_pipeline() {
     assert_eq!(total % 5, 0, "parts counted in steps of 5: {total}");
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_tag_is_named_from_each_topics_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = broker();
+    let text = format!(
+        r#"
+gateway_id = "line3"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{}"
+insecure = true
+tags = [
+  {{ name = "{{2}}_{{3}}_temp", topic = "plant/+/+/telemetry", value = "/temp" }},
+  {{ name = "line3_press1_temp", topic = "plant/line3/press1/telemetry", value = "/temp" }},
+  {{ name = "{{2}}_{{3}}_parts", topic = "plant/+/+/parts", format = "text" }},
+]
+
+[[sink]]
+name = "out"
+kind = "file"
+path = "events.jsonl"
+routes = ["*"]
+"#,
+        addr.port()
+    );
+    let loaded =
+        firmware_config::load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let buffer = dir.path().join("buffer.db");
+    let paths = Paths {
+        gateway_id: "line3",
+        base: dir.path(),
+        buffer: &buffer,
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Source::build(&loaded.sources[0], paths).run(tx, cancel.clone()));
+    let client = publisher(addr.port()).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    // Until subscribed, messages may be missed: publish until one arrives.
+    let first = loop {
+        client
+            .publish(
+                "plant/line3/press2/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                r#"{"temp":20.5}"#,
+            )
+            .await
+            .unwrap();
+        if let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            break batch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the source subscribes"
+        );
+    };
+    let tags: Vec<&str> = first.samples.iter().map(|s| &*s.tag).collect();
+    assert_eq!(tags, ["uns.line3_press2_temp"]);
+    assert_eq!(first.samples[0].value, Some(Value::F64(20.5)));
+    // A topic the exact tag and the filter both name the same: read once.
+    client
+        .publish(
+            "plant/line3/press1/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"temp":21.5}"#,
+        )
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let tags: Vec<&str> = batch.samples.iter().map(|s| &*s.tag).collect();
+    assert_eq!(tags, ["uns.line3_press1_temp"]);
+    // A level that cannot be part of a tag name: nothing read from it (a warning says why),
+    // the next message is.
+    client
+        .publish("plant/line 3/press1/parts", QoS::AtLeastOnce, false, "7")
+        .await
+        .unwrap();
+    client
+        .publish("plant/line4/press9/parts", QoS::AtLeastOnce, false, "8")
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*batch.samples[0].tag, "uns.line4_press9_parts");
+    assert_eq!(batch.samples[0].value, Some(Value::U64(8)));
+    cancel.cancel();
+    task.await.unwrap();
+}

@@ -213,6 +213,9 @@ struct Checker {
     tags: BTreeMap<String, TagFacts>,
     /// Declared but invalid: already reported, so rules naming them stay quiet.
     broken_tags: HashSet<String>,
+    /// MQTT tags on `+` filters: (source, name template, facts, or `None` if the tag is
+    /// broken); `<source>.<name>` refers to one when the template can make the name.
+    templates: Vec<(String, Vec<crate::topic::NamePart>, Option<TagFacts>)>,
     /// MQTT client ids given so far: two sinks with one id would take each other's session.
     client_ids: HashMap<String, Range<usize>>,
 }
@@ -546,6 +549,15 @@ impl Checker {
         }
         if self.broken_tags.contains(text) {
             return None;
+        }
+        if let Some((source, name)) = text.split_once('.')
+            && let Some((_, _, facts)) = self
+                .templates
+                .iter()
+                .find(|(s, parts, _)| s == source && crate::topic::could_make(parts, name))
+        {
+            // A broken template was reported already: the rule stays quiet.
+            return facts.map(|f| (TagRef(text.clone()), f));
         }
         let known: Vec<String> = self.tags.keys().cloned().collect();
         let problem = if text.contains('.') {

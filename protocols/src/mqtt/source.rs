@@ -27,8 +27,14 @@ use crate::{
 
 const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// At most this many tags named from topics per source: each is remembered downstream, so a
+/// filter matching ever more topics must not grow memory without end.
+const MAX_DERIVED: usize = 10_000;
 /// At most one warning per topic and reason in this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A `+` filter, with its tags (by index) and each one's name template.
+type Filter = (String, Vec<(usize, Vec<firmware_config::topic::NamePart>)>);
 
 /// A configured MQTT source, ready to run.
 pub struct MqttSource {
@@ -38,6 +44,10 @@ pub struct MqttSource {
     password: Result<Option<String>, String>,
     ids: Vec<TagId>,
     by_topic: HashMap<String, (bool, Vec<usize>)>,
+    /// `+` filters, with their tags and each tag's name template.
+    filters: Vec<Filter>,
+    /// The tag ids named from topics so far (at most [`MAX_DERIVED`]).
+    derived: std::collections::HashSet<TagId>,
     sparkplug: sparkplug::Host,
     source: Arc<str>,
     reconnect: Backoff,
@@ -85,8 +95,18 @@ impl MqttSource {
                     _ => None,
                 }
             }));
+        let mut filters: Vec<Filter> = Vec::new();
         for (i, tag) in config.tags.iter().enumerate() {
             if matches!(tag.format, MqttFormat::Sparkplug { .. }) {
+                continue;
+            }
+            if tag.topic.contains('+') {
+                // The checker made sure the name is a template of this filter's levels.
+                let parts = firmware_config::topic::name_parts(&tag.name).unwrap_or_default();
+                match filters.iter_mut().find(|(f, _)| *f == tag.topic) {
+                    Some((_, tags)) => tags.push((i, parts)),
+                    None => filters.push((tag.topic.clone(), vec![(i, parts)])),
+                }
                 continue;
             }
             let json = matches!(tag.format, MqttFormat::Json { .. });
@@ -104,6 +124,8 @@ impl MqttSource {
             password,
             ids,
             by_topic,
+            filters,
+            derived: Default::default(),
             sparkplug,
             source,
             reconnect: Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX),
@@ -122,9 +144,16 @@ impl MqttSource {
         let now = SystemTime::now();
         SampleBatch {
             source: self.source.clone(),
+            // A tag on a `+` filter stands for the tags named from topics so far.
             samples: self
                 .ids
                 .iter()
+                .zip(&self.config.tags)
+                .filter(|(_, tag)| {
+                    matches!(tag.format, MqttFormat::Sparkplug { .. }) || !tag.topic.contains('+')
+                })
+                .map(|(id, _)| id)
+                .chain(&self.derived)
                 .map(|id| Sample::bad(id.clone(), why, now))
                 .collect(),
         }
@@ -162,7 +191,20 @@ impl MqttSource {
             )));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let mut topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        // An exact topic a filter covers is not subscribed to again: a broker may deliver a
+        // message once per matching subscription, and messages are routed by their topic.
+        let mut topics: Vec<String> = self
+            .by_topic
+            .keys()
+            .filter(|t| {
+                !self
+                    .filters
+                    .iter()
+                    .any(|(f, _)| firmware_config::topic::matches(f, t))
+            })
+            .cloned()
+            .collect();
+        topics.extend(self.filters.iter().map(|(f, _)| f.clone()));
         topics.extend(self.sparkplug.filters());
         let mut down = false;
         // Acknowledgements not yet queued on the client (its request channel was full): a
@@ -263,19 +305,76 @@ impl MqttSource {
         }
     }
 
+    /// The tags a message on `topic` feeds, with their ids: those of its exact topic, then
+    /// those of every `+` filter it matches, named from its levels. A name made twice is read
+    /// once (the first). What cannot be read is a warning.
+    fn targets(&mut self, topic: &str) -> Vec<(usize, TagId)> {
+        let mut targets: Vec<(usize, TagId)> = Vec::new();
+        if let Some((_, tags)) = self.by_topic.get(topic) {
+            targets.extend(tags.iter().map(|&i| (i, self.ids[i].clone())));
+        }
+        let mut problems = Vec::new();
+        for (filter, tags) in &self.filters {
+            if !firmware_config::topic::matches(filter, topic) {
+                continue;
+            }
+            for (i, parts) in tags {
+                let name = match firmware_config::topic::expand(parts, topic) {
+                    Ok(name) => name,
+                    Err(why) => {
+                        problems.push(format!(
+                            "tag `{}` cannot be named from this topic: {why}",
+                            self.config.tags[*i].name
+                        ));
+                        continue;
+                    }
+                };
+                let id: TagId = TagId::from(format!("{}.{name}", self.config.name));
+                if targets.iter().any(|(_, t)| *t == id) {
+                    continue;
+                }
+                if !self.derived.contains(&id) {
+                    if self.derived.len() >= MAX_DERIVED {
+                        problems.push(format!(
+                            "more than {MAX_DERIVED} tags are named from topics; `{id}` is not read (narrow the `+` filters)"
+                        ));
+                        continue;
+                    }
+                    self.derived.insert(id.clone());
+                }
+                targets.push((*i, id));
+            }
+        }
+        for why in problems {
+            self.warn(topic, &why);
+        }
+        targets
+    }
+
     /// The batch a message on `topic` makes for its tags.
     fn read(&mut self, topic: &str, bytes: &[u8]) -> Option<SampleBatch> {
-        let (json, tags) = self.by_topic.get(topic)?.clone();
-        let parsed = payload::parse(bytes, json, self.config.max_payload);
-        if let payload::Parsed::Bad(why) = &parsed {
-            self.warn(topic, why);
+        let targets = self.targets(topic);
+        if targets.is_empty() {
+            return None;
         }
+        // Parsed once per format its tags read it in.
+        let (mut as_json, mut as_text) = (None, None);
+        let max = self.config.max_payload;
         let now = SystemTime::now();
-        let samples = tags
-            .iter()
-            .map(|&i| payload::sample(&self.config.tags[i], &self.ids[i], &parsed, now))
-            .collect::<Vec<_>>();
-        if let payload::Parsed::Json(_) = parsed
+        let mut samples = Vec::with_capacity(targets.len());
+        for (i, id) in &targets {
+            let tag = &self.config.tags[*i];
+            let json = matches!(tag.format, MqttFormat::Json { .. });
+            let slot = if json { &mut as_json } else { &mut as_text };
+            let parsed = slot.get_or_insert_with(|| payload::parse(bytes, json, max));
+            samples.push(payload::sample(tag, id, parsed, now));
+        }
+        for parsed in [&as_json, &as_text].into_iter().flatten() {
+            if let payload::Parsed::Bad(why) = parsed {
+                self.warn(topic, why);
+            }
+        }
+        if let Some(payload::Parsed::Json(_)) = as_json
             && let Some(bad) = samples.iter().find_map(|s| match &s.quality {
                 crate::model::Quality::Bad(why) => Some(why.clone()),
                 _ => None,

@@ -1,7 +1,7 @@
 //! `kind = "mqtt"` (a source): the broker, the session, the credentials, and tags read from
 //! the messages of one topic each (JSON with pointers, or plain text).
 
-use crate::validate::*;
+use crate::{topic, validate::*};
 
 /// Default cap on a message's size.
 const DEFAULT_MAX_PAYLOAD: u64 = 64 << 10;
@@ -64,7 +64,26 @@ impl Checker {
         let mut formats: HashMap<String, (bool, Range<usize>)> = HashMap::new();
         let mut tags = Vec::new();
         for tag in &raw.tags {
-            self.unique("tag", &tag.name, &mut names);
+            let wildcard = tag
+                .topic
+                .as_ref()
+                .is_some_and(|t| t.get_ref().contains(['+', '#']));
+            if wildcard {
+                // The name is a template ({n} for topic levels), checked with the topic.
+                if names
+                    .insert(tag.name.get_ref().clone(), span(&tag.name))
+                    .is_some()
+                {
+                    self.error(
+                        format!("two tags are named `{}`", tag.name.get_ref()),
+                        span(&tag.name),
+                        "second use",
+                    )
+                    .hint("tag names must be unique; rename one of them");
+                }
+            } else {
+                self.unique("tag", &tag.name, &mut names);
+            }
             let key = format!("{source}.{}", tag.name.get_ref());
             match self.mqtt_tag(tag) {
                 Some(built) => {
@@ -85,10 +104,22 @@ impl Checker {
                         }
                     }
                     let facts = TagFacts::opcua(built.data_type);
-                    self.tags.insert(key, facts);
+                    if wildcard {
+                        if let Some(parts) = topic::name_parts(&built.name) {
+                            self.templates.push((source.clone(), parts, Some(facts)));
+                        }
+                    } else {
+                        self.tags.insert(key, facts);
+                    }
                     tags.push(built);
                 }
                 None => {
+                    match topic::name_parts(tag.name.get_ref()) {
+                        Some(parts) if wildcard || tag.name.get_ref().contains('{') => {
+                            self.templates.push((source.clone(), parts, None));
+                        }
+                        _ => {}
+                    }
                     self.broken_tags.insert(key);
                 }
             }
@@ -148,13 +179,29 @@ impl Checker {
             return None;
         };
         let text = topic.get_ref();
-        if text.is_empty() || text.contains(['+', '#', '\0']) || text.len() > 65_535 {
+        if text.contains('#') {
+            self.error(
+                format!("`{text}`: a tag cannot read a `#` filter"),
+                span(topic),
+                "any depth",
+            )
+            .hint("`#` matches topics of any depth, which no one tag name can tell apart: write a `+` for each level, and name the tag from them, e.g. topic = \"plant/+/+/temp\", name = \"{2}_{3}_temp\"");
+            return None;
+        }
+        if text.is_empty()
+            || text.contains('\0')
+            || text.len() > 65_535
+            || text.split('/').any(|l| l.contains('+') && l != "+")
+        {
             self.error(
                 format!("`{text}` is not a topic a tag can be read from"),
                 span(topic),
-                "no wildcards, not empty",
+                "not empty; `+` only as a whole level",
             )
-            .hint("give each tag the exact topic its value is published on");
+            .hint("give each tag the topic its value is published on, with `+` for a level that varies (plant/+/temp)");
+            return None;
+        }
+        if text.contains('+') && !self.template_name(raw, text) {
             return None;
         }
         let json = match format {
@@ -218,6 +265,78 @@ impl Checker {
             format,
             data_type,
         })
+    }
+
+    /// Checks the name of a tag on a filter with `+`: each `+` level named by `{n}` (else
+    /// messages of different topics would feed one tag), every `{n}` a `+` level.
+    fn template_name(&mut self, raw: &RawTag, filter: &str) -> bool {
+        let name = raw.name.get_ref();
+        let levels: Vec<&str> = filter.split('/').collect();
+        let wild: Vec<usize> = (1..=levels.len())
+            .filter(|n| levels[n - 1] == "+")
+            .collect();
+        let example = wild
+            .iter()
+            .map(|n| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join("_");
+        let Some(parts) = topic::name_parts(name) else {
+            self.error(
+                format!("tag name `{name}` has a brace that is not a topic level like {{2}}"),
+                span(&raw.name),
+                "{n}: the topic's n-th level, from 1",
+            );
+            return false;
+        };
+        let mut ok = true;
+        for part in &parts {
+            match part {
+                topic::NamePart::Text(t) if !t.chars().all(topic::name_char) => {
+                    self.error(
+                        format!("`{name}` cannot be a tag name"),
+                        span(&raw.name),
+                        "letters, digits, '-', '_' and {n} only",
+                    );
+                    ok = false;
+                }
+                topic::NamePart::Level(n) if !wild.contains(n) => {
+                    self.error(
+                        format!("{{{n}}} in tag name `{name}` is not a `+` level of `{filter}`"),
+                        span(&raw.name),
+                        "only a `+` level varies",
+                    )
+                    .hint(format!(
+                        "the `+` levels of this topic are {}",
+                        wild.iter()
+                            .map(|n| format!("{{{n}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    ok = false;
+                }
+                _ => {}
+            }
+        }
+        let named: Vec<usize> = parts
+            .iter()
+            .filter_map(|p| match p {
+                topic::NamePart::Level(n) => Some(*n),
+                topic::NamePart::Text(_) => None,
+            })
+            .collect();
+        if let Some(n) = wild.iter().find(|n| !named.contains(n)) {
+            self.error(
+                format!("tag `{name}` reads `{filter}` but its name does not take level {{{n}}}"),
+                span(&raw.name),
+                "different topics would feed one tag",
+            )
+            .hint(format!(
+                "name the tag from every `+` level, e.g. name = \"{example}_{}\"",
+                levels.last().unwrap_or(&"value").replace('+', "value")
+            ));
+            ok = false;
+        }
+        ok
     }
 
     /// A tag reading a Sparkplug B metric: `group`, `edge_node`, optional `device`, `metric`.
