@@ -882,6 +882,9 @@ pub struct MqttSinkConfig {
     pub retry_initial: Duration,
     /// Cap on retry delay.
     pub retry_max: Duration,
+    /// MQTT 5 (`mqtt_version = "5"`) rather than 3.1.1: the event id also as a user property,
+    /// and a broker's refusal of one message is heard (3.1.1 acknowledges and drops it).
+    pub v5: bool,
 }
 
 /// `kind = "https"`

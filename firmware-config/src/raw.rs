@@ -246,6 +246,8 @@ pub struct RawSink {
     pub topic: Option<Spanned<String>>,
     /// mqtt: the client id (default `causeway-<gateway_id>-<sink>`).
     pub client_id: Option<Spanned<String>>,
+    /// mqtt: "3.1.1" (default) or "5".
+    pub mqtt_version: Option<Spanned<String>>,
     /// mqtt: user name, with `password_file` or `password_env`.
     pub username: Option<Spanned<String>>,
     /// mqtt: file holding the password.
@@ -449,6 +451,8 @@ impl RawSink {
             set("retry_max", &self.retry_max),
             set("path", &self.path),
             set("topic", &self.topic),
+            set("mqtt_version", &self.mqtt_version),
+            set("mqtt_version", &self.mqtt_version),
             set("client_id", &self.client_id),
             set("username", &self.username),
             set("password_file", &self.password_file),

@@ -887,7 +887,20 @@ fn an_mqtt_sink_loads_and_its_mistakes_are_named() {
     let SinkKind::Mqtt(mqtt) = &config.config().sinks[2].kind else {
         panic!("an mqtt sink")
     };
-    assert_eq!((mqtt.port, mqtt.tls), (1883, false));
+    assert_eq!((mqtt.port, mqtt.tls, mqtt.v5), (1883, false, false));
+    let v5 = sink.replace("routes", "mqtt_version = \"5\"\nroutes");
+    let config = load("t.toml", &format!("{GOOD}{v5}")).unwrap();
+    let SinkKind::Mqtt(mqtt) = &config.config().sinks[2].kind else {
+        panic!("an mqtt sink")
+    };
+    assert!(mqtt.v5);
+    let errors = errors(&format!("{GOOD}{}", v5.replace("\"5\"", "\"3\"")));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("mqtt_version = \"3\" is not one Causeway speaks")),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -98,6 +98,7 @@ fn sink_config(port: u16) -> (SinkConfig, MqttSinkConfig) {
         timeout: Duration::from_secs(5),
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
+        v5: false,
     };
     let config = SinkConfig {
         name: "broker".into(),

@@ -242,6 +242,7 @@ fn sink(pki: &Pki, port: u16, with_client: bool) -> (SinkConfig, MqttSinkConfig)
         timeout: Duration::from_secs(5),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
+        v5: false,
     };
     let config = SinkConfig {
         name: "broker".into(),

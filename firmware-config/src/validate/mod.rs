@@ -145,6 +145,7 @@ const SINK_FIELDS: &[(&str, &[&str])] = &[
             "retry_initial",
             "retry_max",
             "topic",
+            "mqtt_version",
             "client_id",
             "username",
             "password_file",

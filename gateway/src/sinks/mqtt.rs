@@ -7,6 +7,13 @@
 //! ([`Outcome::Partial`]): the cursor moves over that prefix and the rest is sent again. Any
 //! connection failure throws the client away whole (no hidden retransmission state) and the
 //! next delivery connects afresh; a re-sent event keeps its id, for the receiver to dedupe.
+//!
+//! With `mqtt_version = "5"` the event id also travels as the user property `id` (content type
+//! `application/cloudevents+json`), and a PUBACK can refuse: for the message's own fault
+//! (invalid topic or payload format) that event alone is dead-lettered ([`Outcome::Reject`]
+//! once it leads a batch); for the broker's (not authorized, quota) it is retried and logged,
+//! the events before it delivered. MQTT 3.1.1 cannot refuse: a broker denying a topic by ACL
+//! acknowledges and drops the message, so an ACL must be checked, or MQTT 5 used.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -35,12 +42,59 @@ enum Report {
     Sent(u16),
     /// The broker acknowledged this packet id.
     Acked(u16),
+    /// The broker (MQTT 5) refused this packet id: whose fault, and why.
+    Refused(u16, Refusal),
     /// The connection failed.
     Down(String),
 }
 
+/// An MQTT 5 PUBACK with a failure reason.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// The message itself (its topic or payload): that event alone is dead-lettered.
+    Event(String),
+    /// The broker's configuration or state (not authorized, quota): retried, logged.
+    Broker(String),
+}
+
+/// A client of either protocol version.
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    /// Queues `event` for `topic` with QoS 1 (on MQTT 5 with its id as a user property and
+    /// the CloudEvents content type).
+    async fn publish(&self, topic: &str, event: &StoredEvent) -> Result<(), String> {
+        let payload = event.payload.as_bytes().to_vec();
+        match self {
+            Client::V4(c) => c
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    content_type: Some("application/cloudevents+json".to_owned()),
+                    user_properties: vec![("id".to_owned(), event.id.clone())],
+                    ..Default::default()
+                };
+                c.publish_with_properties(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                    properties,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 struct Connection {
-    client: AsyncClient,
+    client: Client,
     capacity: usize,
     reports: mpsc::UnboundedReceiver<Report>,
     task: JoinHandle<()>,
@@ -129,6 +183,9 @@ impl MqttSink {
     }
 
     fn connect(&self, capacity: usize) -> Connection {
+        if self.config.v5 {
+            return self.connect_v5(capacity);
+        }
         let mut options = MqttOptions::new(&self.client_id, &self.config.host, self.config.port);
         options
             .set_keep_alive(Duration::from_secs(30))
@@ -147,7 +204,35 @@ impl MqttSink {
         let (tx, reports) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(eventloop, tx));
         Connection {
-            client,
+            client: Client::V4(client),
+            capacity: capacity.max(10),
+            reports,
+            task,
+            ready: false,
+        }
+    }
+
+    fn connect_v5(&self, capacity: usize) -> Connection {
+        let mut options =
+            rumqttc::v5::MqttOptions::new(&self.client_id, &self.config.host, self.config.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(true)
+            .set_request_channel_capacity(capacity.max(10))
+            .set_max_packet_size(u32::try_from(MAX_PAYLOAD + u16::MAX as usize + 16).ok());
+        if let (Some((user, _)), Some(password)) = (&self.config.credentials, &self.password) {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, capacity.max(10));
+        let (tx, reports) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive_v5(eventloop, tx));
+        Connection {
+            client: Client::V5(client),
             capacity: capacity.max(10),
             reports,
             task,
@@ -203,6 +288,49 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Report>) {
             Ok(Event::Incoming(Packet::ConnAck(_))) => Report::Connected,
             Ok(Event::Incoming(Packet::PubAck(ack))) => Report::Acked(ack.pkid),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
+            Ok(_) => continue,
+            Err(error) => {
+                let _ = tx.send(Report::Down(error.to_string()));
+                return;
+            }
+        };
+        if tx.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// [`drive`] for MQTT 5, where a PUBACK may refuse the message.
+async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSender<Report>) {
+    use rumqttc::v5::{
+        Event as E,
+        mqttbytes::v5::{Packet as P, PubAckReason as R},
+    };
+    loop {
+        let report = match eventloop.poll().await {
+            Ok(E::Incoming(P::ConnAck(_))) => Report::Connected,
+            Ok(E::Incoming(P::PubAck(ack))) => match ack.reason {
+                R::Success | R::NoMatchingSubscribers => Report::Acked(ack.pkid),
+                R::TopicNameInvalid => Report::Refused(
+                    ack.pkid,
+                    Refusal::Event("the broker refused its topic as invalid".into()),
+                ),
+                R::PayloadFormatInvalid => Report::Refused(
+                    ack.pkid,
+                    Refusal::Event("the broker refused its payload format".into()),
+                ),
+                R::NotAuthorized => Report::Refused(
+                    ack.pkid,
+                    Refusal::Broker(
+                        "the broker refused the publish: not authorized (grant this user publish rights on the sink's topics in the broker's ACL)".into(),
+                    ),
+                ),
+                other => Report::Refused(
+                    ack.pkid,
+                    Refusal::Broker(format!("the broker refused the publish: {other:?}")),
+                ),
+            },
+            Ok(E::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
             Ok(_) => continue,
             Err(error) => {
                 let _ = tx.send(Report::Down(error.to_string()));
@@ -301,16 +429,11 @@ impl MqttSink {
             }
         }
         for (event, topic) in batch.iter().zip(&topics) {
-            let sent = conn.client.publish(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                event.payload.as_bytes().to_vec(),
-            );
+            let sent = conn.client.publish(topic, event);
             if let Err(error) = tokio::time::timeout_at(deadline, sent)
                 .await
                 .map_err(|_| "the client's queue stayed full".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|r| r)
             {
                 return retry(format!("cannot queue a publish: {error}"));
             }
@@ -321,8 +444,10 @@ impl MqttSink {
         let mut waiting: HashMap<u16, VecDeque<usize>> = HashMap::new();
         let mut acked = vec![false; batch.len()];
         let mut prefix = 0usize;
+        // The first event the broker refused (MQTT 5), and why: the batch ends there.
+        let mut refused: Option<(usize, Refusal)> = None;
         let deadline = tokio::time::Instant::now() + timeout;
-        while prefix < batch.len() {
+        while prefix < refused.as_ref().map_or(batch.len(), |(i, _)| *i) {
             let report = match tokio::time::timeout_at(deadline, conn.reports.recv()).await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
@@ -348,16 +473,32 @@ impl MqttSink {
                         }
                     }
                 }
+                Report::Refused(pkid, why) => {
+                    if let Some(i) = waiting.get_mut(&pkid).and_then(VecDeque::pop_front)
+                        && refused.as_ref().is_none_or(|(r, _)| i < *r)
+                    {
+                        refused = Some((i, why));
+                    }
+                }
                 Report::Connected => {}
                 Report::Down(why) => {
                     return partial(prefix, format!("the connection to {broker} failed: {why}"));
                 }
             }
         }
-        if prefix == batch.len() {
-            Outcome::Delivered
-        } else {
-            partial(prefix, format!("the connection to {broker} ended"))
+        match refused {
+            None if prefix == batch.len() => Outcome::Delivered,
+            None => partial(prefix, format!("the connection to {broker} ended")),
+            // Every event before it is delivered; it starts the next batch, where, first, it
+            // is refused alone (a batch of several is split by the runner until it is).
+            Some((0, Refusal::Event(why))) => Outcome::Reject {
+                reason: format!("event {}: {why}", batch[0].id),
+            },
+            Some((i, Refusal::Event(why))) => Outcome::Partial {
+                delivered: i,
+                reason: format!("event {}: {why}", batch[i].id),
+            },
+            Some((i, Refusal::Broker(why))) => partial(i, format!("{broker}: {why}")),
         }
     }
 }

@@ -92,6 +92,23 @@ impl Checker {
             self.error("a client certificate needs mqtts://", at, "no TLS")
                 .hint("use an mqtts:// URL to present the certificate");
         }
+        let v5 = match raw.mqtt_version.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("3.1.1") => false,
+            Some("5") => true,
+            Some(other) => {
+                let at = raw
+                    .mqtt_version
+                    .as_ref()
+                    .map_or_else(|| span(&raw.name), span);
+                self.error(
+                    format!("mqtt_version = \"{other}\" is not one Causeway speaks"),
+                    at,
+                    "expected \"3.1.1\" or \"5\"",
+                )
+                .hint("\"5\" if the broker supports it: the event id travels as a user property too, and a refused message is heard rather than dropped");
+                false
+            }
+        };
         Some(MqttSinkConfig {
             host,
             port,
@@ -104,6 +121,7 @@ impl Checker {
             timeout,
             retry_initial,
             retry_max,
+            v5,
         })
     }
 }
