@@ -328,3 +328,111 @@ routes = ["*"]
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// An MQTT 3.1.1 broker written with rumqttc's codec that refuses every subscription whose
+/// filter contains `denied`; the filter counts of the SUBSCRIBE packets it received.
+async fn refusing_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, SubAck, SubscribeReasonCode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let packets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = packets.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let mut buffer = BytesMut::new();
+                loop {
+                    let packet = match Packet::read(&mut buffer, 1 << 20) {
+                        Ok(packet) => packet,
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                            if socket.read_buf(&mut buffer).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    let reply = match packet {
+                        Packet::Connect(_) => Packet::ConnAck(ConnAck {
+                            session_present: false,
+                            code: ConnectReturnCode::Success,
+                        }),
+                        Packet::Subscribe(s) => {
+                            p.lock().unwrap().push(s.filters.len());
+                            Packet::SubAck(SubAck {
+                                pkid: s.pkid,
+                                return_codes: s
+                                    .filters
+                                    .iter()
+                                    .map(|f| {
+                                        if f.path.contains("denied") {
+                                            SubscribeReasonCode::Failure
+                                        } else {
+                                            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                                        }
+                                    })
+                                    .collect(),
+                            })
+                        }
+                        Packet::PingReq => Packet::PingResp,
+                        _ => continue,
+                    };
+                    let mut out = BytesMut::new();
+                    reply.write(&mut out, 1 << 20).unwrap();
+                    if socket.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, packets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_makes_its_tags_bad_naming_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, packets) = refusing_broker().await;
+    // 150 topics: two SUBSCRIBE packets; the refused one is in the second.
+    let mut tags: Vec<String> = (0..149)
+        .map(|i| {
+            format!("  {{ name = \"t{i:03}\", topic = \"plant/t{i:03}\", format = \"text\" }},")
+        })
+        .collect();
+    tags.push("  { name = \"secret\", topic = \"plant/zz/denied\", format = \"text\" },".into());
+    let text = format!(
+        "gateway_id = \"line3\"\n[[source]]\nname = \"uns\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ninsecure = true\ntags = [\n{}\n]\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n",
+        tags.join("\n")
+    );
+    let loaded =
+        firmware_config::load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let buffer = dir.path().join("buffer.db");
+    let paths = Paths {
+        gateway_id: "line3",
+        base: dir.path(),
+        buffer: &buffer,
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Source::build(&loaded.sources[0], paths).run(tx, cancel.clone()));
+    let batch = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let tags: Vec<&str> = batch.samples.iter().map(|s| &*s.tag).collect();
+    assert_eq!(tags, ["uns.secret"], "only the refused topic's tag");
+    let Quality::Bad(why) = &batch.samples[0].quality else {
+        panic!("{:?}", batch.samples[0])
+    };
+    assert!(
+        why.contains("refused the subscription to `plant/zz/denied`") && why.contains("ACL"),
+        "{why}"
+    );
+    assert_eq!(*packets.lock().unwrap(), vec![100, 50]);
+    cancel.cancel();
+    task.await.unwrap();
+}

@@ -362,3 +362,79 @@ async fn mutual_tls_is_required_and_a_broker_restart_loses_nothing() {
         "repeats only of unacknowledged ones: {received}"
     );
 }
+
+/// The MQTT source over mutual TLS reads its tags. (Mosquitto 2.0.11 grants an MQTT 3.1.1
+/// subscription its ACL denies and then delivers nothing, so a refused subscription is tested
+/// against a broker that says so, in gateway/tests/mqtt_source.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_reads_over_mutual_tls() {
+    use gateway::sources::{Paths, Source};
+    use protocols::model::{Quality, Value};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), &pki, port);
+    let text = format!(
+        r#"
+gateway_id = "line3"
+
+[[source]]
+name = "uns"
+kind = "mqtt"
+url = "mqtts://127.0.0.1:{port}"
+ca_file = "{}"
+client_certificate = "{}"
+client_key = "{}"
+tags = [
+  {{ name = "temp", topic = "plant/line3/temp", format = "text" }},
+]
+
+[[sink]]
+name = "out"
+kind = "stdout"
+routes = ["*"]
+"#,
+        pki.ca.display(),
+        pki.client.0.display(),
+        pki.client.1.display()
+    );
+    let loaded =
+        firmware_config::load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let buffer = dir.path().join("buffer.db");
+    let paths = Paths {
+        gateway_id: "line3",
+        base: dir.path(),
+        buffer: &buffer,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(Source::build(&loaded.sources[0], paths).run(tx, cancel.clone()));
+    // A publisher with the client certificate.
+    let mut options = MqttOptions::new("test-publisher", "127.0.0.1", port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls(
+        &pki, true,
+    ))));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let value = loop {
+        client
+            .publish("plant/line3/temp", QoS::AtLeastOnce, false, "21.5")
+            .await
+            .unwrap();
+        if let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            && let Some(s) = batch.samples.into_iter().find(|s| &*s.tag == "uns.temp")
+        {
+            assert_eq!(s.quality, Quality::Good, "{s:?}");
+            break s.value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a value over mutual TLS"
+        );
+    };
+    assert_eq!(value, Some(Value::F64(21.5)));
+    cancel.cancel();
+    task.await.unwrap();
+}

@@ -30,6 +30,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// At most this many tags named from topics per source: each is remembered downstream, so a
 /// filter matching ever more topics must not grow memory without end.
 const MAX_DERIVED: usize = 10_000;
+/// Filters per SUBSCRIBE packet.
+const SUBSCRIBE_CHUNK: usize = 100;
 /// At most one warning per topic and reason in this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -190,7 +192,6 @@ impl MqttSource {
                 tls.clone(),
             )));
         }
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
         // An exact topic a filter covers is not subscribed to again: a broker may deliver a
         // message once per matching subscription, and messages are routed by their topic.
         let mut topics: Vec<String> = self
@@ -206,6 +207,15 @@ impl MqttSource {
             .collect();
         topics.extend(self.filters.iter().map(|(f, _)| f.clone()));
         topics.extend(self.sparkplug.filters());
+        topics.sort();
+        // Subscribed SUBSCRIBE_CHUNK filters per packet (a broker caps a packet's size); the
+        // request channel holds them all, with room for acknowledgements and rebirth requests.
+        let chunks: Vec<Vec<String>> = topics.chunks(SUBSCRIBE_CHUNK).map(<[_]>::to_vec).collect();
+        let (client, mut eventloop) = AsyncClient::new(options, 64 + chunks.len());
+        // Chunks queued, not yet written (their packet ids come with the write), and those
+        // written, by packet id: a SUBACK's codes are read against its chunk's filters.
+        let mut unsent: std::collections::VecDeque<usize> = Default::default();
+        let mut by_pkid: HashMap<u16, usize> = HashMap::new();
         let mut down = false;
         // Acknowledgements not yet queued on the client (its request channel was full): a
         // missing PUBACK would fill the broker's inflight window and stall the source.
@@ -236,11 +246,18 @@ impl MqttSource {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(source = %self.config.name, broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "Connected to MQTT broker.");
-                    let filters = topics
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::warn!(source = %self.config.name, error = %e, "Cannot queue the subscriptions.");
+                    unsent.clear();
+                    by_pkid.clear();
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        let filters = chunk
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        match client.try_subscribe_many(filters) {
+                            Ok(()) => unsent.push_back(i),
+                            Err(e) => {
+                                tracing::error!(source = %self.config.name, error = %e, "Cannot queue the subscriptions.");
+                            }
+                        }
                     }
                     // Sparkplug: whatever was missed while away, the births bring back (asked
                     // for after subscribing, so they are not missed in turn).
@@ -251,16 +268,33 @@ impl MqttSource {
                         let _ = client.try_publish(topic, QoS::AtMostOnce, false, request);
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => {
+                    if let Some(chunk) = unsent.pop_front() {
+                        by_pkid.insert(pkid, chunk);
+                    }
+                }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     // Not proof of health on its own: a message that kills the connection
                     // arrives right after it. The backoff resets on a message read.
-                    if ack
-                        .return_codes
+                    let Some(chunk) = by_pkid.remove(&ack.pkid).and_then(|i| chunks.get(i)) else {
+                        continue;
+                    };
+                    let refused: Vec<&String> = chunk
                         .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
-                        let why = "the broker refused a subscription (check the user's ACL)";
+                        .zip(&ack.return_codes)
+                        .filter(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .map(|(f, _)| f)
+                        .collect();
+                    for filter in refused {
+                        let why = format!(
+                            "the broker refused the subscription to `{filter}` (grant this user subscribe rights on it in the broker's ACL)"
+                        );
                         tracing::error!(source = %self.config.name, "{why}");
+                        if let Some(batch) = self.refused(filter, &why)
+                            && !send(&out, batch, &cancel).await
+                        {
+                            return;
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -303,6 +337,55 @@ impl MqttSource {
                 }
             }
         }
+    }
+
+    /// The tags a refused subscription to `filter` would have fed, Bad for `why` (a `+`
+    /// filter's, as named from topics so far).
+    fn refused(&self, filter: &str, why: &str) -> Option<SampleBatch> {
+        let now = SystemTime::now();
+        let mut ids: Vec<TagId> = Vec::new();
+        for (i, tag) in self.config.tags.iter().enumerate() {
+            let fed = match &tag.format {
+                MqttFormat::Sparkplug {
+                    group, edge_node, ..
+                } => {
+                    filter == format!("spBv1.0/{group}/+/{edge_node}")
+                        || filter == format!("spBv1.0/{group}/+/{edge_node}/+")
+                }
+                _ if tag.topic.contains('+') => false,
+                _ => firmware_config::topic::matches(filter, &tag.topic),
+            };
+            if fed && !ids.contains(&self.ids[i]) {
+                ids.push(self.ids[i].clone());
+            }
+        }
+        if let Some((_, templates)) = self.filters.iter().find(|(f, _)| f == filter) {
+            let prefix = format!("{}.", self.config.name);
+            ids.extend(
+                self.derived
+                    .iter()
+                    .filter(|id| {
+                        id.strip_prefix(&prefix).is_some_and(|name| {
+                            templates
+                                .iter()
+                                .any(|(_, parts)| firmware_config::topic::could_make(parts, name))
+                        })
+                    })
+                    .cloned(),
+            );
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        ids.sort();
+        ids.dedup();
+        Some(SampleBatch {
+            source: self.source.clone(),
+            samples: ids
+                .into_iter()
+                .map(|id| Sample::bad(id, why, now))
+                .collect(),
+        })
     }
 
     /// The tags a message on `topic` feeds, with their ids: those of its exact topic, then
