@@ -452,7 +452,6 @@ impl RawSink {
             set("path", &self.path),
             set("topic", &self.topic),
             set("mqtt_version", &self.mqtt_version),
-            set("mqtt_version", &self.mqtt_version),
             set("client_id", &self.client_id),
             set("username", &self.username),
             set("password_file", &self.password_file),

@@ -90,17 +90,35 @@ pub fn expand(parts: &[NamePart], topic: &str) -> Result<String, String> {
 }
 
 /// Whether `name` is one that `parts` can make (each level one or more name characters).
+/// Linear in the parts times the name's length squared at worst: what failed is remembered.
 pub fn could_make(parts: &[NamePart], name: &str) -> bool {
-    match parts.split_first() {
-        None => name.is_empty(),
-        Some((NamePart::Text(t), rest)) => name
-            .strip_prefix(t.as_str())
-            .is_some_and(|tail| could_make(rest, tail)),
-        Some((NamePart::Level(_), rest)) => {
-            let longest = name.find(|c| !name_char(c)).unwrap_or(name.len());
-            (1..=longest).any(|cut| could_make(rest, &name[cut..]))
+    fn go(
+        parts: &[NamePart],
+        name: &str,
+        at: usize,
+        failed: &mut std::collections::HashSet<(usize, usize)>,
+    ) -> bool {
+        let rest = &name[at..];
+        let key = (parts.len(), at);
+        if failed.contains(&key) {
+            return false;
         }
+        let made = match parts.split_first() {
+            None => rest.is_empty(),
+            Some((NamePart::Text(t), more)) => {
+                rest.starts_with(t.as_str()) && go(more, name, at + t.len(), failed)
+            }
+            Some((NamePart::Level(_), more)) => {
+                let longest = rest.find(|c| !name_char(c)).unwrap_or(rest.len());
+                (1..=longest).any(|cut| go(more, name, at + cut, failed))
+            }
+        };
+        if !made {
+            failed.insert(key);
+        }
+        made
     }
+    go(parts, name, 0, &mut std::collections::HashSet::new())
 }
 
 #[cfg(test)]
@@ -159,5 +177,13 @@ mod tests {
         assert!(!could_make(&parts, "line3_temp"));
         assert!(!could_make(&parts, "line.3_press1_temp"));
         assert!(could_make(&name_parts("temp").unwrap(), "temp"));
+        // Many levels against a long name that does not fit: answered at once.
+        let many = name_parts(&format!(
+            "{}x",
+            (1..=20).map(|n| format!("{{{n}}}")).collect::<String>()
+        ))
+        .unwrap();
+        assert!(!could_make(&many, &"a".repeat(60)));
+        assert!(could_make(&many, &format!("{}x", "a".repeat(40))));
     }
 }

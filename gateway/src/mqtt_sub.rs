@@ -146,7 +146,13 @@ fn text(payload: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct Births {
     aliases: HashMap<(String, String), HashMap<u64, (String, u32)>>,
+    /// Aliases remembered, in all (at most [`MAX_ALIASES`]).
+    count: usize,
 }
+
+/// Aliases remembered in all; past it, what was learnt is forgotten and learnt again from the
+/// next births.
+const MAX_ALIASES: usize = 100_000;
 
 impl Births {
     /// A Sparkplug B payload on one line of JSON: `seq`, `timestamp` and each metric's name
@@ -157,15 +163,22 @@ impl Births {
             Err(why) => return format!("<{why}> {}", text(payload)),
         };
         let parsed = Topic::parse(topic);
+        let Births {
+            aliases: all,
+            count,
+        } = self;
         let known = parsed.map(|t| {
             let key = (t.group.to_owned(), t.edge_node.to_owned());
-            if t.kind == Kind::NBirth {
-                self.aliases.remove(&key);
+            if t.kind == Kind::NBirth
+                && let Some(old) = all.remove(&key)
+            {
+                *count = count.saturating_sub(old.len());
             }
-            if self.aliases.len() >= 10_000 && !self.aliases.contains_key(&key) {
-                self.aliases.clear();
+            if *count >= MAX_ALIASES {
+                all.clear();
+                *count = 0;
             }
-            (self.aliases.entry(key).or_default(), t.kind)
+            (all.entry(key).or_default(), t.kind)
         });
         let (mut aliases, kind) = match known {
             Some((a, k)) => (Some(a), Some(k)),
@@ -182,9 +195,12 @@ impl Births {
                 if birth
                     && let (Some(alias), Some(name), Some(map)) =
                         (m.alias, &m.name, aliases.as_mut())
-                    && map.len() < 100_000
+                    && *count < MAX_ALIASES
+                    && map
+                        .insert(alias, (name.clone(), m.datatype.unwrap_or(0)))
+                        .is_none()
                 {
-                    map.insert(alias, (name.clone(), m.datatype.unwrap_or(0)));
+                    *count += 1;
                 }
                 let name = m
                     .name

@@ -248,6 +248,7 @@ tags = [
   {{ name = "{{2}}_{{3}}_temp", topic = "plant/+/+/telemetry", value = "/temp" }},
   {{ name = "line3_press1_temp", topic = "plant/line3/press1/telemetry", value = "/temp" }},
   {{ name = "{{2}}_{{3}}_parts", topic = "plant/+/+/parts", format = "text" }},
+  {{ name = "{{2}}_{{3}}_v", topic = "plant/+/+/v", format = "text" }},
 ]
 
 [[sink]]
@@ -325,6 +326,34 @@ routes = ["*"]
         .unwrap();
     assert_eq!(&*batch.samples[0].tag, "uns.line4_press9_parts");
     assert_eq!(batch.samples[0].value, Some(Value::U64(8)));
+    // Two topics making one name: the first keeps it, the second is not read.
+    for (topic, v) in [
+        ("plant/a_b/c/v", "1"),
+        ("plant/a/b_c/v", "2"),
+        ("plant/q/r/v", "3"),
+    ] {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, v)
+            .await
+            .unwrap();
+    }
+    let first = until(&mut rx, |s| &*s.tag == "uns.a_b_c_v").await;
+    assert_eq!(first.value, Some(Value::U64(1)));
+    let last = tokio::time::timeout(LIMIT, async {
+        loop {
+            let batch = rx.recv().await.unwrap();
+            assert!(
+                batch.samples.iter().all(|s| s.value != Some(Value::U64(2))),
+                "a second topic fed `a_b_c_v`: {batch:?}"
+            );
+            if batch.samples.iter().any(|s| &*s.tag == "uns.q_r_v") {
+                return batch;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(last.samples[0].value, Some(Value::U64(3)));
     cancel.cancel();
     task.await.unwrap();
 }

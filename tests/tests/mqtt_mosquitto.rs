@@ -309,7 +309,7 @@ async fn mutual_tls_is_required_and_a_broker_restart_loses_nothing() {
 
     // Without a client certificate the broker refuses the connection: nothing is delivered,
     // nothing is dead-lettered, the cursor stays.
-    let (store, _) = store_with(&dir.path().join("refused"), 20).await;
+    let (store, refused_ids) = store_with(&dir.path().join("refused"), 20).await;
     let (config, mqtt) = sink(&pki, port, false);
     let stop = SinkStop {
         inputs_done: CancellationToken::new(),
@@ -357,6 +357,11 @@ async fn mutual_tls_is_required_and_a_broker_restart_loses_nothing() {
     // Every event the sink counted as delivered is in the broker's queue for the subscriber.
     let seen = subscriber(&pki, port);
     let received = until_all(&seen, &ids).await;
+    let got: HashSet<String> = seen.lock().unwrap().iter().cloned().collect();
+    assert!(
+        refused_ids.iter().all(|id| !got.contains(id)),
+        "nothing of the sink without a client certificate reached the broker"
+    );
     assert!(
         received < ids.len() + 100,
         "repeats only of unacknowledged ones: {received}"

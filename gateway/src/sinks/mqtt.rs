@@ -489,6 +489,11 @@ impl MqttSink {
         match refused {
             None if prefix == batch.len() => Outcome::Delivered,
             None => partial(prefix, format!("the connection to {broker} ended")),
+            // Not every event before the refused one is acknowledged (the reports ended):
+            // only the acknowledged prefix counts.
+            Some((i, _)) if prefix < i => {
+                partial(prefix, format!("the connection to {broker} ended"))
+            }
             // Every event before it is delivered; it starts the next batch, where, first, it
             // is refused alone (a batch of several is split by the runner until it is).
             Some((0, Refusal::Event(why))) => Outcome::Reject {

@@ -49,7 +49,8 @@ pub struct MqttSource {
     /// `+` filters, with their tags and each tag's name template.
     filters: Vec<Filter>,
     /// The tag ids named from topics so far (at most [`MAX_DERIVED`]).
-    derived: std::collections::HashSet<TagId>,
+    /// (With the topic that made each: one name is never fed from two topics.)
+    derived: HashMap<TagId, String>,
     sparkplug: sparkplug::Host,
     source: Arc<str>,
     reconnect: Backoff,
@@ -155,7 +156,7 @@ impl MqttSource {
                     matches!(tag.format, MqttFormat::Sparkplug { .. }) || !tag.topic.contains('+')
                 })
                 .map(|(id, _)| id)
-                .chain(&self.derived)
+                .chain(self.derived.keys())
                 .map(|id| Sample::bad(id.clone(), why, now))
                 .collect(),
         }
@@ -238,9 +239,15 @@ impl MqttSource {
             if matches!(&event, Ok(e) if !matches!(e, Event::Incoming(Packet::ConnAck(_))))
                 && !self.sparkplug.is_empty()
             {
-                for (topic, request) in self.sparkplug.due(Instant::now(), SystemTime::now()) {
+                let due = self.sparkplug.due(Instant::now(), SystemTime::now());
+                for (topic, request) in due.requests {
                     tracing::info!(source = %self.config.name, %topic, "Asked a Sparkplug edge node for a rebirth again (the last request was not answered).");
                     let _ = client.try_publish(topic, QoS::AtMostOnce, false, request);
+                }
+                for batch in self.sparkplug_batches(due.samples) {
+                    if !send(&out, batch, &cancel).await {
+                        return;
+                    }
                 }
             }
             match event {
@@ -359,19 +366,12 @@ impl MqttSource {
                 ids.push(self.ids[i].clone());
             }
         }
-        if let Some((_, templates)) = self.filters.iter().find(|(f, _)| f == filter) {
-            let prefix = format!("{}.", self.config.name);
+        if self.filters.iter().any(|(f, _)| f == filter) {
             ids.extend(
                 self.derived
                     .iter()
-                    .filter(|id| {
-                        id.strip_prefix(&prefix).is_some_and(|name| {
-                            templates
-                                .iter()
-                                .any(|(_, parts)| firmware_config::topic::could_make(parts, name))
-                        })
-                    })
-                    .cloned(),
+                    .filter(|(_, topic)| firmware_config::topic::matches(filter, topic))
+                    .map(|(id, _)| id.clone()),
             );
         }
         if ids.is_empty() {
@@ -416,14 +416,30 @@ impl MqttSource {
                 if targets.iter().any(|(_, t)| *t == id) {
                     continue;
                 }
-                if !self.derived.contains(&id) {
-                    if self.derived.len() >= MAX_DERIVED {
+                if self.ids.contains(&id) {
+                    problems.push(format!(
+                        "tag `{}` would name `{name}` from this topic, a tag declared for another topic; not read",
+                        self.config.tags[*i].name
+                    ));
+                    continue;
+                }
+                match self.derived.get(&id) {
+                    Some(first) if first != topic => {
+                        problems.push(format!(
+                            "tag `{name}` is named from both `{first}` and this topic; only the first is read (make the template tell them apart)"
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None if self.derived.len() >= MAX_DERIVED => {
                         problems.push(format!(
                             "more than {MAX_DERIVED} tags are named from topics; `{id}` is not read (narrow the `+` filters)"
                         ));
                         continue;
                     }
-                    self.derived.insert(id.clone());
+                    None => {
+                        self.derived.insert(id.clone(), topic.to_owned());
+                    }
                 }
                 targets.push((*i, id));
             }
@@ -506,11 +522,16 @@ impl MqttSource {
                 tracing::warn!(source = %self.config.name, error = %e, "Cannot queue a rebirth request.");
             }
         }
+        self.sparkplug_batches(effect.samples)
+    }
+
+    /// Sparkplug reads as batches, a tag at most once in each.
+    fn sparkplug_batches(&self, reads: Vec<(usize, sparkplug::Read)>) -> Vec<SampleBatch> {
         let now = SystemTime::now();
         let mut batches = Vec::new();
         let mut samples: Vec<Sample> = Vec::new();
         let mut in_batch = std::collections::HashSet::new();
-        for (i, read) in effect.samples {
+        for (i, read) in reads {
             let (Some(tag), Some(id)) = (self.config.tags.get(i), self.ids.get(i)) else {
                 continue;
             };

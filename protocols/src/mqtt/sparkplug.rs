@@ -9,8 +9,9 @@
 //! [`Host`] keeps, per configured edge node, what its last birth declared, and turns messages
 //! into values for the configured tags. It never guesses: data from a node or device whose
 //! birth it has not seen, a metric by an alias no birth declared, and a `seq` gap (messages
-//! lost) are answered by a rebirth request (NCMD `Node Control/Rebirth`, at most one per node
-//! every [`REBIRTH_EVERY`]); a death makes that node's (or device's) tags Bad, unless its
+//! lost) are answered by a rebirth request (NCMD `Node Control/Rebirth`; to one node at least
+//! [`REBIRTH_EVERY`] apart, the interval doubling up to [`REBIRTH_MAX`], repeated while
+//! unanswered); history (`is_historical`) is not taken for current values; a death makes that node's (or device's) tags Bad, unless its
 //! `bdSeq` shows it is the will of an older session.
 
 use std::{
@@ -24,6 +25,9 @@ use crate::model::Value;
 
 /// At most one rebirth request per edge node in this long.
 pub const REBIRTH_EVERY: Duration = Duration::from_secs(5);
+/// A configured device whose DBIRTH has not followed its node's NBIRTH within this long has
+/// its tags made Bad.
+pub const DBIRTH_GRACE: Duration = Duration::from_secs(10);
 /// Unanswered, rebirth requests are repeated at most this far apart.
 pub const REBIRTH_MAX: Duration = Duration::from_secs(300);
 /// The metric an NCMD sets to ask for a rebirth.
@@ -343,8 +347,14 @@ struct Node {
     asked: Option<Instant>,
     /// Whether a birth is awaited (asked for, not yet come).
     waiting: bool,
-    /// How long to wait for it before asking again (doubles, up to [`REBIRTH_MAX`]).
+    /// The least time before the next request (doubles with each, up to [`REBIRTH_MAX`]; back
+    /// to [`REBIRTH_EVERY`] after that long without one).
     every: Duration,
+    /// The devices that have tags.
+    configured: HashSet<String>,
+    /// When the last NBIRTH came, until every configured device's DBIRTH has followed it or
+    /// their tags have been made Bad for its absence.
+    born_at: Option<Instant>,
 }
 
 /// What one message means for the tags.
@@ -356,6 +366,16 @@ pub struct Effect {
     pub rebirth: Option<(String, Vec<u8>)>,
     /// Worth a warning (rate-limited by the caller).
     pub warning: Option<String>,
+}
+
+/// What is due now and then, without a message: rebirth requests repeated, and the tags of
+/// devices whose DBIRTH never came made Bad.
+#[derive(Debug, Default)]
+pub struct Due {
+    /// (topic, payload) to publish.
+    pub requests: Vec<(String, Vec<u8>)>,
+    /// (tag index, why it is Bad).
+    pub samples: Vec<(usize, Read)>,
 }
 
 /// The host application's view of the configured edge nodes.
@@ -381,6 +401,7 @@ impl Host {
         }
         for node in nodes.values_mut() {
             node.every = REBIRTH_EVERY;
+            node.configured = node.wanted.keys().filter_map(|(d, _)| d.clone()).collect();
         }
         Host { nodes }
     }
@@ -402,17 +423,19 @@ impl Host {
     }
 
     /// Forgets every birth (the connection was lost: messages may have been missed) and
-    /// returns a rebirth request for each node, to be published once subscribed again.
+    /// returns a rebirth request for each node, to be published once subscribed again (for a
+    /// node asked too recently, [`Host::due`] sends it when its interval has passed).
     pub fn reconnected(&mut self, now: Instant, wall: SystemTime) -> Vec<(String, Vec<u8>)> {
         let mut requests = Vec::new();
         for ((group, node), state) in &mut self.nodes {
             state.born = false;
+            state.born_at = None;
             state.devices.clear();
             state.seq = None;
             state.waiting = true;
-            state.asked = Some(now);
-            state.every = REBIRTH_EVERY;
-            requests.push((ncmd_topic(group, node), rebirth_request(wall)));
+            if state.may_ask(now) {
+                requests.push((ncmd_topic(group, node), rebirth_request(wall)));
+            }
         }
         requests.sort();
         requests
@@ -420,22 +443,37 @@ impl Host {
 
     /// Rebirth requests repeated for the nodes whose birth is still awaited, each interval
     /// twice the last, from [`REBIRTH_EVERY`] up to [`REBIRTH_MAX`] (a node that ignores them,
-    /// or is gone without a death certificate, is not flooded). Called now and then.
-    pub fn due(&mut self, now: Instant, wall: SystemTime) -> Vec<(String, Vec<u8>)> {
-        let mut requests = Vec::new();
+    /// or is gone without a death certificate, is not flooded); and the tags of configured
+    /// devices whose DBIRTH has not followed their node's NBIRTH within [`DBIRTH_GRACE`], Bad.
+    /// Called now and then.
+    pub fn due(&mut self, now: Instant, wall: SystemTime) -> Due {
+        let mut due = Due::default();
         for ((group, node), state) in &mut self.nodes {
-            let due = state.waiting
-                && state
-                    .asked
-                    .is_none_or(|at| now.duration_since(at) >= state.every);
-            if due {
-                state.asked = Some(now);
-                state.every = (state.every * 2).min(REBIRTH_MAX);
-                requests.push((ncmd_topic(group, node), rebirth_request(wall)));
+            if state.waiting && state.may_ask(now) {
+                due.requests
+                    .push((ncmd_topic(group, node), rebirth_request(wall)));
+            }
+            if state.born
+                && let Some(at) = state.born_at
+                && now.duration_since(at) >= DBIRTH_GRACE
+            {
+                state.born_at = None;
+                let mut absent: Vec<&String> = state
+                    .configured
+                    .iter()
+                    .filter(|d| !state.devices.contains(*d))
+                    .collect();
+                absent.sort();
+                for d in absent {
+                    let why = format!(
+                        "no DBIRTH from device {group}/{node}/{d} since its edge node's birth (is it still connected to the edge node?)"
+                    );
+                    due.samples.extend(state.tags_of(Some(d), &why));
+                }
             }
         }
-        requests.sort();
-        requests
+        due.requests.sort();
+        due
     }
 
     /// The effect of a message on `topic` (`None`: not a configured node's message): `payload`
@@ -457,8 +495,12 @@ impl Host {
         let mut effect = Effect::default();
         let device = t.device.map(str::to_owned);
         let device = device.as_ref();
+        // A device without tags is read only for the node's sequence.
+        let unconfigured = t.device.is_some_and(|d| !node.configured.contains(d));
         let payload = match payload.and_then(decode) {
             Ok(p) => p,
+            // Its `seq` is lost with it: the next message of the node shows the gap.
+            Err(_) if unconfigured => return Some(effect),
             Err(why) => {
                 // A message lost, a birth perhaps: as after a sequence gap, the node's aliases
                 // are no longer trusted, and its tags are Bad until the rebirth asked for.
@@ -477,6 +519,9 @@ impl Host {
             let seq = payload.seq.and_then(|s| u8::try_from(s).ok());
             match (t.kind, node.seq, seq) {
                 (Kind::NBirth, _, s) => node.seq = s,
+                // The same message again (a broker delivering it once per matching
+                // subscription, or a QoS 1 repeat): read once.
+                (_, Some(last), Some(s)) if s == last && node.born => return Some(effect),
                 (_, Some(last), Some(s)) if s != last.wrapping_add(1) && node.born => {
                     effect.warning = Some(format!(
                         "sequence gap from edge node {}/{}: {s} after {last} (messages were lost); asking for a rebirth",
@@ -491,11 +536,11 @@ impl Host {
         }
         match t.kind {
             Kind::NBirth => {
-                // The answer to any request: the next one may go out at once.
+                // The answer to any request (the next still waits its interval: a fault that
+                // returns with every birth must not make a storm of them).
                 node.born = true;
+                node.born_at = (!node.configured.is_empty()).then_some(now);
                 node.waiting = false;
-                node.asked = None;
-                node.every = REBIRTH_EVERY;
                 node.devices.clear();
                 node.aliases.clear();
                 node.types.clear();
@@ -510,6 +555,7 @@ impl Host {
                     });
                 node.birth(None, &payload, &mut effect);
             }
+            Kind::DBirth | Kind::DData | Kind::DDeath if unconfigured => {}
             Kind::DBirth => {
                 let d = t.device.unwrap_or_default();
                 if node.born {
@@ -525,9 +571,13 @@ impl Host {
             Kind::NData | Kind::DData => {
                 let known = node.born && t.device.is_none_or(|d| node.devices.contains(d));
                 if known {
-                    node.data(device, &payload, &mut effect);
-                    if effect.warning.is_some() {
-                        effect.rebirth = node.ask(t, now, wall);
+                    if let Err(why) = node.data(device, &payload, &mut effect) {
+                        // An alias no birth declared: the births known are not the node's.
+                        node.born = false;
+                        node.devices.clear();
+                        effect.samples.clear();
+                        effect.warning = Some(why);
+                        node.unborn(t, now, wall, &mut effect);
                     }
                 } else {
                     node.unborn(t, now, wall, &mut effect);
@@ -550,7 +600,10 @@ impl Host {
                     return Some(effect);
                 }
                 node.born = false;
+                node.born_at = None;
                 node.devices.clear();
+                node.aliases.clear();
+                node.types.clear();
                 node.seq = None;
                 // Gone: its next NBIRTH comes when it is back, unasked.
                 node.waiting = false;
@@ -560,6 +613,9 @@ impl Host {
             Kind::DDeath => {
                 let d = t.device.unwrap_or_default();
                 node.devices.remove(d);
+                node.aliases
+                    .retain(|_, (dev, _, _)| dev.as_deref() != Some(d));
+                node.types.retain(|(dev, _), _| dev.as_deref() != Some(d));
                 let why = format!("device {}/{}/{d} is offline (DDEATH)", t.group, t.edge_node);
                 effect.samples = node.tags_of(Some(d), &why);
             }
@@ -611,18 +667,30 @@ impl Node {
         tags.into_iter().map(|i| (i, Err(why.to_owned()))).collect()
     }
 
-    /// A rebirth request, unless one is awaited that went out less than its interval ago
-    /// ([`Host::due`] repeats it).
+    /// A rebirth request, unless the last went out less than its interval ago ([`Host::due`]
+    /// sends it once the interval has passed).
     fn ask(&mut self, t: Topic<'_>, now: Instant, wall: SystemTime) -> Option<(String, Vec<u8>)> {
         self.waiting = true;
-        if self
-            .asked
-            .is_some_and(|at| now.duration_since(at) < self.every)
-        {
-            return None;
+        self.may_ask(now)
+            .then(|| (ncmd_topic(t.group, t.edge_node), rebirth_request(wall)))
+    }
+
+    /// Whether a request may go out now; if so, it is counted as sent: the interval doubles
+    /// (up to [`REBIRTH_MAX`]), or starts again at [`REBIRTH_EVERY`] after that long a quiet.
+    fn may_ask(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.asked {
+            let since = now.duration_since(at);
+            if since < self.every {
+                return false;
+            }
+            self.every = if since >= REBIRTH_MAX {
+                REBIRTH_EVERY
+            } else {
+                (self.every * 2).min(REBIRTH_MAX)
+            };
         }
         self.asked = Some(now);
-        Some((ncmd_topic(t.group, t.edge_node), rebirth_request(wall)))
+        true
     }
 
     /// A birth of the node (`device` `None`) or of a device: aliases and types learnt, values
@@ -631,6 +699,9 @@ impl Node {
         let mut declared = HashSet::new();
         for metric in &payload.metrics {
             let Some(name) = &metric.name else { continue };
+            if metric.is_historical == Some(true) {
+                continue;
+            }
             let code = metric.datatype.unwrap_or(0);
             if let Some(alias) = metric.alias {
                 self.aliases
@@ -674,24 +745,32 @@ impl Node {
         }
     }
 
-    /// A data message: metrics by alias or name, in order.
-    fn data(&mut self, device: Option<&String>, payload: &Payload, effect: &mut Effect) {
+    /// A data message: metrics by alias or name, in order. An alias no birth declared is an
+    /// error (nothing of the message is read). A metric that is history (`is_historical`, an
+    /// edge node's store and forward) is not read: its old value would pass for the current
+    /// one. A metric the birth did not declare is read only with its own data type.
+    fn data(
+        &mut self,
+        device: Option<&String>,
+        payload: &Payload,
+        effect: &mut Effect,
+    ) -> Result<(), String> {
+        let mut history = 0usize;
         for metric in &payload.metrics {
             let (key, code) = match (metric.alias, &metric.name) {
                 (Some(alias), _) => match self.aliases.get(&alias) {
                     Some((d, name, code)) if d.as_ref() == device => {
-                        ((d.clone(), name.clone()), *code)
+                        ((d.clone(), name.clone()), Some(*code))
                     }
                     _ => {
-                        effect.warning = Some(format!(
-                            "a metric by alias {alias} that no birth declared; asking for a rebirth"
+                        return Err(format!(
+                            "a metric by alias {alias}, which no birth declared; asking for a rebirth"
                         ));
-                        continue;
                     }
                 },
                 (None, Some(name)) => {
                     let key = (device.cloned(), name.clone());
-                    let code = self.types.get(&key).copied().unwrap_or(0);
+                    let code = self.types.get(&key).copied();
                     (key, code)
                 }
                 (None, None) => continue,
@@ -699,13 +778,28 @@ impl Node {
             let Some(tags) = self.wanted.get(&key) else {
                 continue;
             };
-            let code = metric.datatype.unwrap_or(code);
-            let read = value(metric, code)
-                .map(|v| (v, metric_time(metric.timestamp.or(payload.timestamp))));
+            if metric.is_historical == Some(true) {
+                history += 1;
+                continue;
+            }
+            let read = match metric.datatype.or(code) {
+                Some(code) => value(metric, code)
+                    .map(|v| (v, metric_time(metric.timestamp.or(payload.timestamp)))),
+                None => Err(format!(
+                    "metric `{}` is not declared in the birth certificate and gives no data type",
+                    key.1
+                )),
+            };
             effect
                 .samples
                 .extend(tags.iter().map(|&i| (i, read.clone())));
         }
+        if history > 0 {
+            effect.warning = Some(format!(
+                "{history} historical (store-and-forward) value(s) of configured metrics not read: Causeway reads current values"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -124,6 +124,35 @@ impl Checker {
                 }
             }
         }
+        // A template that could make a declared tag's name: that name stays the declared tag's
+        // (the template's is not read), which is worth knowing before it happens.
+        for raw_tag in &raw.tags {
+            let Some(parts) = raw_tag
+                .topic
+                .as_ref()
+                .filter(|t| t.get_ref().contains('+'))
+                .and_then(|_| topic::name_parts(raw_tag.name.get_ref()))
+            else {
+                continue;
+            };
+            for other in tags.iter().filter(|t| !t.topic.contains('+')) {
+                if matches!(other.format, MqttFormat::Sparkplug { .. })
+                    || !topic::could_make(&parts, &other.name)
+                {
+                    continue;
+                }
+                self.warning(
+                    format!(
+                        "tag `{}` could name a topic's tag `{}`, the name of a declared tag",
+                        raw_tag.name.get_ref(),
+                        other.name
+                    ),
+                    span(&raw_tag.name),
+                    "one name, two tags",
+                )
+                .hint("the declared tag keeps the name and the template's is not read; change the template's fixed text so they cannot meet");
+            }
+        }
         let (host, port, tls) = target?;
         if identity.is_some() && !tls {
             let at = raw

@@ -246,16 +246,12 @@ fn a_birth_then_data_by_alias_feed_the_tags() {
     );
     let e = read(&mut host, "DDATA", Some("Press1"), &ddata, now);
     assert_eq!(values(&e), vec![(2, Ok(Value::F64(13.0)))]);
-    // seq wraps from 255 to 0 without a gap.
-    let _ = read(&mut host, "NDATA", None, &payload(Some(255), vec![]), now);
-    let e = read(
-        &mut host,
-        "NDATA",
-        None,
-        &payload(Some(0), vec![by_alias(1, MetricValue::Int(12))]),
-        now,
+    // seq wraps from 255 to 0 without a gap; 3 -> 255 is one.
+    let e = read(&mut host, "NDATA", None, &payload(Some(255), vec![]), now);
+    assert!(
+        e.warning.as_deref().unwrap().contains("255 after 3"),
+        "{e:?}"
     );
-    assert!(e.warning.is_some(), "3 -> 255 was a gap");
     let mut host2 = self::host();
     let _ = read(&mut host2, "NBIRTH", None, &birth(254, 1), now);
     let _ = read(&mut host2, "NDATA", None, &payload(Some(255), vec![]), now);
@@ -353,21 +349,29 @@ fn data_before_any_birth_and_unknown_aliases_ask_for_one() {
     );
     all_bad(&e, &[2], "device Plant1/Line3/Press1");
     assert!(e.rebirth.is_some());
-    // An alias the birth did not declare: skipped, the rest read, a rebirth asked for.
+    // An alias the birth did not declare: the births known are not the node's; nothing of the
+    // message is read, every tag waits for the rebirth asked for (10 s after the last).
+    let _ = read(
+        &mut host,
+        "NBIRTH",
+        None,
+        &birth(0, 1),
+        now + REBIRTH_EVERY * 3,
+    );
     let e = read(
         &mut host,
         "NDATA",
         None,
         &payload(
-            Some(2),
+            Some(1),
             vec![
-                by_alias(42, MetricValue::Int(1)),
                 by_alias(2, MetricValue::Float(3.0)),
+                by_alias(42, MetricValue::Int(1)),
             ],
         ),
-        now + REBIRTH_EVERY * 3,
+        now + REBIRTH_EVERY * 4,
     );
-    assert_eq!(values(&e), vec![(1, Ok(Value::F64(3.0)))]);
+    all_bad(&e, &[0, 1, 2], "waiting for a birth certificate");
     assert!(e.warning.as_deref().unwrap().contains("alias 42"));
     assert!(e.rebirth.is_some());
 }
@@ -500,41 +504,195 @@ fn unanswered_requests_are_repeated_ever_less_often_until_a_birth() {
     let mut host = host();
     let t0 = Instant::now();
     let wall = SystemTime::now();
+    let requests = |host: &mut Host, at: Instant| host.due(at, wall).requests.len();
     assert_eq!(host.reconnected(t0, wall).len(), 1);
-    assert!(host.due(t0 + Duration::from_secs(4), wall).is_empty());
-    assert_eq!(host.due(t0 + Duration::from_secs(5), wall).len(), 1);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(4)), 0);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(5)), 1);
     // Next after 10 s, then 20 s, ...
-    assert!(host.due(t0 + Duration::from_secs(14), wall).is_empty());
-    assert_eq!(host.due(t0 + Duration::from_secs(15), wall).len(), 1);
-    assert!(host.due(t0 + Duration::from_secs(34), wall).is_empty());
-    assert_eq!(host.due(t0 + Duration::from_secs(35), wall).len(), 1);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(14)), 0);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(15)), 1);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(34)), 0);
+    assert_eq!(requests(&mut host, t0 + Duration::from_secs(35)), 1);
     // ... never more than 5 min apart.
     let mut at = t0 + Duration::from_secs(35);
     for _ in 0..10 {
         at += REBIRTH_MAX;
-        assert_eq!(host.due(at, wall).len(), 1);
+        assert_eq!(requests(&mut host, at), 1);
     }
-    // The birth answers it; a gap right after asks at once.
+    // The birth answers it.
     let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), at);
-    assert!(host.due(at + REBIRTH_MAX, wall).is_empty());
-    let e = read(
+    assert_eq!(requests(&mut host, at + REBIRTH_MAX), 0);
+    // A death ends the asking: the node's next birth comes unasked.
+    let _ = read(
         &mut host,
         "NDATA",
         None,
-        &payload(Some(5), vec![]),
-        at + Duration::from_millis(10),
+        &payload(Some(7), vec![]),
+        at + REBIRTH_MAX,
     );
-    assert!(
-        e.rebirth.is_some(),
-        "a gap just after a birth is asked about at once"
-    );
-    // A death ends the asking: the node's next birth comes unasked.
     let _ = read(
         &mut host,
         "NDEATH",
         None,
         &payload(None, vec![]),
-        at + Duration::from_secs(1),
+        at + REBIRTH_MAX,
     );
-    assert!(host.due(at + REBIRTH_MAX * 2, wall).is_empty());
+    assert_eq!(requests(&mut host, at + REBIRTH_MAX * 3), 0);
+}
+
+/// A fault that comes back with every birth (here a gap right after it) must not make a storm
+/// of requests and births: each request waits longer than the last.
+#[test]
+fn a_fault_after_every_birth_does_not_make_a_storm() {
+    let mut host = host();
+    let t0 = Instant::now();
+    let mut sent = Vec::new();
+    // Every 100 ms for 60 s: a birth, then at once a message out of sequence.
+    for step in 0..600u64 {
+        let at = t0 + Duration::from_millis(100 * step);
+        let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), at);
+        let e = read(&mut host, "NDATA", None, &payload(Some(9), vec![]), at);
+        sent.extend(e.rebirth.map(|_| at));
+        sent.extend(host.due(at, SystemTime::now()).requests.iter().map(|_| at));
+    }
+    // At t = 0, 5, 15, 35 s: four requests in a minute, not 600.
+    let seconds: Vec<u64> = sent
+        .iter()
+        .map(|t| t.duration_since(t0).as_secs())
+        .collect();
+    assert_eq!(seconds, [0, 5, 15, 35], "{seconds:?}");
+}
+
+#[test]
+fn history_duplicates_and_undeclared_metrics_are_not_taken_for_current_values() {
+    let mut host = host();
+    let now = Instant::now();
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), now);
+    // Store and forward: an old value after the current one must not replace it.
+    let mut old = by_alias(1, MetricValue::Int(3));
+    old.is_historical = Some(true);
+    let current = by_alias(1, MetricValue::Int(11));
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(1), vec![current, old]),
+        now,
+    );
+    assert_eq!(values(&e), vec![(0, Ok(Value::U64(11)))]);
+    assert!(e.warning.as_deref().unwrap().contains("historical"));
+    // The same message twice (seq repeated): read once, and not a gap.
+    let again = payload(Some(2), vec![by_alias(1, MetricValue::Int(12))]);
+    let e = read(&mut host, "NDATA", None, &again, now);
+    assert_eq!(values(&e), vec![(0, Ok(Value::U64(12)))]);
+    let e = read(&mut host, "NDATA", None, &again, now);
+    assert!(
+        e.samples.is_empty() && e.warning.is_none() && e.rebirth.is_none(),
+        "{e:?}"
+    );
+    let next = payload(Some(3), vec![by_alias(1, MetricValue::Int(13))]);
+    let e = read(&mut host, "NDATA", None, &next, now);
+    assert_eq!(values(&e), vec![(0, Ok(Value::U64(13)))]);
+    // A configured metric by name that the birth did not declare, without a type: Bad, not
+    // guessed (an Int32 of -2 is not 4294967294).
+    let mut host = Host::new([(0, G, N, None, "Late")]);
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), now);
+    let late = Metric {
+        name: Some("Late".into()),
+        value: Some(MetricValue::Int(0xFFFF_FFFE)),
+        ..Metric::default()
+    };
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(1), vec![late.clone()]),
+        now,
+    );
+    assert!(
+        e.samples[0]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not declared")
+    );
+    let typed = Metric {
+        datatype: Some(3),
+        ..late
+    };
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(2), vec![typed]),
+        now,
+    );
+    assert_eq!(values(&e), vec![(0, Ok(Value::I64(-2)))]);
+}
+
+#[test]
+fn devices_without_tags_are_only_counted_and_absent_ones_are_noticed() {
+    let mut host = host();
+    let t0 = Instant::now();
+    let wall = SystemTime::now();
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), t0);
+    // Devices nobody configured: their births and data are not kept, and a malformed message
+    // from one does not unsettle the node (the gap it leaves in seq will).
+    for i in 0..100u64 {
+        let dbirth = payload(
+            Some(i + 1),
+            vec![metric("X", 1_000 + i, 9, MetricValue::Float(1.0))],
+        );
+        let e = read(
+            &mut host,
+            "DBIRTH",
+            Some(&format!("tablet{i}")),
+            &dbirth,
+            t0,
+        );
+        assert!(e.samples.is_empty() && e.warning.is_none(), "{e:?}");
+    }
+    let node = &host.nodes[&(G.to_owned(), N.to_owned())];
+    assert!(
+        node.aliases.len() <= 3 && node.devices.is_empty(),
+        "{node:?}"
+    );
+    let e = read(&mut host, "DDATA", Some("tablet1"), &[0x12, 0xFF], t0);
+    assert!(e.samples.is_empty() && e.rebirth.is_none());
+    // Press1 (configured) never sends its DBIRTH: after 10 s its tag is Bad, once.
+    assert!(
+        host.due(t0 + Duration::from_secs(9), wall)
+            .samples
+            .is_empty()
+    );
+    let due = host.due(t0 + DBIRTH_GRACE, wall);
+    assert_eq!(due.samples.len(), 1);
+    assert_eq!(due.samples[0].0, 2);
+    let why = due.samples[0].1.as_ref().unwrap_err();
+    assert!(
+        why.contains("no DBIRTH from device Plant1/Line3/Press1"),
+        "{why}"
+    );
+    assert!(host.due(t0 + DBIRTH_GRACE * 2, wall).samples.is_empty());
+    // A DBIRTH in time: nothing said; a DDEATH forgets the device's aliases.
+    let mut host = self::host();
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), t0);
+    let dbirth = payload(
+        Some(1),
+        vec![metric("Force", 10, 10, MetricValue::Double(1.0))],
+    );
+    let _ = read(&mut host, "DBIRTH", Some("Press1"), &dbirth, t0);
+    assert!(host.due(t0 + DBIRTH_GRACE, wall).samples.is_empty());
+    let _ = read(
+        &mut host,
+        "DDEATH",
+        Some("Press1"),
+        &payload(Some(2), vec![]),
+        t0,
+    );
+    assert!(
+        !host.nodes[&(G.to_owned(), N.to_owned())]
+            .aliases
+            .contains_key(&10)
+    );
 }
