@@ -677,6 +677,8 @@ pub enum RuleConfig {
     State(StateRuleConfig),
     /// -> `quality.measurement`
     Measurement(MeasurementRuleConfig),
+    /// -> `telemetry.sample`
+    Telemetry(TelemetryRuleConfig),
 }
 
 impl RuleConfig {
@@ -686,6 +688,7 @@ impl RuleConfig {
             RuleConfig::Counter(r) => &r.name,
             RuleConfig::State(r) => &r.name,
             RuleConfig::Measurement(r) => &r.name,
+            RuleConfig::Telemetry(r) => &r.name,
         }
     }
 
@@ -695,6 +698,7 @@ impl RuleConfig {
             RuleConfig::Counter(_) => "production.count",
             RuleConfig::State(_) => "production.state",
             RuleConfig::Measurement(_) => "quality.measurement",
+            RuleConfig::Telemetry(_) => "telemetry.sample",
         }
     }
 }
@@ -773,6 +777,32 @@ pub struct MeasurementRuleConfig {
     /// Without a trigger: how far the value must move from the last reported one to report
     /// again. `None`: every change.
     pub deadband: Option<Deadband>,
+}
+
+/// `kind = "telemetry"`: raw tag values forwarded as `telemetry.sample` events, the samples of
+/// one source batch in one event.
+#[derive(Debug, Clone)]
+pub struct TelemetryRuleConfig {
+    /// Unique rule name.
+    pub name: String,
+    /// Machine (the events' source).
+    pub machine: String,
+    /// `<source>.<tag>` names and patterns (`*` any run of characters), each matching a tag.
+    pub tags: Vec<String>,
+    /// A numeric tag is sent again once it moved this far from the last sent value; `None`:
+    /// on every change.
+    pub deadband: Option<Deadband>,
+    /// A tag is sent at most this often (zero: on every change).
+    pub min_interval: Duration,
+    /// A tag is sent at least this often, changed or not.
+    pub heartbeat: Option<Duration>,
+}
+
+impl TelemetryRuleConfig {
+    /// Whether this rule forwards `tag`.
+    pub fn forwards(&self, tag: &str) -> bool {
+        self.tags.iter().any(|p| route_matches(p, tag))
+    }
 }
 
 /// A minimum change, absolute or relative to the last reported value.

@@ -208,8 +208,15 @@ pub struct RawRule {
     pub usl: Option<Spanned<f64>>,
     /// measurement: engineering unit, e.g. "kN".
     pub unit: Option<Spanned<String>>,
-    /// measurement without a trigger: the least change reported, `0.5` (absolute) or `"2%"`.
+    /// measurement without a trigger, telemetry: the least change reported, `0.5` (absolute)
+    /// or `"2%"`.
     pub deadband: Option<Spanned<RawDeadband>>,
+    /// telemetry: the tags forwarded, `<source>.<tag>` or patterns with `*` (`press1.*`).
+    pub tags: Option<Spanned<Vec<Spanned<String>>>>,
+    /// telemetry: a tag is sent at most this often (default: on every change).
+    pub min_interval: Option<Spanned<HumanDuration>>,
+    /// telemetry: a tag is sent at least this often, changed or not.
+    pub heartbeat: Option<Spanned<HumanDuration>>,
 }
 
 /// `[[sink]]`
@@ -430,6 +437,9 @@ impl RawRule {
             set("usl", &self.usl),
             set("unit", &self.unit),
             set("deadband", &self.deadband),
+            set("tags", &self.tags),
+            set("min_interval", &self.min_interval),
+            set("heartbeat", &self.heartbeat),
         ]
         .into_iter()
         .flatten()

@@ -1189,3 +1189,64 @@ routes = ["*"]
         }
     }
 }
+
+#[test]
+fn a_telemetry_rule_loads_and_its_mistakes_are_named() {
+    let rule = "[[rule]]\nkind = \"telemetry\"\ntags = [\"press1.*\", \"press1.parts_total\"]\ndeadband = \"2%\"\nmin_interval = \"1s\"\nheartbeat = \"1m\"\n";
+    let text = format!("{GOOD}{rule}");
+    let config = load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let Some(RuleConfig::Telemetry(t)) = config.config().rules.last() else {
+        panic!("a telemetry rule")
+    };
+    assert_eq!(
+        (t.name.as_str(), t.machine.as_str()),
+        ("telemetry-press1", "press1")
+    );
+    assert_eq!(t.tags, ["press1.*", "press1.parts_total"]);
+    assert_eq!(t.deadband, Some(Deadband::Percent(2.0)));
+    assert_eq!(t.min_interval, std::time::Duration::from_secs(1));
+    assert_eq!(t.heartbeat, Some(std::time::Duration::from_secs(60)));
+    assert!(t.forwards("press1.force_kn") && !t.forwards("press2.force"));
+    for (from, to, expected) in [
+        ("\"press1.*\"", "\"press9.*\"", "`press9.*` matches no tag"),
+        (
+            "\"press1.parts_total\"",
+            "\"press1.parts_totl\"",
+            "`tags` names unknown tag `press1.parts_totl`",
+        ),
+        ("\"press1.*\"", "\"*.*.*.*.*.*\"", "more than 4 `*`"),
+        (
+            "heartbeat = \"1m\"",
+            "heartbeat = \"500ms\"",
+            "heartbeat = \"500ms\" is too short",
+        ),
+        (
+            "min_interval = \"1s\"",
+            "min_interval = \"2m\"",
+            "heartbeat is shorter than min_interval",
+        ),
+        (
+            "tags = [\"press1.*\", \"press1.parts_total\"]",
+            "tags = []",
+            "`tags` must name 1 to 1000",
+        ),
+        (
+            "tags = [\"press1.*\", \"press1.parts_total\"]\n",
+            "",
+            "a telemetry rule needs `tags`",
+        ),
+        ("deadband = \"2%\"", "deadband = \"-2%\"", "deadband"),
+        (
+            "kind = \"telemetry\"",
+            "kind = \"telemetri\"",
+            "unknown rule kind `telemetri`",
+        ),
+    ] {
+        let text = format!("{GOOD}{}", rule.replacen(from, to, 1));
+        let errors = errors(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{to}: {errors:?}"
+        );
+    }
+}

@@ -43,6 +43,10 @@ trigger = "press1.done"
 lsl = 40.0
 usl = 55.0
 unit = "kN"
+[[rule]]
+kind = "telemetry"
+tags = ["press1.f*", "press1.state"]
+deadband = 0.5
 [[sink]]
 name = "out"
 kind = "stdout"
@@ -137,6 +141,19 @@ fn events_of_every_type_match_their_published_schema() {
         Some(&2),
         "one measured, one unreadable"
     );
+    // force and state first seen; state 1 -> 0 (force unchanged); state 0 -> 7 with force
+    // 47 -> 61; force unreadable (with its reason); the reset batches carry neither.
+    assert_eq!(seen.get("telemetry.sample"), Some(&4));
+    let samples: Vec<&serde_json::Value> = out
+        .events
+        .iter()
+        .filter(|e| e.event_type == "telemetry.sample")
+        .flat_map(|e| e.data["samples"].as_array().unwrap())
+        .collect();
+    assert_eq!(samples.len(), 6, "{samples:#?}");
+    assert_eq!(samples[5]["quality"], "bad");
+    assert_eq!(samples[5]["reason"], "timeout");
+    assert!(samples[5]["value"].is_null());
 }
 
 #[test]
@@ -157,6 +174,25 @@ fn the_schemas_reject_what_they_should() {
         validator.iter_errors(&bad).count(),
         2,
         "a bad id and an unknown verdict"
+    );
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(schemas.join("telemetry.sample.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let bad = serde_json::json!({
+        "specversion": "1.0", "id": "0190a5f0-0000-7000-8000-000000000000", "source": "causeway://g/m",
+        "type": "telemetry.sample", "time": "2026-01-01T00:00:00Z", "subject": "t",
+        "datacontenttype": "application/json",
+        "data": { "machine": "m", "samples": [
+            { "tag": "press1.force", "value": 1.0, "quality": "bad", "ts": "2026-01-01T00:00:00Z" },
+            { "tag": "force", "value": 1.0, "quality": "good", "ts": "2026-01-01T00:00:00Z" }
+        ] }
+    });
+    assert_eq!(
+        validator.iter_errors(&bad).count(),
+        2,
+        "a bad sample without its reason, a tag without its source"
     );
 }
 

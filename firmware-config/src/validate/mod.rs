@@ -118,6 +118,10 @@ const RULE_FIELDS: &[(&str, &[&str])] = &[
             "deadband",
         ],
     ),
+    (
+        "telemetry",
+        &["tags", "deadband", "min_interval", "heartbeat"],
+    ),
 ];
 /// The kind-specific fields each sink kind takes.
 const SINK_FIELDS: &[(&str, &[&str])] = &[

@@ -9,6 +9,7 @@
 mod counter;
 mod measurement;
 mod state;
+mod telemetry;
 
 use std::{
     collections::HashMap,
@@ -83,6 +84,7 @@ enum Rule {
     Counter(Box<counter::CounterRule>),
     State(state::StateRule),
     Measurement(measurement::MeasurementRule),
+    Telemetry(telemetry::TelemetryRule),
 }
 
 /// Counters of what the normalizer saw, for logs, tests and (later) metrics.
@@ -124,6 +126,8 @@ fn rule_tags(rule: &RuleConfig) -> Vec<&str> {
         RuleConfig::Measurement(c) => std::iter::once(c.tag.0.as_str())
             .chain(c.trigger.iter().map(|t| t.0.as_str()))
             .collect(),
+        // Patterns: a telemetry rule looks at every batch (one lookup per sample).
+        RuleConfig::Telemetry(_) => Vec::new(),
     };
     tags.dedup();
     tags
@@ -152,6 +156,9 @@ impl Normalizer {
                     c.clone(),
                     saved_of(&c.name),
                 )),
+                RuleConfig::Telemetry(c) => {
+                    Rule::Telemetry(telemetry::TelemetryRule::new(c.clone()))
+                }
             })
             .collect();
         let mut index: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
@@ -212,8 +219,14 @@ impl Normalizer {
                 }
             }
         }
+        let now = Instant::now();
         for (i, rule) in self.rules.iter_mut().enumerate() {
-            if !std::mem::take(&mut self.fed[i]) {
+            let fed = std::mem::take(&mut self.fed[i]);
+            if let Rule::Telemetry(r) = rule {
+                r.on_batch(batch, now, &self.gateway_id, out);
+                continue;
+            }
+            if !fed {
                 continue;
             }
             match rule {
@@ -236,6 +249,7 @@ impl Normalizer {
                 }
                 Rule::State(r) => r.on_batch(&self.latest, &self.gateway_id, out),
                 Rule::Measurement(r) => r.on_batch(batch, &self.latest, &self.gateway_id, out),
+                Rule::Telemetry(_) => {}
             }
         }
     }
@@ -253,8 +267,12 @@ impl Normalizer {
     /// `force`, all pending counts (at shutdown).
     pub fn on_tick(&mut self, wall: SystemTime, now: Instant, force: bool, out: &mut Output) {
         for rule in &mut self.rules {
-            if let Rule::Counter(r) = rule {
-                r.on_tick(wall, now, &self.latest, &self.gateway_id, force, out);
+            match rule {
+                Rule::Counter(r) => {
+                    r.on_tick(wall, now, &self.latest, &self.gateway_id, force, out);
+                }
+                Rule::Telemetry(r) => r.on_tick(now, &self.latest, &self.gateway_id, out),
+                Rule::State(_) | Rule::Measurement(_) => {}
             }
         }
     }

@@ -1223,3 +1223,115 @@ fn a_tags_sample_in_this_batch_is_only_the_one_this_batch_brought() {
         "still the latest sample"
     );
 }
+
+/// A config of `n` f32 tags `t0000`.. on source `line`, forwarded by one telemetry rule with
+/// `extra` settings.
+fn telemetry_config(n: usize, extra: &str) -> ValidatedConfig {
+    let tags: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "  {{ name = \"t{i:04}\", register = \"holding:{}\", type = \"f32\" }},",
+                i * 2
+            )
+        })
+        .collect();
+    let text = format!(
+        "gateway_id = \"gw\"\n[[source]]\nname = \"line\"\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\ntags = [\n{}\n]\n[[rule]]\nkind = \"telemetry\"\ntags = [\"line.*\"]\n{extra}\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n",
+        tags.join("\n")
+    );
+    firmware_config::load("t.toml", &text).unwrap_or_else(|r| panic!("{}", r.render(false)))
+}
+
+fn line_batch(at: SystemTime, values: &[(usize, f64)]) -> SampleBatch {
+    SampleBatch {
+        source: "line".into(),
+        samples: values
+            .iter()
+            .map(|(i, v)| Sample::good(format!("line.t{i:04}").into(), Value::F64(*v), at))
+            .collect(),
+    }
+}
+
+/// (tag, value) of every telemetry sample in `out`, in order.
+fn sent(out: &Output) -> Vec<(String, Json)> {
+    data(out, "telemetry.sample")
+        .iter()
+        .flat_map(|d| d["samples"].as_array().unwrap().clone())
+        .map(|s| (s["tag"].as_str().unwrap().to_owned(), s["value"].clone()))
+        .collect()
+}
+
+#[test]
+fn telemetry_sends_a_polls_changes_in_one_event_past_the_deadband() {
+    let t0 = SystemTime::now();
+    let mut n = Normalizer::new(&telemetry_config(500, "deadband = 0.5"), &[]);
+    let mut out = Output::default();
+    let all: Vec<(usize, f64)> = (0..500).map(|i| (i, 10.0)).collect();
+    n.on_batch(&line_batch(t0, &all), &mut out);
+    assert_eq!(out.events.len(), 1, "500 samples of one poll: one event");
+    assert_eq!(sent(&out).len(), 500);
+    // Noise within the deadband: nothing. One tag past it, one quality change: one event of 2.
+    let mut out = Output::default();
+    let mut next: Vec<(usize, f64)> = (0..500).map(|i| (i, 10.2)).collect();
+    next[7].1 = 11.0;
+    let mut b = line_batch(t0, &next);
+    b.samples[9] = Sample::bad("line.t0009".into(), "exception 2", t0);
+    n.on_batch(&b, &mut out);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(
+        sent(&out),
+        vec![
+            ("line.t0007".to_owned(), serde_json::json!(11.0)),
+            ("line.t0009".to_owned(), Json::Null)
+        ]
+    );
+    // The deadband counts from the last value sent (10.0), not the last read: 10.2 -> 10.6.
+    let mut out = Output::default();
+    n.on_batch(&line_batch(t0, &[(0, 10.6)]), &mut out);
+    assert_eq!(sent(&out).len(), 1);
+}
+
+#[test]
+fn telemetry_holds_changes_to_min_interval_and_beats_the_heartbeat() {
+    mono(SystemTime::now());
+    let t0 = SystemTime::now();
+    let mut n = Normalizer::new(
+        &telemetry_config(2, "min_interval = \"1s\"\nheartbeat = \"10s\""),
+        &[],
+    );
+    let mut out = Output::default();
+    n.on_batch(&line_batch(t0, &[(0, 1.0), (1, 5.0)]), &mut out);
+    assert_eq!(sent(&out).len(), 2);
+    // Changes within the second: held, the latest sent when it ends.
+    let mut out = Output::default();
+    n.on_batch(&line_batch(t0, &[(0, 2.0)]), &mut out);
+    n.on_batch(&line_batch(t0, &[(0, 3.0)]), &mut out);
+    assert!(out.events.is_empty());
+    let now = Instant::now();
+    n.on_tick(t0, now + Duration::from_millis(500), false, &mut out);
+    assert!(out.events.is_empty(), "not yet");
+    n.on_tick(t0, now + Duration::from_secs(1), false, &mut out);
+    assert_eq!(
+        sent(&out),
+        vec![("line.t0000".to_owned(), serde_json::json!(3.0))]
+    );
+    // Unchanged for 10 s: both sent again, in one event.
+    let mut out = Output::default();
+    n.on_tick(t0, now + Duration::from_secs(12), false, &mut out);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(sent(&out).len(), 2);
+}
+
+#[test]
+fn telemetry_splits_a_huge_batch_into_events_of_a_thousand() {
+    let t0 = SystemTime::now();
+    let mut n = Normalizer::new(&telemetry_config(2_500, ""), &[]);
+    let mut out = Output::default();
+    let all: Vec<(usize, f64)> = (0..2_500).map(|i| (i, 1.0)).collect();
+    n.on_batch(&line_batch(t0, &all), &mut out);
+    let sizes: Vec<usize> = data(&out, "telemetry.sample")
+        .iter()
+        .map(|d| d["samples"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [1_000, 1_000, 500]);
+}

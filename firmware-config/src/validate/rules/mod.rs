@@ -3,6 +3,7 @@
 mod counter;
 mod measurement;
 mod state;
+mod telemetry;
 
 use crate::validate::*;
 
@@ -20,12 +21,14 @@ impl Checker {
             "counter" => self.counter(raw).map(RuleConfig::Counter),
             "state" => self.state(raw).map(RuleConfig::State),
             "measurement" => self.measurement(raw).map(RuleConfig::Measurement),
+            "telemetry" => self.telemetry(raw).map(RuleConfig::Telemetry),
             other => {
-                let hint = match closest(other, ["counter", "state", "measurement"]) {
-                    Some(near) => {
-                        format!("did you mean \"{near}\"? Rule kinds: counter, state, measurement")
-                    }
-                    None => "rule kinds: counter, state, measurement".to_owned(),
+                let kinds = ["counter", "state", "measurement", "telemetry"];
+                let hint = match closest(other, kinds) {
+                    Some(near) => format!(
+                        "did you mean \"{near}\"? Rule kinds: counter, state, measurement, telemetry"
+                    ),
+                    None => "rule kinds: counter, state, measurement, telemetry".to_owned(),
                 };
                 self.error(
                     format!("unknown rule kind `{other}`"),
