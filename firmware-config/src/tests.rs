@@ -1078,7 +1078,7 @@ routes = ["*"]
             errors.iter().any(|e| e.contains(expected)),
             "{to}: {errors:?}"
         );
-        assert!(errors.len() <= 2, "{errors:?}");
+        assert_eq!(errors.len(), 1, "one mistake, one error: {errors:?}");
     }
 }
 

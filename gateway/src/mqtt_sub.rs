@@ -153,6 +153,8 @@ pub struct Births {
 /// Aliases remembered in all; past it, what was learnt is forgotten and learnt again from the
 /// next births.
 const MAX_ALIASES: usize = 100_000;
+/// Edge nodes remembered; past it, likewise.
+const MAX_NODES: usize = 10_000;
 
 impl Births {
     /// A Sparkplug B payload on one line of JSON: `seq`, `timestamp` and each metric's name
@@ -174,14 +176,21 @@ impl Births {
             {
                 *count = count.saturating_sub(old.len());
             }
-            if *count >= MAX_ALIASES {
+            if *count >= MAX_ALIASES || all.len() >= MAX_NODES {
                 all.clear();
                 *count = 0;
             }
-            (all.entry(key).or_default(), t.kind)
+            // Only a birth makes an entry: data from a node never seen born adds nothing.
+            let birth = matches!(t.kind, Kind::NBirth | Kind::DBirth);
+            let map = if birth {
+                Some(all.entry(key).or_default())
+            } else {
+                all.get_mut(&key)
+            };
+            (map, t.kind)
         });
         let (mut aliases, kind) = match known {
-            Some((a, k)) => (Some(a), Some(k)),
+            Some((a, k)) => (a, Some(k)),
             None => (None, None),
         };
         let birth = matches!(kind, Some(Kind::NBirth | Kind::DBirth));

@@ -359,7 +359,7 @@ routes = ["*"]
 }
 
 /// An MQTT 3.1.1 broker written with rumqttc's codec that refuses every subscription whose
-/// filter contains `denied`; the filter counts of the SUBSCRIBE packets it received.
+/// filter contains `denied` or ends with `Line3/+`; the filter counts of the SUBSCRIBE packets it received.
 async fn refusing_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
     use bytes::BytesMut;
     use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, SubAck, SubscribeReasonCode};
@@ -398,7 +398,8 @@ async fn refusing_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>
                                     .filters
                                     .iter()
                                     .map(|f| {
-                                        if f.path.contains("denied") {
+                                        if f.path.contains("denied") || f.path.ends_with("Line3/+")
+                                        {
                                             SubscribeReasonCode::Failure
                                         } else {
                                             SubscribeReasonCode::Success(QoS::AtLeastOnce)
@@ -426,13 +427,16 @@ async fn refusing_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>
 async fn a_refused_subscription_makes_its_tags_bad_naming_the_topic() {
     let dir = tempfile::tempdir().unwrap();
     let (port, packets) = refusing_broker().await;
-    // 150 topics: two SUBSCRIBE packets; the refused one is in the second.
+    // 150 topics and a Sparkplug node's two filters: two SUBSCRIBE packets; the refused ones
+    // are in the second (the node's devices' filter refused, its own granted).
     let mut tags: Vec<String> = (0..149)
         .map(|i| {
             format!("  {{ name = \"t{i:03}\", topic = \"plant/t{i:03}\", format = \"text\" }},")
         })
         .collect();
     tags.push("  { name = \"secret\", topic = \"plant/zz/denied\", format = \"text\" },".into());
+    tags.push("  { name = \"spn\", format = \"sparkplug\", group = \"G\", edge_node = \"Line3\", metric = \"m\" },".into());
+    tags.push("  { name = \"spd\", format = \"sparkplug\", group = \"G\", edge_node = \"Line3\", device = \"D\", metric = \"m\" },".into());
     let text = format!(
         "gateway_id = \"line3\"\n[[source]]\nname = \"uns\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ninsecure = true\ntags = [\n{}\n]\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n",
         tags.join("\n")
@@ -448,20 +452,39 @@ async fn a_refused_subscription_makes_its_tags_bad_naming_the_topic() {
     let (tx, mut rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(Source::build(&loaded.sources[0], paths).run(tx, cancel.clone()));
-    let batch = tokio::time::timeout(LIMIT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let tags: Vec<&str> = batch.samples.iter().map(|s| &*s.tag).collect();
-    assert_eq!(tags, ["uns.secret"], "only the refused topic's tag");
-    let Quality::Bad(why) = &batch.samples[0].quality else {
-        panic!("{:?}", batch.samples[0])
-    };
-    assert!(
-        why.contains("refused the subscription to `plant/zz/denied`") && why.contains("ACL"),
-        "{why}"
+    // Bad: the refused topics' tags, each naming its topic; nothing else.
+    let mut bad = std::collections::BTreeMap::new();
+    while bad.len() < 2 {
+        let batch = tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        for s in batch.samples {
+            let Quality::Bad(why) = &s.quality else {
+                continue;
+            };
+            bad.insert(s.tag.to_string(), why.clone());
+        }
+    }
+    assert_eq!(
+        bad.keys().collect::<Vec<_>>(),
+        ["uns.secret", "uns.spd"],
+        "only the refused topics' tags: {bad:?}"
     );
-    assert_eq!(*packets.lock().unwrap(), vec![100, 50]);
+    assert!(
+        bad["uns.secret"].contains("refused the subscription to `plant/zz/denied`")
+            && bad["uns.secret"].contains("ACL"),
+        "{bad:?}"
+    );
+    assert!(bad["uns.spd"].contains("`spBv1.0/G/+/Line3/+`"), "{bad:?}");
+    // No more Bad come (the node's own tag is not among them).
+    while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        assert!(
+            batch.samples.iter().all(|s| &*s.tag != "uns.spn"),
+            "{batch:?}"
+        );
+    }
+    assert_eq!(*packets.lock().unwrap(), vec![100, 52]);
     cancel.cancel();
     task.await.unwrap();
 }

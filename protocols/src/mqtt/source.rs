@@ -32,6 +32,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const MAX_DERIVED: usize = 10_000;
 /// Filters per SUBSCRIBE packet.
 const SUBSCRIBE_CHUNK: usize = 100;
+/// Filter bytes per SUBSCRIBE packet (the client's packets are capped at 64 KiB).
+const SUBSCRIBE_BYTES: usize = 32 << 10;
 /// At most one warning per topic and reason in this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -49,12 +51,13 @@ pub struct MqttSource {
     /// `+` filters, with their tags and each tag's name template.
     filters: Vec<Filter>,
     /// The tag ids named from topics so far (at most [`MAX_DERIVED`]).
-    /// (With the topic that made each: one name is never fed from two topics.)
-    derived: HashMap<TagId, String>,
+    /// (With the topic and the filter that made each: one name is never fed from two topics.)
+    derived: HashMap<TagId, (String, String)>,
     sparkplug: sparkplug::Host,
     source: Arc<str>,
     reconnect: Backoff,
-    warned: HashMap<(String, String), (Instant, u64)>,
+    /// (topic, reason kind) -> when last warned (none yet), and how many held back since.
+    warned: HashMap<(String, String), (Option<Instant>, u64)>,
 }
 
 impl std::fmt::Debug for MqttSource {
@@ -209,14 +212,29 @@ impl MqttSource {
         topics.extend(self.filters.iter().map(|(f, _)| f.clone()));
         topics.extend(self.sparkplug.filters());
         topics.sort();
-        // Subscribed SUBSCRIBE_CHUNK filters per packet (a broker caps a packet's size); the
-        // request channel holds them all, with room for acknowledgements and rebirth requests.
-        let chunks: Vec<Vec<String>> = topics.chunks(SUBSCRIBE_CHUNK).map(<[_]>::to_vec).collect();
+        // At most SUBSCRIBE_CHUNK filters and SUBSCRIBE_BYTES per packet (a broker caps a
+        // packet's size); the request channel holds them all, with room for acknowledgements
+        // and rebirth requests.
+        let mut chunks: Vec<Vec<String>> = Vec::new();
+        let mut bytes = 0usize;
+        for topic in topics {
+            let cost = topic.len() + 3;
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < SUBSCRIBE_CHUNK && bytes + cost <= SUBSCRIBE_BYTES => {
+                    bytes += cost;
+                    chunk.push(topic);
+                }
+                _ => {
+                    bytes = cost;
+                    chunks.push(vec![topic]);
+                }
+            }
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 64 + chunks.len());
         // Chunks queued, not yet written (their packet ids come with the write), and those
         // written, by packet id: a SUBACK's codes are read against its chunk's filters.
         let mut unsent: std::collections::VecDeque<usize> = Default::default();
-        let mut by_pkid: HashMap<u16, usize> = HashMap::new();
+        let mut by_pkid: HashMap<u16, std::collections::VecDeque<usize>> = HashMap::new();
         let mut down = false;
         // Acknowledgements not yet queued on the client (its request channel was full): a
         // missing PUBACK would fill the broker's inflight window and stall the source.
@@ -255,6 +273,15 @@ impl MqttSource {
                     tracing::info!(source = %self.config.name, broker = %format!("{}:{}", self.config.host, self.config.port), session_present = ack.session_present, "Connected to MQTT broker.");
                     unsent.clear();
                     by_pkid.clear();
+                    // A SUBSCRIBE of the last connection, reported but never written or
+                    // replayed from its session, would take a chunk's place in the pairing.
+                    eventloop
+                        .state
+                        .events
+                        .retain(|e| !matches!(e, Event::Outgoing(rumqttc::Outgoing::Subscribe(_))));
+                    eventloop
+                        .pending
+                        .retain(|r| !matches!(r, rumqttc::Request::Subscribe(_)));
                     for (i, chunk) in chunks.iter().enumerate() {
                         let filters = chunk
                             .iter()
@@ -277,13 +304,18 @@ impl MqttSource {
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => {
                     if let Some(chunk) = unsent.pop_front() {
-                        by_pkid.insert(pkid, chunk);
+                        by_pkid.entry(pkid).or_default().push_back(chunk);
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     // Not proof of health on its own: a message that kills the connection
                     // arrives right after it. The backoff resets on a message read.
-                    let Some(chunk) = by_pkid.remove(&ack.pkid).and_then(|i| chunks.get(i)) else {
+                    let Some(chunk) = by_pkid
+                        .get_mut(&ack.pkid)
+                        .and_then(std::collections::VecDeque::pop_front)
+                        .and_then(|i| chunks.get(i))
+                        .filter(|c| c.len() == ack.return_codes.len())
+                    else {
                         continue;
                     };
                     let refused: Vec<&String> = chunk
@@ -353,12 +385,16 @@ impl MqttSource {
         let mut ids: Vec<TagId> = Vec::new();
         for (i, tag) in self.config.tags.iter().enumerate() {
             let fed = match &tag.format {
+                // The node's filter feeds its own metrics, the `/+` one its devices'.
                 MqttFormat::Sparkplug {
-                    group, edge_node, ..
-                } => {
-                    filter == format!("spBv1.0/{group}/+/{edge_node}")
-                        || filter == format!("spBv1.0/{group}/+/{edge_node}/+")
-                }
+                    group,
+                    edge_node,
+                    device,
+                    ..
+                } => match device {
+                    None => filter == format!("spBv1.0/{group}/+/{edge_node}"),
+                    Some(_) => filter == format!("spBv1.0/{group}/+/{edge_node}/+"),
+                },
                 _ if tag.topic.contains('+') => false,
                 _ => firmware_config::topic::matches(filter, &tag.topic),
             };
@@ -370,7 +406,7 @@ impl MqttSource {
             ids.extend(
                 self.derived
                     .iter()
-                    .filter(|(_, topic)| firmware_config::topic::matches(filter, topic))
+                    .filter(|(_, (_, made_by))| made_by == filter)
                     .map(|(id, _)| id.clone()),
             );
         }
@@ -424,7 +460,7 @@ impl MqttSource {
                     continue;
                 }
                 match self.derived.get(&id) {
-                    Some(first) if first != topic => {
+                    Some((first, _)) if first != topic => {
                         problems.push(format!(
                             "tag `{name}` is named from both `{first}` and this topic; only the first is read (make the template tell them apart)"
                         ));
@@ -438,7 +474,8 @@ impl MqttSource {
                         continue;
                     }
                     None => {
-                        self.derived.insert(id.clone(), topic.to_owned());
+                        self.derived
+                            .insert(id.clone(), (topic.to_owned(), filter.clone()));
                     }
                 }
                 targets.push((*i, id));
@@ -578,10 +615,14 @@ impl MqttSource {
         let why = why.as_str();
         let key = (topic.to_owned(), kind);
         let now = Instant::now();
-        let entry = self.warned.entry(key).or_insert((now - WARN_EVERY, 0));
-        if now.duration_since(entry.0) >= WARN_EVERY {
+        // (`now - WARN_EVERY` would panic within 10 s of boot: the monotonic clock starts there.)
+        let entry = self.warned.entry(key).or_insert((None, 0));
+        if entry
+            .0
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+        {
             tracing::warn!(source = %self.config.name, %topic, reason = %why, held_back = entry.1, "An MQTT message could not be read; its tags are Bad.");
-            *entry = (now, 0);
+            *entry = (Some(now), 0);
         } else {
             entry.1 += 1;
         }

@@ -28,6 +28,8 @@ pub const REBIRTH_EVERY: Duration = Duration::from_secs(5);
 /// A configured device whose DBIRTH has not followed its node's NBIRTH within this long has
 /// its tags made Bad.
 pub const DBIRTH_GRACE: Duration = Duration::from_secs(10);
+/// A birth that stayed this long without a fault resets the rebirth backoff.
+pub const HEALTHY: Duration = Duration::from_secs(60);
 /// Unanswered, rebirth requests are repeated at most this far apart.
 pub const REBIRTH_MAX: Duration = Duration::from_secs(300);
 /// The metric an NCMD sets to ask for a rebirth.
@@ -355,6 +357,12 @@ struct Node {
     /// When the last NBIRTH came, until every configured device's DBIRTH has followed it or
     /// their tags have been made Bad for its absence.
     born_at: Option<Instant>,
+    /// When the last NBIRTH came.
+    last_birth: Option<Instant>,
+    /// A digest of the last message's payload (a repeat is told from a gap by it).
+    last_digest: Option<u64>,
+    /// Whether a fault (a reason to ask) came since the last NBIRTH.
+    faulted: bool,
 }
 
 /// What one message means for the tags.
@@ -497,6 +505,12 @@ impl Host {
         let device = device.as_ref();
         // A device without tags is read only for the node's sequence.
         let unconfigured = t.device.is_some_and(|d| !node.configured.contains(d));
+        let digest = payload.as_ref().ok().map(|bytes| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        });
         let payload = match payload.and_then(decode) {
             Ok(p) => p,
             // Its `seq` is lost with it: the next message of the node shows the gap.
@@ -517,12 +531,19 @@ impl Host {
         // waits for the rebirth it is asked for.
         if t.kind != Kind::NDeath {
             let seq = payload.seq.and_then(|s| u8::try_from(s).ok());
+            let repeat = node.last_digest.is_some() && node.last_digest == digest;
+            node.last_digest = digest;
             match (t.kind, node.seq, seq) {
                 (Kind::NBirth, _, s) => node.seq = s,
-                // The same message again (a broker delivering it once per matching
-                // subscription, or a QoS 1 repeat): read once.
-                (_, Some(last), Some(s)) if s == last && node.born => return Some(effect),
+                // The very same message again (a broker delivering it once per matching
+                // subscription): read once. The same seq with other content is a gap (255
+                // messages lost, or a restart whose death and birth were both missed).
+                (_, Some(last), Some(s)) if s == last && repeat && node.born => {
+                    return Some(effect);
+                }
                 (_, Some(last), Some(s)) if s != last.wrapping_add(1) && node.born => {
+                    // Whatever the message (a device's without tags too): the node's tags are
+                    // Bad and a rebirth is asked for, the message itself not read.
                     effect.warning = Some(format!(
                         "sequence gap from edge node {}/{}: {s} after {last} (messages were lost); asking for a rebirth",
                         t.group, t.edge_node
@@ -530,6 +551,9 @@ impl Host {
                     node.born = false;
                     node.devices.clear();
                     node.seq = Some(s);
+                    let whole = Topic { device: None, ..t };
+                    node.unborn(whole, now, wall, &mut effect);
+                    return Some(effect);
                 }
                 (_, _, s) => node.seq = s.or(node.seq),
             }
@@ -539,6 +563,8 @@ impl Host {
                 // The answer to any request (the next still waits its interval: a fault that
                 // returns with every birth must not make a storm of them).
                 node.born = true;
+                node.last_birth = Some(now);
+                node.faulted = false;
                 node.born_at = (!node.configured.is_empty()).then_some(now);
                 node.waiting = false;
                 node.devices.clear();
@@ -675,19 +701,31 @@ impl Node {
             .then(|| (ncmd_topic(t.group, t.edge_node), rebirth_request(wall)))
     }
 
-    /// Whether a request may go out now; if so, it is counted as sent: the interval doubles
-    /// (up to [`REBIRTH_MAX`]), or starts again at [`REBIRTH_EVERY`] after that long a quiet.
+    /// Whether a request may go out now; if so, it is counted as sent. The least time to the
+    /// next: [`REBIRTH_EVERY`] after the first, or after a birth that stayed healthy for
+    /// [`HEALTHY`]; twice the last (up to [`REBIRTH_MAX`]) while requests go unanswered or
+    /// faults follow their births at once, so neither a deaf node nor a fault that returns
+    /// with every birth makes a storm.
     fn may_ask(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.asked {
-            let since = now.duration_since(at);
-            if since < self.every {
-                return false;
-            }
-            self.every = if since >= REBIRTH_MAX {
-                REBIRTH_EVERY
-            } else {
-                (self.every * 2).min(REBIRTH_MAX)
-            };
+        let answered = self
+            .last_birth
+            .is_some_and(|b| self.asked.is_none_or(|a| b >= a));
+        let healthy = answered
+            && !self.faulted
+            && self
+                .last_birth
+                .is_some_and(|b| now.saturating_duration_since(b) >= HEALTHY);
+        self.faulted = true;
+        if healthy {
+            self.every = REBIRTH_EVERY;
+        }
+        if let Some(at) = self.asked
+            && now.saturating_duration_since(at) < self.every
+        {
+            return false;
+        }
+        if self.asked.is_some() && !healthy {
+            self.every = (self.every * 2).min(REBIRTH_MAX);
         }
         self.asked = Some(now);
         true
@@ -699,9 +737,6 @@ impl Node {
         let mut declared = HashSet::new();
         for metric in &payload.metrics {
             let Some(name) = &metric.name else { continue };
-            if metric.is_historical == Some(true) {
-                continue;
-            }
             let code = metric.datatype.unwrap_or(0);
             if let Some(alias) = metric.alias {
                 self.aliases
@@ -710,6 +745,10 @@ impl Node {
             let key = (device.clone(), name.clone());
             self.types.insert(key.clone(), code);
             declared.insert(name.as_str());
+            // History declares the metric; its old value is not the current one.
+            if metric.is_historical == Some(true) {
+                continue;
+            }
             if let Some(tags) = self.wanted.get(&key) {
                 let read = value(metric, code)
                     .map(|v| (v, metric_time(metric.timestamp.or(payload.timestamp))));

@@ -135,10 +135,11 @@ impl Checker {
             else {
                 continue;
             };
-            for other in tags.iter().filter(|t| !t.topic.contains('+')) {
-                if matches!(other.format, MqttFormat::Sparkplug { .. })
-                    || !topic::could_make(&parts, &other.name)
-                {
+            // Sparkplug tags included: their topics hold `+`, their names are declared.
+            for other in tags.iter().filter(|t| {
+                matches!(t.format, MqttFormat::Sparkplug { .. }) || !t.topic.contains('+')
+            }) {
+                if !topic::could_make(&parts, &other.name) {
                     continue;
                 }
                 self.warning(
@@ -219,13 +220,13 @@ impl Checker {
         }
         if text.is_empty()
             || text.contains('\0')
-            || text.len() > 65_535
+            || text.len() > 4_096
             || text.split('/').any(|l| l.contains('+') && l != "+")
         {
             self.error(
                 format!("`{text}` is not a topic a tag can be read from"),
                 span(topic),
-                "not empty; `+` only as a whole level",
+                "not empty, at most 4,096 bytes; `+` only as a whole level",
             )
             .hint("give each tag the topic its value is published on, with `+` for a level that varies (plant/+/temp)");
             return None;

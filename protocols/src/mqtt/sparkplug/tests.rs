@@ -513,12 +513,16 @@ fn unanswered_requests_are_repeated_ever_less_often_until_a_birth() {
     assert_eq!(requests(&mut host, t0 + Duration::from_secs(15)), 1);
     assert_eq!(requests(&mut host, t0 + Duration::from_secs(34)), 0);
     assert_eq!(requests(&mut host, t0 + Duration::from_secs(35)), 1);
-    // ... never more than 5 min apart.
+    // ... up to 5 min apart, and so on while unanswered.
     let mut at = t0 + Duration::from_secs(35);
     for _ in 0..10 {
         at += REBIRTH_MAX;
         assert_eq!(requests(&mut host, at), 1);
     }
+    assert_eq!(
+        requests(&mut host, at + REBIRTH_MAX - Duration::from_secs(1)),
+        0
+    );
     // The birth answers it.
     let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), at);
     assert_eq!(requests(&mut host, at + REBIRTH_MAX), 0);
@@ -547,20 +551,24 @@ fn a_fault_after_every_birth_does_not_make_a_storm() {
     let mut host = host();
     let t0 = Instant::now();
     let mut sent = Vec::new();
-    // Every 100 ms for 60 s: a birth, then at once a message out of sequence.
-    for step in 0..600u64 {
+    // Every 100 ms for 20 min: a birth, then at once a message out of sequence.
+    for step in 0..12_000u64 {
         let at = t0 + Duration::from_millis(100 * step);
         let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), at);
         let e = read(&mut host, "NDATA", None, &payload(Some(9), vec![]), at);
         sent.extend(e.rebirth.map(|_| at));
         sent.extend(host.due(at, SystemTime::now()).requests.iter().map(|_| at));
     }
-    // At t = 0, 5, 15, 35 s: four requests in a minute, not 600.
+    // Each interval twice the last, then one every 5 min: 9 requests in 20 min, not 12,000.
     let seconds: Vec<u64> = sent
         .iter()
         .map(|t| t.duration_since(t0).as_secs())
         .collect();
-    assert_eq!(seconds, [0, 5, 15, 35], "{seconds:?}");
+    assert_eq!(
+        seconds,
+        [0, 5, 15, 35, 75, 155, 315, 615, 915],
+        "{seconds:?}"
+    );
 }
 
 #[test]
@@ -695,4 +703,74 @@ fn devices_without_tags_are_only_counted_and_absent_ones_are_noticed() {
             .aliases
             .contains_key(&10)
     );
+}
+
+#[test]
+fn a_gap_seen_on_any_message_distrusts_the_node_and_a_healthy_birth_resets_the_backoff() {
+    let mut host = host();
+    let t0 = Instant::now();
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), t0);
+    // The gap shows on a message of a device nobody reads: still the node's tags are Bad and a
+    // rebirth is asked for (what was lost may have been a configured metric's change).
+    let e = read(
+        &mut host,
+        "DDATA",
+        Some("tablet1"),
+        &payload(Some(5), vec![]),
+        t0,
+    );
+    all_bad(&e, &[0, 1, 2], "waiting for a birth certificate");
+    assert!(e.rebirth.is_some());
+    // The same seq with other content is no repeat: a gap.
+    let _ = read(&mut host, "NBIRTH", None, &birth(0, 1), t0 + REBIRTH_EVERY);
+    let one = payload(Some(1), vec![by_alias(1, MetricValue::Int(11))]);
+    let other = payload(Some(1), vec![by_alias(1, MetricValue::Int(12))]);
+    let _ = read(&mut host, "NDATA", None, &one, t0 + REBIRTH_EVERY);
+    let e = read(&mut host, "NDATA", None, &other, t0 + REBIRTH_EVERY);
+    assert!(e.warning.as_deref().unwrap().contains("1 after 1"), "{e:?}");
+    // A deaf node: requests at 0, 5, 15, 35, 75, 155, 315 s, the interval now 5 min ...
+    let mut host = self::host();
+    let wall = SystemTime::now();
+    assert_eq!(host.reconnected(t0, wall).len(), 1);
+    for at in [5, 15, 35, 75, 155, 315] {
+        assert_eq!(
+            host.due(t0 + Duration::from_secs(at), wall).requests.len(),
+            1
+        );
+    }
+    // ... then it answers. A fault right after the birth waits the 5 min ...
+    let _ = read(
+        &mut host,
+        "NBIRTH",
+        None,
+        &birth(0, 1),
+        t0 + Duration::from_secs(316),
+    );
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(9), vec![]),
+        t0 + Duration::from_secs(320),
+    );
+    assert!(
+        e.rebirth.is_none(),
+        "a fault at once after the birth: still 5 min"
+    );
+    // ... but after a birth that stayed healthy for a minute, a gap is asked about at once.
+    let _ = read(
+        &mut host,
+        "NBIRTH",
+        None,
+        &birth(0, 1),
+        t0 + Duration::from_secs(330),
+    );
+    let e = read(
+        &mut host,
+        "NDATA",
+        None,
+        &payload(Some(9), vec![]),
+        t0 + Duration::from_secs(390),
+    );
+    assert!(e.rebirth.is_some(), "the healthy birth reset the backoff");
 }
