@@ -1,11 +1,16 @@
 //! Normalizer benchmark (issue 8): batches of thousands of tags through hundreds of rules, the
-//! cost of finding the rules a sample feeds.
+//! cost of finding the rules a sample feeds. Then (issue 10) normalize and store together: the
+//! same batches, every value changed each round, through one telemetry rule into the SQLite
+//! buffer (FULL sync), on a single-threaded runtime.
 //!
 //! `cargo bench -p gateway --bench normalize`
 
 use std::time::{Instant, SystemTime};
 
-use gateway::normalize::{Normalizer, Output};
+use gateway::{
+    normalize::{Normalizer, Output},
+    store::{Store, StoreOptions},
+};
 use protocols::model::{Sample, SampleBatch, Value};
 
 fn main() {
@@ -64,4 +69,74 @@ fn main() {
         config.rules.len(),
         samples as f64 / secs
     );
+    normalize_and_store(&text, sources, per_source);
+}
+
+#[path = "support/measure.rs"]
+mod measure;
+
+/// The batches through a telemetry rule over every tag into the store, one round after another.
+fn normalize_and_store(text: &str, sources: usize, per_source: usize) {
+    // The sources alone (the state rules dropped), and one telemetry rule over every tag.
+    let sources_only: String = text
+        .split("[[source]]")
+        .enumerate()
+        .map(|(i, part)| {
+            let part = part.split("[[rule]]").next().unwrap_or_default();
+            if i == 0 {
+                part.to_owned()
+            } else {
+                format!("[[source]]{part}")
+            }
+        })
+        .collect();
+    let text = format!(
+        "{sources_only}[[rule]]\nkind = \"telemetry\"\ntags = [\"s*\"]\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n"
+    );
+    let config = firmware_config::load("bench.toml", &text).expect("the bench config is valid");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) =
+            Store::open(StoreOptions::new(dir.path().join("bench.db"), &["out"])).unwrap();
+        let mut normalizer = Normalizer::new(&config, &[]);
+        let rounds = 100;
+        let (started, cpu) = (Instant::now(), measure::cpu_time());
+        let mut events = 0;
+        for round in 0..rounds {
+            let mut out = Output::default();
+            for s in 0..sources {
+                let batch = SampleBatch {
+                    source: format!("s{s}").into(),
+                    samples: (0..per_source)
+                        .map(|t| {
+                            Sample::good(
+                                format!("s{s}.t{t}").into(),
+                                Value::U64(round),
+                                SystemTime::now(),
+                            )
+                        })
+                        .collect(),
+                };
+                normalizer.on_batch(&batch, &mut out);
+            }
+            events += out.events.len();
+            store.append(out.events, out.state).await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = (measure::cpu_time() - cpu).as_secs_f64();
+        let samples = rounds as usize * sources * per_source;
+        println!(
+            "normalize+store: {samples} samples through a telemetry rule into the buffer (FULL sync) in {secs:.2} s = {:.0} samples/s ({events} events), CPU {:.2} s ({:.0} % of one core), peak RSS {} KiB",
+            samples as f64 / secs,
+            cpu,
+            100.0 * cpu / secs,
+            measure::status_kib("VmHWM:")
+        );
+        drop(store);
+        drop(writer);
+    });
 }

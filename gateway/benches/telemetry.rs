@@ -10,7 +10,8 @@
 //!
 //! `cargo bench -p gateway --bench telemetry` runs scenario `a`: 1 device, 500 tags, polled and
 //! changed every 100 ms (5,000 samples/s). `CAUSEWAY_BENCH_SCENARIO=b`: 20 devices of 500 tags
-//! at 1 s (10,000 samples/s). `CAUSEWAY_BENCH_SECONDS` (default 30) measures longer.
+//! at 1 s (10,000 samples/s); `idle`: 1 device, 1 tag at 1 s (the weight at rest).
+//! `CAUSEWAY_BENCH_SECONDS` (default 30) measures longer.
 //! `CAUSEWAY_BENCH_PATH=measurement` forwards the same values the way a user had to before
 //! telemetry rules: a measurement rule per tag, on change (one event per sample).
 
@@ -36,6 +37,8 @@ use measure::{cpu_time, status_kib};
 fn scenario() -> (usize, usize, Duration) {
     match std::env::var("CAUSEWAY_BENCH_SCENARIO").as_deref() {
         Ok("b") => (20, 500, Duration::from_secs(1)),
+        // Next to nothing: what the gateway weighs at rest.
+        Ok("idle") => (1, 1, Duration::from_secs(1)),
         _ => (1, 500, Duration::from_millis(100)),
     }
 }
