@@ -851,23 +851,31 @@ impl SinkConfig {
     }
 }
 
-/// Whether a route pattern (`*` matches any run of characters) matches an event type.
+/// Whether a route pattern (`*` matches any run of characters) matches an event type (or a
+/// telemetry pattern a tag name). Greedy with one backtrack point, so at most pattern length
+/// times text length steps, whatever the number of `*`.
 pub fn route_matches(pattern: &str, event_type: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == event_type,
-        Some((head, tail)) => {
-            event_type.len() >= head.len()
-                && event_type.starts_with(head)
-                && route_matches_rest(tail, &event_type[head.len()..])
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), event_type.chars().collect());
+    let (mut i, mut j) = (0usize, 0usize);
+    // The last `*` seen in the pattern, and where in the text it began to match.
+    let mut star: Option<(usize, usize)> = None;
+    while j < t.len() {
+        if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == t[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            // Let the last `*` take one more character, and try again after it.
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
         }
     }
-}
-
-fn route_matches_rest(pattern: &str, text: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    (0..=text.len()).any(|i| text.is_char_boundary(i) && route_matches(pattern, &text[i..]))
+    p[i..].iter().all(|c| *c == '*')
 }
 
 /// Kind-specific sink settings.

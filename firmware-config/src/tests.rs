@@ -1250,3 +1250,29 @@ fn a_telemetry_rule_loads_and_its_mistakes_are_named() {
         );
     }
 }
+
+/// The naive recursive reading of a `*` pattern, for comparison.
+fn glob_reference(p: &[u8], t: &[u8]) -> bool {
+    match p.split_first() {
+        None => t.is_empty(),
+        Some((b'*', rest)) => (0..=t.len()).any(|i| glob_reference(rest, &t[i..])),
+        Some((c, rest)) => t.first() == Some(c) && glob_reference(rest, &t[1..]),
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn patterns_match_as_the_naive_reading_does(p in "[ab*.]{0,8}", t in "[ab.]{0,10}") {
+        proptest::prop_assert_eq!(route_matches(&p, &t), glob_reference(p.as_bytes(), t.as_bytes()));
+    }
+}
+
+#[test]
+fn a_pattern_of_many_stars_against_a_long_name_is_quick() {
+    // The naive reading backtracks for ever here; this one takes at most pattern x text steps.
+    let name = "a".repeat(10_000);
+    assert!(!route_matches("*a*a*a*b", &name));
+    assert!(route_matches("*a*a*a*", &name));
+    assert!(route_matches("press1.*", "press1."));
+    assert!(route_matches("*", ""));
+}

@@ -3,10 +3,12 @@
 //! to an HTTPS receiver. The devices and the receiver run in a second process (the load
 //! generators), so the figures are the gateway's alone.
 //!
-//! Prints samples delivered per second, the gateway's CPU (% of one core, and CPU seconds per
-//! 10,000 samples), its RSS (now and peak), and the latency from a value changing on a device
-//! to its event arriving at the receiver (p50/p95/p99; the receiver is polled every 2 ms, so
-//! figures are up to 2 ms late).
+//! Prints, all within the measured window: samples delivered per second, the gateway's CPU (%
+//! of one core, and CPU seconds per 10,000 samples), its RSS (now and peak), and two latencies
+//! (p50/p95/p99; the receiver is polled every 2 ms, so figures are up to 2 ms late): from a
+//! value changing on a device to its event arriving at the receiver (the devices change every
+//! 103 % of the poll period, so the wait for the next poll is spread over the whole period), and
+//! from the poll that read it (the sample's time) to the receiver: the pipeline's own.
 //!
 //! `cargo bench -p gateway --bench telemetry` runs scenario `a`: 1 device, 500 tags, polled and
 //! changed every 100 ms (5,000 samples/s). `CAUSEWAY_BENCH_SCENARIO=b`: 20 devices of 500 tags
@@ -19,8 +21,11 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use gateway::{demo::receiver::Receiver, topology};
@@ -73,11 +78,15 @@ fn generators() {
             ca.path().display(),
             addresses.join(",")
         );
-        // k -> when every tag took the value k.
+        // k -> when every tag took the value k. The changes come every 103 % of the poll
+        // period, so their phase against the polls sweeps the whole period: the latency from a
+        // change includes the wait for the next poll, as it would on a plant.
         let changed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let c = changed.clone();
+        let marked = Arc::new(AtomicBool::new(false));
+        let changes = Arc::new(AtomicU64::new(0));
+        let (c, m, n) = (changed.clone(), marked.clone(), changes.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
+            let mut tick = tokio::time::interval(period * 103 / 100);
             let mut k = 0u64;
             loop {
                 tick.tick().await;
@@ -101,54 +110,79 @@ fn generators() {
                     }
                 }
                 c.lock().unwrap().insert(k, Instant::now());
+                if m.load(Relaxed) {
+                    n.fetch_add((tags * banks.len()) as u64, Relaxed);
+                }
             }
         });
-        // Arrivals, timed by polling the receiver.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
+        // The main process says `mark` when its measurement starts and `stop` when it ends:
+        // only samples arriving in between are counted.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, m) = (stop.clone(), marked.clone());
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
-            s.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut lines = std::io::stdin().lines();
+            while let Some(Ok(line)) = lines.next() {
+                match line.trim() {
+                    "mark" => m.store(true, Relaxed),
+                    _ => break,
+                }
+            }
+            s.store(true, Relaxed);
         });
         let mut seen = 0usize;
-        let mut latencies: Vec<f64> = Vec::new();
+        let (mut from_change, mut from_poll): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         let mut samples = 0u64;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut window: Option<Instant> = None;
+        while !stop.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(2)).await;
             let events = receiver.events_since(seen);
-            let now = Instant::now();
+            let (now, wall) = (Instant::now(), SystemTime::now());
             seen += events.len();
+            if !marked.load(Relaxed) {
+                continue;
+            }
+            window.get_or_insert(now);
             let changed = changed.lock().unwrap();
             for event in events {
-                // telemetry.sample: each sample's value; quality.measurement: the event's.
-                let values: Vec<&serde_json::Value> = match event["data"]["samples"].as_array() {
-                    Some(list) => list.iter().map(|s| &s["value"]).collect(),
-                    None => vec![&event["data"]["value"]],
-                };
-                for value in values {
+                // telemetry.sample: each sample's value and read time; quality.measurement:
+                // the event's value and time.
+                let values: Vec<(&serde_json::Value, &serde_json::Value)> =
+                    match event["data"]["samples"].as_array() {
+                        Some(list) => list.iter().map(|s| (&s["value"], &s["ts"])).collect(),
+                        None => vec![(&event["data"]["value"], &event["time"])],
+                    };
+                for (value, ts) in values {
                     let Some(k) = value.as_f64() else {
                         continue;
                     };
                     samples += 1;
                     if let Some(at) = changed.get(&(k as u64)) {
-                        latencies.push(now.duration_since(*at).as_secs_f64() * 1_000.0);
+                        from_change.push(now.duration_since(*at).as_secs_f64() * 1_000.0);
+                    }
+                    if let Some(read) = ts.as_str().and_then(|t| humantime::parse_rfc3339(t).ok())
+                        && let Ok(d) = wall.duration_since(read)
+                    {
+                        from_poll.push(d.as_secs_f64() * 1_000.0);
                     }
                 }
             }
         }
-        latencies.sort_by(f64::total_cmp);
-        let p = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+        let secs = window.map_or(f64::NAN, |w| w.elapsed().as_secs_f64());
+        let pct = |v: &mut Vec<f64>, q: f64| {
+            v.sort_by(f64::total_cmp);
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
                 .copied()
                 .unwrap_or(f64::NAN)
         };
         println!(
-            "{samples} {seen} {:.1} {:.1} {:.1}",
-            p(0.50),
-            p(0.95),
-            p(0.99)
+            "{samples} {} {secs:.3} {:.1} {:.1} {:.1} {:.1} {:.1} {:.1}",
+            changes.load(Relaxed),
+            pct(&mut from_change, 0.50),
+            pct(&mut from_change, 0.95),
+            pct(&mut from_change, 0.99),
+            pct(&mut from_poll, 0.50),
+            pct(&mut from_poll, 0.95),
+            pct(&mut from_poll, 0.99),
         );
         cancel.cancel();
     });
@@ -218,7 +252,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (cpu, elapsed) = rt.block_on(async {
+    let mut stdin = child.stdin.take().unwrap();
+    let ((cpu, elapsed), (rss, peak)) = rt.block_on(async {
         let running = topology::start(&config, dir.path()).unwrap();
         let stats = running.normalizer_stats();
         // Warm up: connections made, a few polls through.
@@ -231,15 +266,15 @@ fn main() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        writeln!(stdin, "mark").unwrap();
         let (c0, t0) = (cpu_time(), Instant::now());
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let result = ((cpu_time() - c0).as_secs_f64(), t0.elapsed().as_secs_f64());
+        writeln!(stdin, "stop").unwrap();
+        let rss = (status_kib("VmRSS:"), status_kib("VmHWM:"));
         running.shutdown().await;
-        result
+        (result, rss)
     });
-    let (rss, peak) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "stop").unwrap();
     let mut summary = String::new();
     out.read_line(&mut summary).unwrap();
     let _ = child.wait();
@@ -247,20 +282,20 @@ fn main() {
         .split_whitespace()
         .map(|v| v.parse().unwrap_or(f64::NAN))
         .collect();
-    let (samples, events) = (f[0], f[1]);
-    // Samples over the whole run (warm-up included) against the measured window's CPU: the
-    // rate below is the configured one when nothing is lost.
-    let rate = (devices * tags) as f64 / period.as_secs_f64();
+    // All counted within the measured window: the receiver's samples and the devices' changes
+    // between `mark` and `stop`.
+    let (samples, offered, window) = (f[0], f[1], f[2]);
+    let rate = samples / window;
     println!(
-        "telemetry: {devices} device(s) x {tags} f32 tags every {poll}: {rate:.0} samples/s offered, {samples:.0} samples in {events:.0} events received in all"
+        "telemetry: {devices} device(s) x {tags} f32 tags polled every {poll}: {rate:.0} samples/s delivered ({samples:.0} in {window:.1} s; {offered:.0} changes made meanwhile)"
     );
     println!(
         "telemetry: gateway CPU {:.1} % of one core ({:.3} CPU s per 10,000 samples), RSS {rss} KiB (peak {peak} KiB)",
         100.0 * cpu / elapsed,
-        cpu / (rate * elapsed / 10_000.0)
+        cpu / (samples / 10_000.0) * (window / elapsed)
     );
     println!(
-        "telemetry: latency change -> receiver p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
-        f[2], f[3], f[4]
+        "telemetry: latency change -> receiver p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; poll -> receiver p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        f[3], f[4], f[5], f[6], f[7], f[8]
     );
 }

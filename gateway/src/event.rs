@@ -67,5 +67,8 @@ mod tests {
         assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_860_000_123);
         assert_eq!(rfc3339(now), "2026-11-28T10:00:00.123Z");
+        // An OPC UA server's time in 1900 (humantime panics on times before 1970).
+        let old = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(2_208_988_800);
+        assert_eq!(rfc3339(old), "1970-01-01T00:00:00.000Z");
     }
 }

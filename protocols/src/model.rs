@@ -93,12 +93,14 @@ impl fmt::Display for Value {
 }
 
 /// RFC 3339 UTC with milliseconds; a time past 9999-12-31, which RFC 3339 cannot write, is
-/// written as that year's last millisecond (formatting it would fail, and `to_string` panic).
+/// written as that year's last millisecond (formatting it would fail, and `to_string` panic),
+/// and one before 1970 (an OPC UA server's, say) as 1970's first (humantime panics on it).
 pub fn rfc3339(at: SystemTime) -> String {
     use std::fmt::Write as _;
     let last = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
     let mut out = String::new();
-    if write!(out, "{}", humantime::format_rfc3339_millis(at.min(last))).is_err() {
+    let at = at.clamp(SystemTime::UNIX_EPOCH, last);
+    if write!(out, "{}", humantime::format_rfc3339_millis(at)).is_err() {
         out = "9999-12-31T23:59:59.999Z".to_owned();
     }
     out

@@ -302,7 +302,7 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
             span(&raw.gateway_id),
             "events will only be buffered",
         )
-        .hint("add a [[sink]] with kind = \"https\", \"file\" or \"stdout\"");
+        .hint("add a [[sink]] with kind = \"https\", \"mqtt\", \"file\" or \"stdout\"");
     }
     if raw.rules.is_empty() && !raw.sources.is_empty() {
         c.warning(
@@ -310,7 +310,7 @@ pub(crate) fn validate(raw: RawConfig) -> (Option<GatewayConfig>, Vec<Problem>) 
             span(&raw.gateway_id),
             "tags are read but no event is made",
         )
-        .hint("add a [[rule]] of kind \"counter\", \"state\" or \"measurement\"");
+        .hint("add a [[rule]] of kind \"counter\", \"state\", \"measurement\" or \"telemetry\" (raw values)");
     }
 
     let ok = c.problems.iter().all(|p| !p.is_error());

@@ -271,7 +271,7 @@ impl Normalizer {
                 Rule::Counter(r) => {
                     r.on_tick(wall, now, &self.latest, &self.gateway_id, force, out);
                 }
-                Rule::Telemetry(r) => r.on_tick(now, &self.latest, &self.gateway_id, out),
+                Rule::Telemetry(r) => r.on_tick(now, force, &self.latest, &self.gateway_id, out),
                 Rule::State(_) | Rule::Measurement(_) => {}
             }
         }

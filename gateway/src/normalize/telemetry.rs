@@ -2,10 +2,14 @@
 //! source batch (or one tick) in one event, so 500 tags polled every 100 ms make 10 events a
 //! second, not 5,000.
 //!
-//! A tag is sent when it is first seen, when its quality changes, and when its value changes
-//! (a numeric one by at least the `deadband` from the last value sent); at most every
-//! `min_interval` (a change inside it is sent, as the tag's latest value, when it ends) and at
-//! least every `heartbeat`. Nothing is saved: after a restart every tag is sent once again.
+//! A tag is sent when it is first seen, when its quality changes (Good, Uncertain, Bad: at
+//! once, whatever `min_interval`; another reason of the same quality like a value change), and
+//! when its value changes: a float by at least the `deadband` from the last value sent, bools,
+//! integers and text exactly (a deadband meant for temperatures must not swallow a coil or a
+//! state code), a float turning NaN or back always. Value changes go out at most every
+//! `min_interval` (a change inside it is sent, as the tag's latest value, when it ends, and at
+//! shutdown) and every tag at least every `heartbeat`. An event holds at most 1,000 samples and
+//! about 256 KiB. Nothing is saved: after a restart every tag is sent once again.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -18,6 +22,9 @@ use crate::event::CloudEvent;
 
 /// Most samples in one event (a larger batch makes several).
 pub(super) const MAX_SAMPLES_PER_EVENT: usize = 1_000;
+/// About the most bytes of samples in one event: well under any sink's per-event cap (an MQTT
+/// publish of 1 MiB), so one long text or array cannot make the other samples' event too large.
+const MAX_EVENT_BYTES: usize = 256 << 10;
 /// Most tags whose match is remembered, and most tags tracked, per rule: tags are bounded by the
 /// configuration (and the 10,000 an MQTT source may name per source), this bounds the rest.
 const MAX_TAGS: usize = 100_000;
@@ -27,6 +34,7 @@ const MAX_TAGS: usize = 100_000;
 struct Sent {
     value: Option<Value>,
     quality: u8,
+    reason: Option<String>,
     at: Instant,
     /// A change came inside `min_interval`: sent when it ends.
     pending: bool,
@@ -39,6 +47,10 @@ pub(super) struct TelemetryRule {
     /// Tag -> whether this rule forwards it (its patterns matched once per tag).
     matched: HashMap<Arc<str>, bool>,
     sent: HashMap<Arc<str>, Sent>,
+    /// Tags held back by `min_interval`.
+    pending: usize,
+    /// Whether the "too many tags" warning was given.
+    full_warned: bool,
 }
 
 fn quality_rank(q: &Quality) -> u8 {
@@ -55,6 +67,8 @@ impl TelemetryRule {
             config,
             matched: HashMap::new(),
             sent: HashMap::new(),
+            pending: 0,
+            full_warned: false,
         }
     }
 
@@ -70,17 +84,20 @@ impl TelemetryRule {
         m
     }
 
-    /// Whether `sample` differs enough from what was last sent.
+    /// Whether `sample` differs enough from what was last sent: the deadband only between two
+    /// finite floats; anything else exactly (NaN equal to NaN).
     fn changed(&self, last: &Sent, sample: &Sample) -> bool {
-        if last.quality != quality_rank(&sample.quality) {
+        if last.quality != quality_rank(&sample.quality)
+            || last.reason.as_deref() != reason(&sample.quality)
+        {
             return true;
         }
-        match (&last.value, &sample.value, self.config.deadband) {
-            (Some(a), Some(b), Some(band)) => match (a.as_f64(), b.as_f64()) {
-                (Some(a), Some(b)) => band.exceeded(a, b),
-                _ => a != b,
+        match (&last.value, &sample.value) {
+            (Some(Value::F64(a)), Some(Value::F64(b))) => match self.config.deadband {
+                Some(band) if a.is_finite() && b.is_finite() => band.exceeded(*a, *b),
+                _ => a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()),
             },
-            (a, b, _) => a != b,
+            (a, b) => a != b,
         }
     }
 
@@ -103,11 +120,16 @@ impl TelemetryRule {
             if !due {
                 continue;
             }
+            // A change of quality goes out at once; a value's waits for `min_interval`.
             let min = self.config.min_interval;
             if let Some(last) = self.sent.get_mut(&sample.tag)
                 && now.saturating_duration_since(last.at) < min
+                && last.quality == quality_rank(&sample.quality)
             {
-                last.pending = true;
+                if !last.pending {
+                    last.pending = true;
+                    self.pending += 1;
+                }
             } else if self.remember(sample, now) {
                 send.push(sample);
             }
@@ -118,36 +140,47 @@ impl TelemetryRule {
     /// Records `sample` as sent; `false` if the rule tracks too many tags to take a new one.
     fn remember(&mut self, sample: &Sample, now: Instant) -> bool {
         if !self.sent.contains_key(&sample.tag) && self.sent.len() >= MAX_TAGS {
-            tracing::warn!(rule = %self.config.name, tag = %sample.tag, "A telemetry rule tracks {MAX_TAGS} tags; more are not forwarded.");
+            if !std::mem::replace(&mut self.full_warned, true) {
+                tracing::warn!(rule = %self.config.name, tag = %sample.tag, "A telemetry rule tracks {MAX_TAGS} tags; more are not forwarded.");
+            }
             return false;
         }
-        self.sent.insert(
+        let previous = self.sent.insert(
             Arc::clone(&sample.tag),
             Sent {
                 value: sample.value.clone(),
                 quality: quality_rank(&sample.quality),
+                reason: reason(&sample.quality).map(str::to_owned),
                 at: now,
                 pending: false,
             },
         );
+        if previous.is_some_and(|p| p.pending) {
+            self.pending = self.pending.saturating_sub(1);
+        }
         true
     }
 
-    /// Sends what `min_interval` held back once it has passed, and what `heartbeat` is due for.
+    /// Sends what `min_interval` held back once it has passed (all of it with `force`, at
+    /// shutdown), and what `heartbeat` is due for.
     pub(super) fn on_tick(
         &mut self,
         now: Instant,
+        force: bool,
         latest: &Latest,
         gateway_id: &str,
         out: &mut Output,
     ) {
         let (min, beat) = (self.config.min_interval, self.config.heartbeat);
+        if self.pending == 0 && beat.is_none() {
+            return;
+        }
         let mut due: Vec<Arc<str>> = self
             .sent
             .iter()
             .filter(|(_, s)| {
                 let since = now.saturating_duration_since(s.at);
-                (s.pending && since >= min) || beat.is_some_and(|b| since >= b)
+                (s.pending && (force || since >= min)) || beat.is_some_and(|b| since >= b)
             })
             .map(|(tag, _)| Arc::clone(tag))
             .collect();
@@ -165,24 +198,66 @@ impl TelemetryRule {
         self.emit(&send, gateway_id, out);
     }
 
+    /// Events of at most [`MAX_SAMPLES_PER_EVENT`] samples and about [`MAX_EVENT_BYTES`],
+    /// each stamped with its latest sample's time.
     fn emit(&self, samples: &[&Sample], gateway_id: &str, out: &mut Output) {
-        for chunk in samples.chunks(MAX_SAMPLES_PER_EVENT) {
-            let Some(first) = chunk.first() else { continue };
-            let at = first.source_time.unwrap_or(first.gateway_time);
-            let data = json!({
-                "machine": self.config.machine,
-                "samples": chunk.iter().map(|s| sample_json(s)).collect::<Vec<_>>(),
-            });
-            out.events.push(CloudEvent::new(
-                gateway_id,
-                &self.config.machine,
-                "telemetry.sample",
-                &self.config.name,
-                at,
-                data,
-            ));
+        let mut chunk: Vec<Json> = Vec::new();
+        let (mut bytes, mut at) = (0usize, None);
+        for sample in samples {
+            let size = estimate(sample);
+            if !chunk.is_empty()
+                && (chunk.len() >= MAX_SAMPLES_PER_EVENT || bytes + size > MAX_EVENT_BYTES)
+            {
+                self.event(std::mem::take(&mut chunk), at.take(), gateway_id, out);
+                bytes = 0;
+            }
+            bytes += size;
+            let time = sample.source_time.unwrap_or(sample.gateway_time);
+            at = Some(at.map_or(time, |t: std::time::SystemTime| t.max(time)));
+            chunk.push(sample_json(sample));
+        }
+        if !chunk.is_empty() {
+            self.event(chunk, at, gateway_id, out);
         }
     }
+
+    fn event(
+        &self,
+        samples: Vec<Json>,
+        at: Option<std::time::SystemTime>,
+        gateway_id: &str,
+        out: &mut Output,
+    ) {
+        let data = json!({ "machine": self.config.machine, "samples": samples });
+        out.events.push(CloudEvent::new(
+            gateway_id,
+            &self.config.machine,
+            "telemetry.sample",
+            &self.config.name,
+            at.unwrap_or_else(std::time::SystemTime::now),
+            data,
+        ));
+    }
+}
+
+/// The reason of a quality that is not Good.
+fn reason(q: &Quality) -> Option<&str> {
+    match q {
+        Quality::Good => None,
+        Quality::Uncertain(why) | Quality::Bad(why) => Some(why),
+    }
+}
+
+/// About the bytes a sample takes in an event's JSON.
+fn estimate(s: &Sample) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::Str(t) => t.len() + 2,
+            Value::Array(items) => items.iter().map(value).sum::<usize>() + items.len() + 2,
+            _ => 24,
+        }
+    }
+    80 + s.tag.len() + s.value.as_ref().map_or(4, value) + reason(&s.quality).map_or(0, str::len)
 }
 
 /// `{tag, value, quality, ts}`, with `reason` unless Good.

@@ -1335,3 +1335,90 @@ fn telemetry_splits_a_huge_batch_into_events_of_a_thousand() {
         .collect();
     assert_eq!(sizes, [1_000, 1_000, 500]);
 }
+
+#[test]
+fn telemetry_compares_bools_integers_and_nan_exactly_and_sends_quality_at_once() {
+    let text = "gateway_id = \"gw\"\n[[source]]\nname = \"line\"\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\ntags = [\n  { name = \"coil\", register = \"coil:0\" },\n  { name = \"state\", register = \"holding:0\" },\n  { name = \"temp\", register = \"holding:2\", type = \"f32\" },\n]\n[[rule]]\nkind = \"telemetry\"\ntags = [\"line.*\"]\ndeadband = 2\nmin_interval = \"1h\"\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n";
+    let config = firmware_config::load("t.toml", text).unwrap();
+    let mut n = Normalizer::new(&config, &[]);
+    let t0 = SystemTime::now();
+    let b = |coil: bool, state: u64, temp: f64| SampleBatch {
+        source: "line".into(),
+        samples: vec![
+            Sample::good("line.coil".into(), Value::Bool(coil), t0),
+            Sample::good("line.state".into(), Value::U64(state), t0),
+            Sample::good("line.temp".into(), Value::F64(temp), t0),
+        ],
+    };
+    let mut out = Output::default();
+    n.on_batch(&b(false, 1, 20.0), &mut out);
+    assert_eq!(sent(&out).len(), 3);
+    // A deadband of 2 is for the temperature: the coil and the state code change by 1 and are
+    // changes all the same (held by min_interval, like any value change).
+    let mut out = Output::default();
+    n.on_batch(&b(true, 2, 21.0), &mut out);
+    assert!(out.events.is_empty(), "held by min_interval");
+    // A quality change goes out at once, min_interval or not.
+    let mut out = Output::default();
+    let mut bad = b(true, 2, 21.0);
+    bad.samples[2] = Sample::bad("line.temp".into(), "exception 2", t0);
+    n.on_batch(&bad, &mut out);
+    assert_eq!(sent(&out), vec![("line.temp".to_owned(), Json::Null)]);
+    // At shutdown, what min_interval held is sent: the coil and the state, not the temperature
+    // (it moved by 1, inside the deadband, before going Bad; Bad was sent).
+    let mut out = Output::default();
+    n.on_tick(t0, Instant::now(), true, &mut out);
+    let mut flushed = sent(&out);
+    flushed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        flushed,
+        vec![
+            ("line.coil".to_owned(), serde_json::json!(true)),
+            ("line.state".to_owned(), serde_json::json!(2))
+        ]
+    );
+    // And not again on the next tick.
+    let mut out = Output::default();
+    n.on_tick(t0, Instant::now(), true, &mut out);
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn telemetry_nan_is_a_state_of_its_own_and_events_stay_small() {
+    let mut n = Normalizer::new(&telemetry_config(1, "deadband = 0.5"), &[]);
+    let t0 = SystemTime::now();
+    let mut count = |v: f64| {
+        let mut out = Output::default();
+        n.on_batch(&line_batch(t0, &[(0, v)]), &mut out);
+        sent(&out).len()
+    };
+    assert_eq!(count(1.0), 1);
+    assert_eq!(count(f64::NAN), 1, "into NaN");
+    assert_eq!(count(f64::NAN), 0, "NaN again is no change");
+    assert_eq!(count(1.2), 1, "out of NaN, whatever the deadband");
+    // Long texts (tags the pattern matches as they come): events cut by size, not only count.
+    let text = "gateway_id = \"gw\"\n[[source]]\nname = \"line\"\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\ntags = [\n  { name = \"s\", register = \"holding:0\", type = \"string\", length = 4 },\n]\n[[rule]]\nkind = \"telemetry\"\ntags = [\"line.*\"]\n[[sink]]\nname = \"out\"\nkind = \"stdout\"\nroutes = [\"*\"]\n";
+    let config = firmware_config::load("t.toml", text).unwrap();
+    let mut n = Normalizer::new(&config, &[]);
+    let batch = SampleBatch {
+        source: "line".into(),
+        samples: (0..10)
+            .map(|i| {
+                Sample::good(
+                    format!("line.s{i}").into(),
+                    Value::Str("x".repeat(100_000)),
+                    t0,
+                )
+            })
+            .collect(),
+    };
+    let mut out = Output::default();
+    n.on_batch(&batch, &mut out);
+    let sizes: Vec<usize> = out
+        .events
+        .iter()
+        .map(|e| serde_json::to_vec(&e.data).unwrap().len())
+        .collect();
+    assert!(sizes.len() >= 4, "{sizes:?}");
+    assert!(sizes.iter().all(|s| *s < 400_000), "{sizes:?}");
+}
