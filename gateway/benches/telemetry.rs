@@ -29,29 +29,144 @@ use std::{
 };
 
 use gateway::{demo::receiver::Receiver, topology};
-use protocols::modbus::{
-    codec::encode_registers,
-    server::{Registers, serve},
+use protocols::{
+    modbus::{
+        codec::encode_registers,
+        server::{Registers, serve},
+    },
+    opcua::server::{ServerOptions, UaServer},
 };
+use rumqttc::QoS;
+
+#[path = "../tests/support/broker.rs"]
+mod support_broker;
 
 #[path = "support/measure.rs"]
 mod measure;
 use measure::{cpu_time, status_kib};
 
-/// (devices, tags per device, poll and change period).
-fn scenario() -> (usize, usize, Duration) {
-    match std::env::var("CAUSEWAY_BENCH_SCENARIO").as_deref() {
-        Ok("b") => (20, 500, Duration::from_secs(1)),
+/// Where the values come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Modbus TCP devices of f32 tags, forwarded by a telemetry rule.
+    Modbus,
+    /// A press line on one Modbus device: per press a force (f32), a stroke counter (u32) and a
+    /// state (u16), through measurement, counter and state rules.
+    Rules,
+    /// An OPC UA server's Double variables, subscribed, forwarded by a telemetry rule.
+    Opcua,
+    /// JSON messages through an MQTT broker, one topic per tag, by a telemetry rule.
+    Mqtt,
+}
+
+/// What is measured: the source kind, devices, tags per device (presses for `Rules`), and the
+/// poll (or publishing) period, which is also how often the values change (x 1.03).
+#[derive(Clone, Copy)]
+struct Scenario {
+    kind: Kind,
+    devices: usize,
+    tags: usize,
+    period: Duration,
+}
+
+fn scenario() -> Scenario {
+    let (kind, devices, tags, period) = match std::env::var("CAUSEWAY_BENCH_SCENARIO").as_deref() {
+        Ok("b") => (Kind::Modbus, 20, 500, Duration::from_secs(1)),
         // Next to nothing: what the gateway weighs at rest.
-        Ok("idle") => (1, 1, Duration::from_secs(1)),
-        _ => (1, 500, Duration::from_millis(100)),
+        Ok("idle") => (Kind::Modbus, 1, 1, Duration::from_secs(1)),
+        Ok("rules") => (Kind::Rules, 1, PRESSES, Duration::from_millis(10)),
+        Ok("opcua") => (Kind::Opcua, 1, 500, Duration::from_millis(100)),
+        Ok("mqtt") => (Kind::Mqtt, 1, 500, Duration::from_millis(100)),
+        _ => (Kind::Modbus, 1, 500, Duration::from_millis(100)),
+    };
+    Scenario {
+        kind,
+        devices,
+        tags,
+        period,
     }
 }
 
-/// The load generators: the devices, changing every tag to `k` each period (recording when),
-/// and the receiver, timing each sample's arrival against the change it carries.
+/// Presses on the line of the `rules` scenario.
+const PRESSES: usize = 10;
+
+/// Registers per press in the `rules` scenario: force (f32), strokes (u32), state (u16).
+const PRESS_WORDS: usize = 5;
+
+/// The words of one Modbus device after change `k`.
+fn words(s: Scenario, k: u64) -> Vec<u16> {
+    let encode = |t, v: f64| {
+        encode_registers(
+            t,
+            firmware_config::WordOrder::Abcd,
+            &protocols::model::Value::F64(v),
+        )
+    };
+    match s.kind {
+        Kind::Rules => (0..s.tags)
+            .flat_map(|_| {
+                let mut w = encode(firmware_config::DataType::F32, k as f64);
+                w.extend(encode(firmware_config::DataType::U32, k as f64));
+                // Running, with a stop every 100 strokes.
+                w.extend(encode(
+                    firmware_config::DataType::U16,
+                    if k % 100 < 90 { 1.0 } else { 2.0 },
+                ));
+                w
+            })
+            .collect(),
+        _ => (0..s.tags)
+            .flat_map(|_| encode(firmware_config::DataType::F32, k as f64))
+            .collect(),
+    }
+}
+
+/// Sets every tag of the scenario's devices to change `k`.
+enum Devices {
+    Modbus(Vec<Registers>),
+    Opcua(UaServer, Vec<String>),
+    Mqtt(rumqttc::AsyncClient),
+}
+
+impl Devices {
+    async fn change(&self, s: Scenario, k: u64) {
+        match self {
+            Devices::Modbus(banks) => {
+                let words = words(s, k);
+                for bank in banks {
+                    for (i, chunk) in words.chunks(100).enumerate() {
+                        bank.set_words(
+                            firmware_config::RegisterKind::Holding,
+                            (i * 100) as u16,
+                            chunk,
+                        );
+                    }
+                }
+            }
+            Devices::Opcua(server, names) => {
+                server.set_many(names.iter().map(|n| (n.clone(), (k as f64).into())));
+            }
+            Devices::Mqtt(client) => {
+                for i in 0..s.tags {
+                    let payload = format!(r#"{{"value":{k}}}"#);
+                    if client
+                        .publish(format!("bench/t{i:03}"), QoS::AtLeastOnce, false, payload)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The load generators: the devices (Modbus servers, an OPC UA server, or an MQTT broker and
+/// a publisher), changing every tag to `k` each period (recording when), and the receiver,
+/// timing each sample's arrival against the change it carries.
 fn generators() {
-    let (devices, tags, period) = scenario();
+    let s = scenario();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,21 +178,46 @@ fn generators() {
         let receiver = Receiver::start(&tasks, cancel.clone()).await.unwrap();
         let ca = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(ca.path(), receiver.ca_pem()).unwrap();
-        let mut banks = Vec::new();
-        let mut addresses = Vec::new();
-        for _ in 0..devices {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addresses.push(listener.local_addr().unwrap().to_string());
-            let registers = Registers::default();
-            banks.push(registers.clone());
-            tokio::spawn(serve(listener, registers, cancel.clone()));
-        }
-        println!(
-            "{} {} {}",
-            receiver.url(),
-            ca.path().display(),
-            addresses.join(",")
-        );
+        let pki = tempfile::tempdir().unwrap();
+        // How the gateway reaches the devices: Modbus addresses, the OPC UA endpoint and
+        // namespace, or the broker's address.
+        let (devices, reach) = match s.kind {
+            Kind::Modbus | Kind::Rules => {
+                let mut banks = Vec::new();
+                let mut addresses = Vec::new();
+                for _ in 0..s.devices {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    addresses.push(listener.local_addr().unwrap().to_string());
+                    let registers = Registers::default();
+                    banks.push(registers.clone());
+                    tokio::spawn(serve(listener, registers, cancel.clone()));
+                }
+                (Devices::Modbus(banks), addresses.join(","))
+            }
+            Kind::Opcua => {
+                let names: Vec<String> = (0..s.tags).map(|i| format!("V{i:03}")).collect();
+                let mut options = ServerOptions::new(pki.path());
+                for name in &names {
+                    options = options.variable(name.clone(), 0f64);
+                }
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let server = UaServer::start(&options, listener).unwrap();
+                let ns = server.node("V000");
+                let ns = ns.split(';').next().unwrap().to_owned();
+                let reach = format!("{}|{ns}", server.endpoint());
+                (Devices::Opcua(server, names), reach)
+            }
+            Kind::Mqtt => {
+                let addr = support_broker::broker();
+                let mut options =
+                    rumqttc::MqttOptions::new("bench-publisher", "127.0.0.1", addr.port());
+                options.set_inflight(1_000);
+                let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+                tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                (Devices::Mqtt(client), addr.to_string())
+            }
+        };
+        println!("{} {} {reach}", receiver.url(), ca.path().display());
         // k -> when every tag took the value k. The changes come every 103 % of the poll
         // period, so their phase against the polls sweeps the whole period: the latency from a
         // change includes the wait for the next poll, as it would on a plant.
@@ -85,33 +225,20 @@ fn generators() {
         let marked = Arc::new(AtomicBool::new(false));
         let changes = Arc::new(AtomicU64::new(0));
         let (c, m, n) = (changed.clone(), marked.clone(), changes.clone());
+        // Values that reach the receiver per change: every tag, or a press's force.
+        let per_change = (s.tags * s.devices) as u64;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period * 103 / 100);
+            let mut tick = tokio::time::interval(s.period * 103 / 100);
             let mut k = 0u64;
             loop {
                 tick.tick().await;
                 k += 1;
-                let words: Vec<u16> = (0..tags)
-                    .flat_map(|_| {
-                        encode_registers(
-                            firmware_config::DataType::F32,
-                            firmware_config::WordOrder::Abcd,
-                            &protocols::model::Value::F64(k as f64),
-                        )
-                    })
-                    .collect();
-                for bank in &banks {
-                    for (i, chunk) in words.chunks(100).enumerate() {
-                        bank.set_words(
-                            firmware_config::RegisterKind::Holding,
-                            (i * 100) as u16,
-                            chunk,
-                        );
-                    }
-                }
+                // Noted before the change is made: an MQTT publisher takes a while to send
+                // 500 messages, and that is part of the latency.
                 c.lock().unwrap().insert(k, Instant::now());
+                devices.change(s, k).await;
                 if m.load(Relaxed) {
-                    n.fetch_add((tags * banks.len()) as u64, Relaxed);
+                    n.fetch_add(per_change, Relaxed);
                 }
             }
         });
@@ -131,7 +258,7 @@ fn generators() {
         });
         let mut seen = 0usize;
         let (mut from_change, mut from_poll): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-        let mut samples = 0u64;
+        let (mut samples, mut events_in) = (0u64, 0u64);
         let mut window: Option<Instant> = None;
         while !stop.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -143,9 +270,10 @@ fn generators() {
             }
             window.get_or_insert(now);
             let changed = changed.lock().unwrap();
+            events_in += events.len() as u64;
             for event in events {
                 // telemetry.sample: each sample's value and read time; quality.measurement:
-                // the event's value and time.
+                // the event's value and time (production.count and .state carry no value).
                 let values: Vec<(&serde_json::Value, &serde_json::Value)> =
                     match event["data"]["samples"].as_array() {
                         Some(list) => list.iter().map(|s| (&s["value"], &s["ts"])).collect(),
@@ -175,7 +303,7 @@ fn generators() {
                 .unwrap_or(f64::NAN)
         };
         println!(
-            "{samples} {} {secs:.3} {:.1} {:.1} {:.1} {:.1} {:.1} {:.1}",
+            "{samples} {} {secs:.3} {:.1} {:.1} {:.1} {:.1} {:.1} {:.1} {events_in}",
             changes.load(Relaxed),
             pct(&mut from_change, 0.50),
             pct(&mut from_change, 0.95),
@@ -193,7 +321,7 @@ fn main() {
         generators();
         return;
     }
-    let (devices, tags, period) = scenario();
+    let s = scenario();
     let seconds: u64 = std::env::var("CAUSEWAY_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -208,29 +336,75 @@ fn main() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let mut parts = line.split_whitespace();
-    let (url, ca, addresses) = (
+    let (url, ca, reach) = (
         parts.next().unwrap().to_owned(),
         parts.next().unwrap().to_owned(),
         parts.next().unwrap().to_owned(),
     );
-    let poll = humantime::format_duration(period).to_string();
-    let sources: Vec<String> = addresses
-        .split(',')
-        .enumerate()
-        .map(|(d, address)| {
-            let list: Vec<String> = (0..tags)
-                .map(|i| format!("  {{ name = \"t{i:03}\", register = \"holding:{}\", type = \"f32\" }},", i * 2))
+    let poll = humantime::format_duration(s.period).to_string();
+    let sources: Vec<String> = match s.kind {
+        Kind::Modbus | Kind::Rules => reach
+            .split(',')
+            .enumerate()
+            .map(|(d, address)| {
+                let list: Vec<String> = if s.kind == Kind::Rules {
+                    (0..s.tags)
+                        .map(|p| {
+                            let at = p * PRESS_WORDS;
+                            format!(
+                                "  {{ name = \"force{p}\", register = \"holding:{at}\", type = \"f32\" }},\n  {{ name = \"strokes{p}\", register = \"holding:{}\", type = \"u32\" }},\n  {{ name = \"state{p}\", register = \"holding:{}\", type = \"u16\" }},",
+                                at + 2,
+                                at + 4
+                            )
+                        })
+                        .collect()
+                } else {
+                    (0..s.tags)
+                        .map(|i| format!("  {{ name = \"t{i:03}\", register = \"holding:{}\", type = \"f32\" }},", i * 2))
+                        .collect()
+                };
+                format!(
+                    "[[source]]\nname = \"d{d:02}\"\nkind = \"modbus-tcp\"\naddress = \"{address}\"\npoll = \"{poll}\"\ntags = [\n{}\n]\n",
+                    list.join("\n")
+                )
+            })
+            .collect(),
+        Kind::Opcua => {
+            let (endpoint, ns) = reach.split_once('|').unwrap();
+            let list: Vec<String> = (0..s.tags)
+                .map(|i| format!("  {{ name = \"t{i:03}\", node = \"{ns};s=V{i:03}\", type = \"f64\" }},"))
                 .collect();
-            format!(
-                "[[source]]\nname = \"d{d:02}\"\nkind = \"modbus-tcp\"\naddress = \"{address}\"\npoll = \"{poll}\"\ntags = [\n{}\n]\n",
+            vec![format!(
+                "[[source]]\nname = \"d00\"\nkind = \"opcua\"\nendpoint = \"{endpoint}\"\npublishing_interval = \"{poll}\"\nsampling_interval = \"{poll}\"\ntags = [\n{}\n]\n",
                 list.join("\n")
-            )
-        })
-        .collect();
+            )]
+        }
+        Kind::Mqtt => {
+            let list: Vec<String> = (0..s.tags)
+                .map(|i| format!("  {{ name = \"t{i:03}\", topic = \"bench/t{i:03}\", value = \"/value\" }},"))
+                .collect();
+            vec![format!(
+                "[[source]]\nname = \"d00\"\nkind = \"mqtt\"\nurl = \"mqtt://{reach}\"\ninsecure = true\ntags = [\n{}\n]\n",
+                list.join("\n")
+            )]
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
-    // Before telemetry rules, the closest a user could get: a measurement rule per tag, on
-    // change (`CAUSEWAY_BENCH_PATH=measurement`).
-    let rules = if std::env::var("CAUSEWAY_BENCH_PATH").as_deref() == Ok("measurement") {
+    let (devices, tags) = (s.devices, s.tags);
+    let rules = if s.kind == Kind::Rules {
+        // A press line: strokes counted (reported every second), states, and the force of
+        // every stroke against its limits.
+        (0..s.tags)
+            .map(|p| {
+                format!(
+                    "[[rule]]\nkind = \"counter\"\ntotal = \"d00.strokes{p}\"\ninterval = \"1s\"\nmachine = \"press{p}\"\n\n[[rule]]\nkind = \"state\"\ntag = \"d00.state{p}\"\nstates = {{ 1 = \"running\", 2 = \"stopped\" }}\nmachine = \"press{p}\"\n\n[[rule]]\nname = \"force{p}\"\nkind = \"measurement\"\ncharacteristic = \"force\"\ntag = \"d00.force{p}\"\nusl = 1e12\nmachine = \"press{p}\"\n"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else if std::env::var("CAUSEWAY_BENCH_PATH").as_deref() == Ok("measurement") {
+        // Before telemetry rules, the closest a user could get: a measurement rule per tag, on
+        // change.
         (0..devices)
             .flat_map(|d| {
                 (0..tags).map(move |i| {
@@ -243,7 +417,7 @@ fn main() {
         "[[rule]]\nkind = \"telemetry\"\ntags = [\"d*\"]\n".to_owned()
     };
     let config = format!(
-        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n{}\n{rules}\n[[sink]]\nname = \"historian\"\nkind = \"https\"\nurl = \"{url}\"\nca_file = \"{ca}\"\nroutes = [\"telemetry.*\", \"quality.*\"]\n",
+        "gateway_id = \"bench\"\n[buffer]\npath = \"buffer.db\"\n\n{}\n{rules}\n[[sink]]\nname = \"historian\"\nkind = \"https\"\nurl = \"{url}\"\nca_file = \"{ca}\"\nroutes = [\"telemetry.*\", \"quality.*\", \"production.*\"]\n",
         sources.join("\n")
     );
     let config = firmware_config::load("bench.toml", &config)
@@ -284,10 +458,23 @@ fn main() {
         .collect();
     // All counted within the measured window: the receiver's samples and the devices' changes
     // between `mark` and `stop`.
-    let (samples, offered, window) = (f[0], f[1], f[2]);
+    let (samples, offered, window, events) = (f[0], f[1], f[2], f[9]);
     let rate = samples / window;
+    let what = match s.kind {
+        Kind::Modbus => format!("{devices} Modbus device(s) x {tags} f32 tags polled every {poll}"),
+        Kind::Rules => format!(
+            "a press line of {tags} presses (force, strokes, state) on one Modbus device polled every {poll}, measurement, counter and state rules"
+        ),
+        Kind::Opcua => format!(
+            "an OPC UA server's {tags} Double variables, sampled and published every {poll}"
+        ),
+        Kind::Mqtt => {
+            format!("{tags} MQTT topics of JSON, QoS 1, each published every {poll} (x 1.03)")
+        }
+    };
     println!(
-        "telemetry: {devices} device(s) x {tags} f32 tags polled every {poll}: {rate:.0} samples/s delivered ({samples:.0} in {window:.1} s; {offered:.0} changes made meanwhile)"
+        "telemetry: {what}: {rate:.0} values/s delivered ({samples:.0} in {window:.1} s; {offered:.0} changes made meanwhile), {:.1} events/s",
+        events / window
     );
     println!(
         "telemetry: gateway CPU {:.1} % of one core ({:.3} CPU s per 10,000 samples), RSS {rss} KiB (peak {peak} KiB)",

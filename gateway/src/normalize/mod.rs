@@ -32,6 +32,15 @@ use crate::{event::CloudEvent, store::Store};
 /// How often interval rules (counters) are checked.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The most batches that join one commit: those already waiting when one arrives are taken
+/// with it (one write, one telemetry event, for what arrives together), up to this many, so a
+/// commit stays a few MiB at most and the sources are not held back for long.
+const DRAIN_BATCHES: usize = 1_024;
+
+/// The most events one commit gathers from waiting batches (a batch can make an event per
+/// rule it feeds); past it the commit is written and the rest wait for the next.
+const DRAIN_EVENTS: usize = 10_000;
+
 /// Events and rule state to commit together.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -39,6 +48,8 @@ pub struct Output {
     pub events: Vec<CloudEvent>,
     /// (rule name, state) pairs.
     pub state: Vec<(String, Json)>,
+    /// Telemetry rules' events in `events` that later samples may still join, by rule name.
+    pub(crate) open: HashMap<String, telemetry::Open>,
 }
 
 impl Output {
@@ -291,7 +302,18 @@ impl Normalizer {
             let mut out = Output::default();
             tokio::select! {
                 batch = input.recv() => match batch {
-                    Some(batch) => self.on_batch(&batch, &mut out),
+                    Some(batch) => {
+                        self.on_batch(&batch, &mut out);
+                        // Batches already waiting join this commit; nothing waits for more.
+                        let mut drained = 1;
+                        while drained < DRAIN_BATCHES && out.events.len() < DRAIN_EVENTS {
+                            let Ok(batch) = input.try_recv() else {
+                                break;
+                            };
+                            self.on_batch(&batch, &mut out);
+                            drained += 1;
+                        }
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick(SystemTime::now(), Instant::now(), false, &mut out),

@@ -198,46 +198,65 @@ impl TelemetryRule {
         self.emit(&send, gateway_id, out);
     }
 
-    /// Events of at most [`MAX_SAMPLES_PER_EVENT`] samples and about [`MAX_EVENT_BYTES`],
-    /// each stamped with its latest sample's time.
+    /// Adds `samples` to this rule's open event in `out` while it has room (at most
+    /// [`MAX_SAMPLES_PER_EVENT`] samples and about [`MAX_EVENT_BYTES`]), else to a new one: the
+    /// batches committed together make one event, not one each. An event's time is its latest
+    /// sample's.
     fn emit(&self, samples: &[&Sample], gateway_id: &str, out: &mut Output) {
-        let mut chunk: Vec<Json> = Vec::new();
-        let (mut bytes, mut at) = (0usize, None);
         for sample in samples {
             let size = estimate(sample);
-            if !chunk.is_empty()
-                && (chunk.len() >= MAX_SAMPLES_PER_EVENT || bytes + size > MAX_EVENT_BYTES)
-            {
-                self.event(std::mem::take(&mut chunk), at.take(), gateway_id, out);
-                bytes = 0;
-            }
-            bytes += size;
             let time = sample.source_time.unwrap_or(sample.gateway_time);
-            at = Some(at.map_or(time, |t: std::time::SystemTime| t.max(time)));
-            chunk.push(sample_json(sample));
-        }
-        if !chunk.is_empty() {
-            self.event(chunk, at, gateway_id, out);
+            let open = out.open.get_mut(&self.config.name).filter(|o| {
+                o.samples < MAX_SAMPLES_PER_EVENT && o.bytes.saturating_add(size) <= MAX_EVENT_BYTES
+            });
+            let joined = open.and_then(|o| {
+                let event = out.events.get_mut(o.event)?;
+                event
+                    .data
+                    .get_mut("samples")
+                    .and_then(Json::as_array_mut)?
+                    .push(sample_json(sample));
+                o.samples += 1;
+                o.bytes += size;
+                if time > o.at {
+                    o.at = time;
+                    event.time = crate::event::rfc3339(time);
+                }
+                Some(())
+            });
+            if joined.is_none() {
+                let data =
+                    json!({ "machine": self.config.machine, "samples": [sample_json(sample)] });
+                out.events.push(CloudEvent::new(
+                    gateway_id,
+                    &self.config.machine,
+                    "telemetry.sample",
+                    &self.config.name,
+                    time,
+                    data,
+                ));
+                out.open.insert(
+                    self.config.name.clone(),
+                    Open {
+                        event: out.events.len() - 1,
+                        samples: 1,
+                        bytes: size,
+                        at: time,
+                    },
+                );
+            }
         }
     }
+}
 
-    fn event(
-        &self,
-        samples: Vec<Json>,
-        at: Option<std::time::SystemTime>,
-        gateway_id: &str,
-        out: &mut Output,
-    ) {
-        let data = json!({ "machine": self.config.machine, "samples": samples });
-        out.events.push(CloudEvent::new(
-            gateway_id,
-            &self.config.machine,
-            "telemetry.sample",
-            &self.config.name,
-            at.unwrap_or_else(std::time::SystemTime::now),
-            data,
-        ));
-    }
+/// A telemetry event in an [`Output`] that is still taking samples.
+#[derive(Debug)]
+pub(crate) struct Open {
+    /// Its index in `Output::events`.
+    event: usize,
+    samples: usize,
+    bytes: usize,
+    at: std::time::SystemTime,
 }
 
 /// The reason of a quality that is not Good.

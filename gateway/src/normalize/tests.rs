@@ -1422,3 +1422,77 @@ fn telemetry_nan_is_a_state_of_its_own_and_events_stay_small() {
     assert!(sizes.len() >= 4, "{sizes:?}");
     assert!(sizes.iter().all(|s| *s < 400_000), "{sizes:?}");
 }
+
+#[test]
+fn telemetry_batches_committed_together_share_events_of_a_thousand() {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut n = Normalizer::new(&telemetry_config(1_200, ""), &[]);
+    let mut out = Output::default();
+    // Three polls of 400 tags each, a second apart, into one commit.
+    for round in 0..3usize {
+        let values: Vec<(usize, f64)> =
+            (round * 400..round * 400 + 400).map(|i| (i, 1.0)).collect();
+        let at = t0 + Duration::from_secs(round as u64);
+        n.on_batch(&line_batch(at, &values), &mut out);
+    }
+    let events = data(&out, "telemetry.sample");
+    let sizes: Vec<usize> = events
+        .iter()
+        .map(|d| d["samples"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [1_000, 200], "not one event per batch");
+    assert_eq!(sent(&out).len(), 1_200);
+    // Each event is stamped with its latest sample's time.
+    assert_eq!(
+        out.events[0].time,
+        crate::event::rfc3339(t0 + Duration::from_secs(2))
+    );
+    // A new commit starts new events.
+    let mut next = Output::default();
+    n.on_batch(&line_batch(t0, &[(0, 2.0)]), &mut next);
+    assert_eq!(data(&next, "telemetry.sample").len(), 1);
+}
+
+#[tokio::test]
+async fn batches_waiting_together_are_one_commit_and_one_telemetry_event() {
+    use crate::store::{Store, StoreOptions};
+    let config = telemetry_config(1, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) =
+        Store::open(StoreOptions::from_config(&config, dir.path().join("b.db"))).unwrap();
+    // An MQTT source: a batch per message, 50 messages waiting when the normalizer looks.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let t0 = SystemTime::now();
+    for i in 0..50 {
+        tx.send(line_batch(t0, &[(0, f64::from(i))])).await.unwrap();
+    }
+    drop(tx);
+    let normalizer = Normalizer::new(&config, &[]);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        normalizer.run(rx, store.clone(), CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    let reader = store.reader().unwrap();
+    let all = reader
+        .fetch("out", 0, &["telemetry.*".to_owned()], 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.events.len(),
+        1,
+        "one event for the batches that waited together"
+    );
+    let event: Json = serde_json::from_str(&all.events[0].payload).unwrap();
+    let values: Vec<f64> = event["data"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_f64().unwrap())
+        .collect();
+    let expected: Vec<f64> = (0..50).map(f64::from).collect();
+    assert_eq!(values, expected, "every value, in order");
+    drop((store, reader));
+    writer.join();
+}
