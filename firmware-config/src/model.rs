@@ -780,7 +780,7 @@ pub struct MeasurementRuleConfig {
 }
 
 /// `kind = "telemetry"`: raw tag values forwarded as `telemetry.sample` events, the samples of
-/// one source batch in one event.
+/// the batches committed together in one event.
 #[derive(Debug, Clone)]
 pub struct TelemetryRuleConfig {
     /// Unique rule name.

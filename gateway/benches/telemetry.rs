@@ -1,6 +1,6 @@
 //! Raw telemetry end to end (issue 10): Modbus TCP devices of float32 tags (ABCD) polled by the
-//! gateway, forwarded by one `telemetry` rule as `telemetry.sample` events through the store
-//! to an HTTPS receiver. The devices and the receiver run in a second process (the load
+//! gateway (or an OPC UA server's variables, or MQTT topics), forwarded by one `telemetry` rule
+//! as `telemetry.sample` events through the store to an HTTPS receiver. The devices and the receiver run in a second process (the load
 //! generators), so the figures are the gateway's alone.
 //!
 //! Prints, all within the measured window: samples delivered per second, the gateway's CPU (%
@@ -12,8 +12,13 @@
 //!
 //! `cargo bench -p gateway --bench telemetry` runs scenario `a`: 1 device, 500 tags, polled and
 //! changed every 100 ms (5,000 samples/s). `CAUSEWAY_BENCH_SCENARIO=b`: 20 devices of 500 tags
-//! at 1 s (10,000 samples/s); `idle`: 1 device, 1 tag at 1 s (the weight at rest).
-//! `CAUSEWAY_BENCH_SECONDS` (default 30) measures longer.
+//! at 1 s (10,000 samples/s); `idle`: 1 device, 1 tag at 1 s (the weight at rest); `rules`: a
+//! press line of 10 presses (force, strokes, state) polled every 10 ms through measurement,
+//! counter and state rules; `opcua`: an OPC UA server's 500 Double variables, sampled and
+//! published every 100 ms; `mqtt`: 500 topics of JSON through an MQTT broker (rumqttd, in the
+//! load generators' process), each published every 103 ms with QoS 1.
+//! `CAUSEWAY_BENCH_SECONDS` (default 30) measures longer; from 120 s on, the RSS is printed
+//! every minute.
 //! `CAUSEWAY_BENCH_PATH=measurement` forwards the same values the way a user had to before
 //! telemetry rules: a measurement rule per tag, on change (one event per sample).
 
@@ -442,7 +447,19 @@ fn main() {
         }
         writeln!(stdin, "mark").unwrap();
         let (c0, t0) = (cpu_time(), Instant::now());
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        // RSS every minute of a long run: memory must stay flat under a steady load.
+        let mut minute = 0;
+        while t0.elapsed() < Duration::from_secs(seconds) {
+            let left = Duration::from_secs(seconds).saturating_sub(t0.elapsed());
+            tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+            minute += 1;
+            if seconds >= 120 {
+                println!(
+                    "telemetry: RSS after {minute} min: {} KiB",
+                    status_kib("VmRSS:")
+                );
+            }
+        }
         let result = ((cpu_time() - c0).as_secs_f64(), t0.elapsed().as_secs_f64());
         writeln!(stdin, "stop").unwrap();
         let rss = (status_kib("VmRSS:"), status_kib("VmHWM:"));

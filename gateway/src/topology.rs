@@ -21,7 +21,11 @@ use crate::{
     store::{Store, StoreError, StoreOptions, WriterThread},
 };
 
-/// Batches waiting between the sources and the normalizer.
+/// Batches waiting between the sources and the normalizer. Past it a source waits (a poll
+/// is late, an MQTT message unacknowledged), which is how a slow disk holds the plant side
+/// back without losing anything; 64 batches (a batch is one poll or message, at most a
+/// source's tags) ride out a commit's fsync at thousands of messages a second, and the
+/// normalizer takes all that waits into one commit.
 const SAMPLE_CHANNEL: usize = 64;
 
 /// Why the pipeline could not start.

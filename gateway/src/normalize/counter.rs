@@ -53,6 +53,14 @@ use serde_json::{Value as Json, json};
 use super::{Latest, Output};
 use crate::event::{CloudEvent, rfc3339};
 
+/// The most steps one event lists in `data.anomaly` (the rest are logged): an event stays far
+/// below a sink's 1 MiB request cap however glitchy a counter is.
+const MAX_ANOMALIES: usize = 100;
+
+/// How long past its end an interval may wait for a suspect reading to be decided before the
+/// engineer is warned that the rule's counts are held back.
+const MAX_UNSETTLED: Duration = Duration::from_secs(60);
+
 /// The most parts a machine making at most `max_rate` parts per second can honestly add in
 /// `elapsed`, with one second of slack for bursts and clock jitter.
 pub fn allowance(max_rate: f64, elapsed: Duration) -> u64 {
@@ -162,6 +170,10 @@ impl Track {
     }
 
     fn note(&mut self, kind: &str, from: u64, to: u64, counted: u64, rule: &str) {
+        if self.anomalies.len() >= MAX_ANOMALIES {
+            tracing::debug!(rule, tag = %self.input.tag, kind, from, to, counted, "Counter step needed deciding; the event lists {MAX_ANOMALIES} already, so only this log has it.");
+            return;
+        }
         tracing::warn!(rule, tag = %self.input.tag, kind, from, to, counted, "Counter step needed deciding; recorded in the event's data.anomaly.");
         self.anomalies.push(json!({
             "counter": self.key,
@@ -272,6 +284,8 @@ pub(super) struct CounterRule {
     carry: u64,
     interval_start: SystemTime,
     due: Instant,
+    /// Whether the engineer was told that the counters have not settled past the grace.
+    unsettled_warned: bool,
 }
 
 impl CounterRule {
@@ -300,6 +314,7 @@ impl CounterRule {
             carry,
             interval_start: wall,
             due,
+            unsettled_warned: false,
         }
     }
 
@@ -373,8 +388,26 @@ impl CounterRule {
         // land in this one (late good parts read as rejects). At shutdown it closes anyway; the
         // undecided step is judged again after the restart.
         if !force && !self.settled() {
+            // Readings that keep jumping beyond what the machine can make (a 32-bit counter
+            // read in the wrong word order steps by 65,536 a part) hold the rule's counts back
+            // (not lost: they are reported once the readings settle, or at shutdown). Closing
+            // the interval anyway would split good and reject without the undecided counter,
+            // inventing rejects; so the engineer is told, once, what to check.
+            if now >= self.due + MAX_UNSETTLED
+                && !std::mem::replace(&mut self.unsettled_warned, true)
+            {
+                let tags: Vec<&str> = self
+                    .tracks
+                    .iter()
+                    .flatten()
+                    .filter(|t| t.suspect.is_some())
+                    .map(|t| t.input.tag.0.as_str())
+                    .collect();
+                tracing::warn!(rule = %self.config.name, tags = ?tags, "A counter's readings have kept jumping more than max_rate allows for {MAX_UNSETTLED:?}; the rule's counts are held (not lost) until they settle. Check the tag's type and word order, and max_rate.");
+            }
             return;
         }
+        self.unsettled_warned = false;
         let [total, good, reject] = &self.tracks;
         let pending = |t: &Option<Track>| t.as_ref().map(|t| t.pending);
         let (dt, dg, dr) = (pending(total), pending(good), pending(reject));
@@ -384,6 +417,11 @@ impl CounterRule {
             .flatten()
             .flat_map(|t| std::mem::take(&mut t.anomalies))
             .collect();
+        let listed = anomalies.len().min(MAX_ANOMALIES);
+        if listed < anomalies.len() {
+            tracing::warn!(rule = %self.config.name, listed, more = anomalies.len() - listed, "More counter steps needed deciding than an event lists; the rest are in this log.");
+        }
+        let anomalies: Vec<Json> = anomalies.into_iter().take(MAX_ANOMALIES).collect();
         let carry_before = self.carry;
         let (total, good, reject) = match (dt, dg, dr) {
             (Some(t), None, Some(r)) => {

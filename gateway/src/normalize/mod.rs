@@ -33,13 +33,17 @@ use crate::{event::CloudEvent, store::Store};
 const TICK: Duration = Duration::from_millis(100);
 
 /// The most batches that join one commit: those already waiting when one arrives are taken
-/// with it (one write, one telemetry event, for what arrives together), up to this many, so a
-/// commit stays a few MiB at most and the sources are not held back for long.
+/// with it (one write, one telemetry event, for what arrives together), up to this many.
 const DRAIN_BATCHES: usize = 1_024;
 
 /// The most events one commit gathers from waiting batches (a batch can make an event per
 /// rule it feeds); past it the commit is written and the rest wait for the next.
-const DRAIN_EVENTS: usize = 10_000;
+const DRAIN_EVENTS: usize = 2_000;
+
+/// The most sample bytes (as a telemetry event sizes them) one commit takes from waiting
+/// batches: a commit stays a few MiB, well under any buffer's `max_bytes` (at least 1 MiB
+/// above its events), and an MQTT source's messages acknowledged before their commit stay few.
+const DRAIN_BYTES: usize = 1 << 20;
 
 /// Events and rule state to commit together.
 #[derive(Debug, Default)]
@@ -58,7 +62,10 @@ impl Output {
     }
 }
 
-/// The latest sample of every tag, each stamped with the batch that brought it.
+/// The latest sample of every tag, each stamped with the batch that brought it. As many
+/// entries as tags: those configured, and at most `MAX_DERIVED` (10,000) per MQTT source
+/// named from `+` topics; each value is bounded by its source (an MQTT payload by
+/// `max_payload`, an OPC UA value by the client's message limit).
 #[derive(Debug, Default)]
 pub struct Latest {
     samples: HashMap<Arc<str>, (Sample, u64)>,
@@ -305,13 +312,19 @@ impl Normalizer {
                     Some(batch) => {
                         self.on_batch(&batch, &mut out);
                         // Batches already waiting join this commit; nothing waits for more.
-                        let mut drained = 1;
-                        while drained < DRAIN_BATCHES && out.events.len() < DRAIN_EVENTS {
+                        let (mut drained, mut bytes) = (1, batch_bytes(&batch));
+                        while drained < DRAIN_BATCHES
+                            && out.events.len() < DRAIN_EVENTS
+                            && bytes < DRAIN_BYTES
+                        {
                             let Ok(batch) = input.try_recv() else {
                                 break;
                             };
+                            bytes = bytes.saturating_add(batch_bytes(&batch));
                             self.on_batch(&batch, &mut out);
                             drained += 1;
+                            // Other tasks on this worker run between long drains.
+                            tokio::task::consume_budget().await;
                         }
                     }
                     None => break,
@@ -331,12 +344,20 @@ impl Normalizer {
     }
 }
 
+/// The bytes of a batch's samples, as a telemetry event sizes them.
+fn batch_bytes(batch: &SampleBatch) -> usize {
+    batch
+        .samples
+        .iter()
+        .fold(0usize, |n, s| n.saturating_add(telemetry::estimate(s)))
+}
+
 /// Commits `out`, retrying with backoff until it is accepted or `abort` fires. `false` when it
 /// gave up.
 async fn commit(store: &Store, out: Output, abort: &CancellationToken) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match store.append(out.events.clone(), out.state.clone()).await {
+        match store.append_all(&out.events, &out.state).await {
             Ok(()) => return true,
             Err(error) => {
                 let delay = backoff.next_delay();

@@ -1,6 +1,6 @@
-//! `telemetry` rules: raw tag values forwarded as `telemetry.sample` events, the samples of one
-//! source batch (or one tick) in one event, so 500 tags polled every 100 ms make 10 events a
-//! second, not 5,000.
+//! `telemetry` rules: raw tag values forwarded as `telemetry.sample` events, the samples of the
+//! batches committed together (one poll, or every batch waiting at once; or one tick) in one
+//! event, so 500 tags polled every 100 ms make 10 events a second, not 5,000.
 //!
 //! A tag is sent when it is first seen, when its quality changes (Good, Uncertain, Bad: at
 //! once, whatever `min_interval`; another reason of the same quality like a value change), and
@@ -268,7 +268,7 @@ fn reason(q: &Quality) -> Option<&str> {
 }
 
 /// About the bytes a sample takes in an event's JSON.
-fn estimate(s: &Sample) -> usize {
+pub(super) fn estimate(s: &Sample) -> usize {
     fn value(v: &Value) -> usize {
         match v {
             Value::Str(t) => t.len() + 2,

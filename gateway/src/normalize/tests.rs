@@ -1496,3 +1496,58 @@ async fn batches_waiting_together_are_one_commit_and_one_telemetry_event() {
     drop((store, reader));
     writer.join();
 }
+
+#[test]
+fn a_counter_that_never_settles_invents_nothing_and_its_event_lists_a_hundred_steps() {
+    // Total and reject of a u32 pair. The total is read in the wrong word order, so every part
+    // steps it by 65,536: each reading is a suspect the next cannot confirm. The reject
+    // counter glitches to 0 every other reading: a transient step each time.
+    let config = shaped_config(32, (true, false, true));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let start = Instant::now();
+    let mut n = Normalizer::new(&config, &[]);
+    let mut held = Vec::new();
+    let read = |n: &mut Normalizer, step: u64, total: u64, reject: u64| {
+        let t = t0 + Duration::from_millis(200 * step);
+        let mut out = Output::default();
+        n.on_batch(
+            &SampleBatch {
+                source: "press".into(),
+                samples: vec![
+                    Sample::good("press.total".into(), Value::U64(total), t),
+                    Sample::good("press.reject".into(), Value::U64(reject), t),
+                ],
+            },
+            &mut out,
+        );
+        n.on_tick(
+            t,
+            start + Duration::from_millis(200 * step),
+            false,
+            &mut out,
+        );
+        data(&out, "production.count")
+    };
+    for step in 0..1_000u64 {
+        let reject = if step % 2 == 0 { 5 } else { 0 };
+        held.extend(read(&mut n, step, (step + 1) << 16, reject));
+    }
+    assert!(
+        held.is_empty(),
+        "nothing reported while a counter is undecided: {held:?}"
+    );
+    // The total settles: counted on from where it stands.
+    let mut after = Vec::new();
+    for step in 1_000..1_020u64 {
+        after.extend(read(&mut n, step, (1_000 << 16) + (step - 999), 5));
+    }
+    let listed: Vec<usize> = after
+        .iter()
+        .map(|e| e["anomaly"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(listed.iter().max(), Some(&100), "{listed:?}");
+    let rejects: u64 = after.iter().map(|e| e["reject"].as_u64().unwrap()).sum();
+    let total: u64 = after.iter().map(|e| e["total"].as_u64().unwrap()).sum();
+    assert_eq!(rejects, 0, "glitches count no rejects");
+    assert!(total <= 20, "{total}");
+}

@@ -237,7 +237,13 @@ pub async fn run_sink<D: Deliver>(
         // still wakes us.
         appended.borrow_and_update();
         let fetched = match reader
-            .fetch(&name, cursor, &config.routes, config.batch_size)
+            .fetch_bounded(
+                &name,
+                cursor,
+                &config.routes,
+                config.batch_size,
+                config.max_batch_bytes,
+            )
             .await
         {
             Ok(f) => f,

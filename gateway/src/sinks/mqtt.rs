@@ -201,6 +201,9 @@ impl MqttSink {
             )));
         }
         let (client, eventloop) = AsyncClient::new(options, capacity.max(10));
+        // Unbounded by type, bounded by use: at most two reports (Sent, then Acked or Refused)
+        // per publish queued, and the request queue holds `capacity`, plus Connected and Down.
+        // A bounded channel could stall the event loop, and with it the acknowledgements.
         let (tx, reports) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(eventloop, tx));
         Connection {
@@ -229,6 +232,7 @@ impl MqttSink {
             )));
         }
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, capacity.max(10));
+        // Bounded by use, as for MQTT 3.1.1 above.
         let (tx, reports) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive_v5(eventloop, tx));
         Connection {

@@ -512,6 +512,8 @@ impl Store {
         orphans_back_to_dead_letters(&mut conn, &options.sinks)?;
         let last: i64 =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        // Writes waiting for the writer thread: one group commit's worth (`max_batch`, from
+        // config; each writer awaits its own result, so no more wait than write at once).
         let (ops, rx) = mpsc::channel(options.max_batch.max(16));
         let (appended_tx, appended) = watch::channel(last);
         let stats = Arc::new(StoreStats::default());
@@ -581,6 +583,19 @@ impl Store {
         events: Vec<CloudEvent>,
         state: Vec<(String, serde_json::Value)>,
     ) -> Result<(), StoreError> {
+        self.append_all(&events, &state).await
+    }
+
+    /// As [`Store::append`], borrowing: a caller that retries keeps its events without copying
+    /// them for each attempt.
+    ///
+    /// # Errors
+    /// As [`Store::append`].
+    pub async fn append_all(
+        &self,
+        events: &[CloudEvent],
+        state: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
         let rows = events
             .iter()
             .map(|e| {
@@ -592,7 +607,10 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()?;
-        let state = state.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        let state = state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
         self.submit(|done| WriteOp::Append { rows, state, done })
             .await
     }

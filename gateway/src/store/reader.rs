@@ -123,6 +123,24 @@ impl Reader {
         routes: &[String],
         limit: usize,
     ) -> Result<Fetched, StoreError> {
+        self.fetch_bounded(sink, after, routes, limit, u64::MAX)
+            .await
+    }
+
+    /// As [`Reader::fetch`], and no more payload bytes (each counted one more, as a sink's
+    /// batch body does) than `max_bytes`, but always the first event however large: what a
+    /// sink holds in memory is bounded by its `max_batch_bytes`, not by its events' sizes.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn fetch_bounded(
+        &self,
+        sink: &str,
+        after: i64,
+        routes: &[String],
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
         let (condition, routes) = for_sink(routes, 3, 4);
         let sink = sink.to_owned();
         self.with(move |conn| {
@@ -138,9 +156,9 @@ impl Reader {
                     .into_iter()
                     .map(|r| Box::new(r) as Box<dyn rusqlite::ToSql>),
             );
-            let events = {
+            let (events, cut) = {
                 let mut stmt = tx.prepare_cached(&sql)?;
-                let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                let mut rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
                     Ok(StoredEvent {
                         seq: r.get(0)?,
                         id: r.get(1)?,
@@ -148,9 +166,20 @@ impl Reader {
                         payload: r.get(3)?,
                     })
                 })?;
-                rows.collect::<Result<Vec<_>, _>>()?
+                let (mut events, mut bytes, mut cut) = (Vec::new(), 0u64, false);
+                for row in rows.by_ref() {
+                    let event = row?;
+                    let size = event.payload.len() as u64 + 1;
+                    if !events.is_empty() && bytes.saturating_add(size) > max_bytes {
+                        cut = true;
+                        break;
+                    }
+                    bytes = bytes.saturating_add(size);
+                    events.push(event);
+                }
+                (events, cut)
             };
-            let upto = if events.len() >= limit {
+            let upto = if cut || events.len() >= limit {
                 events.last().map_or(after, |e| e.seq)
             } else {
                 let high: i64 =

@@ -30,6 +30,50 @@ fn routes(r: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_sinks_fetch_holds_no_more_than_its_byte_cap_and_always_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = Store::open(options(&dir.path().join("b.db"), &["erp"])).unwrap();
+    // Ten events of about 10 KiB each, then one of about 100 KiB.
+    let mut events: Vec<CloudEvent> = (0..10)
+        .map(|n| {
+            let mut e = event("telemetry.sample", n);
+            e.data = json!({ "pad": "x".repeat(10_000) });
+            e
+        })
+        .collect();
+    let mut big = event("telemetry.sample", 10);
+    big.data = json!({ "pad": "y".repeat(100_000) });
+    events.push(big);
+    store.append(events, vec![]).await.unwrap();
+    let reader = store.reader().unwrap();
+    let all = routes(&["*"]);
+    let size = reader.fetch("erp", 0, &all, 1).await.unwrap().events[0]
+        .payload
+        .len() as u64
+        + 1;
+    // Room for three and a half: three, and the cursor may move only past the third.
+    let part = reader
+        .fetch_bounded("erp", 0, &all, 1_000, size * 7 / 2)
+        .await
+        .unwrap();
+    assert_eq!(part.events.len(), 3);
+    assert_eq!(
+        part.upto, part.events[2].seq,
+        "the rest is fetched next time"
+    );
+    // An event larger than the cap alone still comes, alone.
+    let alone = reader
+        .fetch_bounded("erp", 10, &all, 1_000, size)
+        .await
+        .unwrap();
+    assert_eq!(alone.events.len(), 1);
+    assert!(alone.events[0].payload.len() > 100_000);
+    assert_eq!(alone.upto, 11);
+    drop((store, reader));
+    writer.join();
+}
+
+#[tokio::test]
 async fn appended_events_come_back_in_order_per_sink_with_their_ids() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = Store::open(options(&dir.path().join("b.db"), &["erp", "qms"])).unwrap();

@@ -37,6 +37,17 @@ const SUBSCRIBE_BYTES: usize = 32 << 10;
 /// At most one warning per topic and reason in this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Topics (with a reason) whose warnings are rate-limited; past it the limiter starts over
+/// (a burst of warnings at worst), so its memory stays bounded however many topics misbehave.
+const MAX_WARNED: usize = 1_000;
+
+/// Room in the client's request queue besides the subscriptions: acknowledgements (those that
+/// do not fit wait in the source's own queue, see `acks`) and Sparkplug rebirth requests.
+const REQUEST_ROOM: usize = 64;
+
+/// The characters of a topic that key its warnings (a topic may be 65,535 bytes).
+const WARN_TOPIC_CHARS: usize = 256;
+
 /// A `+` filter, with its tags (by index) and each one's name template.
 type Filter = (String, Vec<(usize, Vec<firmware_config::topic::NamePart>)>);
 
@@ -230,7 +241,7 @@ impl MqttSource {
                 }
             }
         }
-        let (client, mut eventloop) = AsyncClient::new(options, 64 + chunks.len());
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_ROOM + chunks.len());
         // Chunks queued, not yet written (their packet ids come with the write), and those
         // written, by packet id: a SUBACK's codes are read against its chunk's filters.
         let mut unsent: std::collections::VecDeque<usize> = Default::default();
@@ -350,8 +361,14 @@ impl MqttSource {
                             return;
                         }
                     }
-                    // Acknowledged only now that the batch is in the pipeline.
-                    acks.push_back(publish);
+                    // Acknowledged only now that the batch is in the pipeline. QoS 0 needs no
+                    // acknowledgement; the rest wait without their payload, so this queue holds
+                    // at most the broker's inflight window of small headers.
+                    if publish.qos != QoS::AtMostOnce {
+                        let mut publish = publish;
+                        publish.payload = Default::default();
+                        acks.push_back(publish);
+                    }
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -613,7 +630,7 @@ impl MqttSource {
             .collect();
         let why: String = why.chars().take(200).collect();
         let why = why.as_str();
-        let key = (topic.to_owned(), kind);
+        let key = (topic.chars().take(WARN_TOPIC_CHARS).collect(), kind);
         let now = Instant::now();
         // (`now - WARN_EVERY` would panic within 10 s of boot: the monotonic clock starts there.)
         let entry = self.warned.entry(key).or_insert((None, 0));
@@ -626,7 +643,7 @@ impl MqttSource {
         } else {
             entry.1 += 1;
         }
-        if self.warned.len() > 1_000 {
+        if self.warned.len() > MAX_WARNED {
             self.warned.clear();
         }
     }

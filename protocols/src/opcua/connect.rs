@@ -355,6 +355,8 @@ impl Connector {
                 status: e.status(),
                 detail: e.status().sub_code().description(),
             })?;
+        // Session up/down events: a handful per reconnect, read as they come; 16 is room for
+        // a burst of flapping without ever holding the session's event loop back for long.
         let (tx, mut events) = mpsc::channel(16);
         let driver = AbortOnDrop(tokio::spawn(async move {
             let stream = event_loop.enter();
