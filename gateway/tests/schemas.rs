@@ -128,7 +128,7 @@ fn events_of_every_type_match_their_published_schema() {
     let anomalies: Vec<_> = out
         .events
         .iter()
-        .filter_map(|e| e.data["anomaly"].as_array())
+        .filter_map(|e| e.data_json()["anomaly"].as_array().cloned())
         .collect();
     assert_eq!(anomalies.len(), 1, "one event carries the decided step");
     assert_eq!(
@@ -145,11 +145,11 @@ fn events_of_every_type_match_their_published_schema() {
     // 47 -> 61; force unreadable (with its reason); the reset batches carry neither. All in
     // one output (one commit): one event.
     assert_eq!(seen.get("telemetry.sample"), Some(&1));
-    let samples: Vec<&serde_json::Value> = out
+    let samples: Vec<serde_json::Value> = out
         .events
         .iter()
         .filter(|e| e.event_type == "telemetry.sample")
-        .flat_map(|e| e.data["samples"].as_array().unwrap())
+        .flat_map(|e| e.data_json()["samples"].as_array().unwrap().clone())
         .collect();
     assert_eq!(samples.len(), 6, "{samples:#?}");
     assert_eq!(samples[5]["quality"], "bad");

@@ -43,7 +43,7 @@ const DRAIN_EVENTS: usize = 2_000;
 /// The most sample bytes (as a telemetry event sizes them) one commit takes from waiting
 /// batches: a commit stays a few MiB, well under any buffer's `max_bytes` (at least 1 MiB
 /// above its events), and an MQTT source's messages acknowledged before their commit stay few.
-const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_BYTES: usize = 256 << 10;
 
 /// Events and rule state to commit together.
 #[derive(Debug, Default)]

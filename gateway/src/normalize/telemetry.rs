@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use firmware_config::TelemetryRuleConfig;
 use protocols::model::{Quality, Sample, SampleBatch, Value};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use super::{Latest, Output};
 use crate::event::CloudEvent;
@@ -201,21 +201,23 @@ impl TelemetryRule {
     /// Adds `samples` to this rule's open event in `out` while it has room (at most
     /// [`MAX_SAMPLES_PER_EVENT`] samples and about [`MAX_EVENT_BYTES`]), else to a new one: the
     /// batches committed together make one event, not one each. An event's time is its latest
-    /// sample's.
+    /// sample's. The samples are held as JSON text, not as `Value`s.
     fn emit(&self, samples: &[&Sample], gateway_id: &str, out: &mut Output) {
         for sample in samples {
-            let size = estimate(sample);
+            let text = sample_text(sample);
+            let size = text.len() + 1;
             let time = sample.source_time.unwrap_or(sample.gateway_time);
             let open = out.open.get_mut(&self.config.name).filter(|o| {
                 o.samples < MAX_SAMPLES_PER_EVENT && o.bytes.saturating_add(size) <= MAX_EVENT_BYTES
             });
             let joined = open.and_then(|o| {
                 let event = out.events.get_mut(o.event)?;
-                event
-                    .data
-                    .get_mut("samples")
-                    .and_then(Json::as_array_mut)?
-                    .push(sample_json(sample));
+                let raw = event.raw_data.as_mut()?;
+                // `...]}` -> `...,<sample>]}`
+                raw.truncate(raw.len().checked_sub(2)?);
+                raw.push(',');
+                raw.push_str(&text);
+                raw.push_str("]}");
                 o.samples += 1;
                 o.bytes += size;
                 if time > o.at {
@@ -225,16 +227,17 @@ impl TelemetryRule {
                 Some(())
             });
             if joined.is_none() {
-                let data =
-                    json!({ "machine": self.config.machine, "samples": [sample_json(sample)] });
-                out.events.push(CloudEvent::new(
+                let mut event = CloudEvent::new(
                     gateway_id,
                     &self.config.machine,
                     "telemetry.sample",
                     &self.config.name,
                     time,
-                    data,
-                ));
+                    Json::Null,
+                );
+                let machine = Json::String(self.config.machine.clone());
+                event.raw_data = Some(format!(r#"{{"machine":{machine},"samples":[{text}]}}"#));
+                out.events.push(event);
                 out.open.insert(
                     self.config.name.clone(),
                     Open {
@@ -280,32 +283,47 @@ pub(super) fn estimate(s: &Sample) -> usize {
 }
 
 /// `{tag, value, quality, ts}`, with `reason` unless Good.
-fn sample_json(s: &Sample) -> Json {
+/// A sample as JSON text: `{"tag", "value", "quality", "ts", "reason"?}`.
+fn sample_text(s: &Sample) -> String {
     let (quality, reason) = match &s.quality {
         Quality::Good => ("good", None),
         Quality::Uncertain(why) => ("uncertain", Some(why.as_str())),
         Quality::Bad(why) => ("bad", Some(why.as_str())),
     };
-    let mut v = json!({
-        "tag": &*s.tag,
-        "value": s.value.as_ref().map_or(Json::Null, value_json),
-        "quality": quality,
-        "ts": crate::event::rfc3339(s.source_time.unwrap_or(s.gateway_time)),
-    });
-    if let (Some(reason), Some(map)) = (reason, v.as_object_mut()) {
-        map.insert("reason".into(), json!(reason));
-    }
-    v
+    let out = SampleOut {
+        tag: &s.tag,
+        value: s.value.as_ref().map(ValueOut),
+        quality,
+        ts: crate::event::rfc3339(s.source_time.unwrap_or(s.gateway_time)),
+        reason,
+    };
+    // Serializing strings, numbers and options into a String cannot fail.
+    serde_json::to_string(&out).unwrap_or_default()
 }
 
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::Bool(b) => json!(b),
-        Value::I64(i) => json!(i),
-        Value::U64(u) => json!(u),
-        Value::F64(f) if f.is_finite() => json!(f),
-        Value::F64(_) => Json::Null,
-        Value::Str(s) => json!(s),
-        Value::Array(items) => Json::Array(items.iter().map(value_json).collect()),
+#[derive(serde::Serialize)]
+struct SampleOut<'a> {
+    tag: &'a str,
+    value: Option<ValueOut<'a>>,
+    quality: &'static str,
+    ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// A value as JSON: a float that is not finite is `null`; arrays element by element.
+struct ValueOut<'a>(&'a Value);
+
+impl serde::Serialize for ValueOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I64(i) => s.serialize_i64(*i),
+            Value::U64(u) => s.serialize_u64(*u),
+            Value::F64(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::F64(_) => s.serialize_none(),
+            Value::Str(t) => s.serialize_str(t),
+            Value::Array(items) => s.collect_seq(items.iter().map(ValueOut)),
+        }
     }
 }

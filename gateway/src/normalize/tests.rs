@@ -3,6 +3,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::event::CloudEvent;
 use firmware_config::ValidatedConfig;
 use proptest::prelude::*;
 use protocols::model::{Sample, SampleBatch, Value};
@@ -72,7 +73,7 @@ fn data(out: &Output, event_type: &str) -> Vec<Json> {
     out.events
         .iter()
         .filter(|e| e.event_type == event_type)
-        .map(|e| e.data.clone())
+        .map(CloudEvent::data_json)
         .collect()
 }
 
@@ -1417,7 +1418,7 @@ fn telemetry_nan_is_a_state_of_its_own_and_events_stay_small() {
     let sizes: Vec<usize> = out
         .events
         .iter()
-        .map(|e| serde_json::to_vec(&e.data).unwrap().len())
+        .map(|e| serde_json::to_vec(e).unwrap().len())
         .collect();
     assert!(sizes.len() >= 4, "{sizes:?}");
     assert!(sizes.iter().all(|s| *s < 400_000), "{sizes:?}");
