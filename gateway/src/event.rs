@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize, ser::SerializeStruct};
 
 /// A CloudEvents 1.0 event in structured JSON mode.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CloudEvent {
     /// Always "1.0".
     pub specversion: String,
@@ -30,6 +30,20 @@ pub struct CloudEvent {
     /// weigh a tenth of the same as `Value`s); see [`CloudEvent::data_json`].
     #[serde(skip)]
     pub(crate) raw_data: Option<String>,
+}
+
+/// Equal when every field and the payload are, wherever the payload is held.
+impl PartialEq for CloudEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.specversion == other.specversion
+            && self.id == other.id
+            && self.source == other.source
+            && self.event_type == other.event_type
+            && self.time == other.time
+            && self.subject == other.subject
+            && self.datacontenttype == other.datacontenttype
+            && self.data_json() == other.data_json()
+    }
 }
 
 impl Serialize for CloudEvent {

@@ -40,9 +40,11 @@ const DRAIN_BATCHES: usize = 1_024;
 /// rule it feeds); past it the commit is written and the rest wait for the next.
 const DRAIN_EVENTS: usize = 2_000;
 
-/// The most sample bytes (as a telemetry event sizes them) one commit takes from waiting
-/// batches: a commit stays a few MiB, well under any buffer's `max_bytes` (at least 1 MiB
-/// above its events), and an MQTT source's messages acknowledged before their commit stay few.
+/// The most sample bytes (estimated from tag, value and reason) one commit takes from waiting
+/// batches: a commit stays small, well under any buffer's `max_bytes` (at least 1 MiB), and an
+/// MQTT source's messages acknowledged before their commit stay few. 256 KiB: with 20 polls of
+/// 500 tags landing together, 1 MiB held 59 MiB RSS, 256 KiB 46 MiB (before samples were held
+/// as text), at the same CPU.
 const DRAIN_BYTES: usize = 256 << 10;
 
 /// Events and rule state to commit together.

@@ -204,7 +204,10 @@ impl TelemetryRule {
     /// sample's. The samples are held as JSON text, not as `Value`s.
     fn emit(&self, samples: &[&Sample], gateway_id: &str, out: &mut Output) {
         for sample in samples {
-            let text = sample_text(sample);
+            let Some(text) = sample_text(sample) else {
+                tracing::error!(rule = %self.config.name, tag = %sample.tag, "A sample could not be written as JSON; it is not forwarded (a gateway bug: please report it).");
+                continue;
+            };
             let size = text.len() + 1;
             let time = sample.source_time.unwrap_or(sample.gateway_time);
             let open = out.open.get_mut(&self.config.name).filter(|o| {
@@ -212,9 +215,9 @@ impl TelemetryRule {
             });
             let joined = open.and_then(|o| {
                 let event = out.events.get_mut(o.event)?;
-                let raw = event.raw_data.as_mut()?;
+                let raw = event.raw_data.as_mut().filter(|r| r.ends_with("]}"))?;
                 // `...]}` -> `...,<sample>]}`
-                raw.truncate(raw.len().checked_sub(2)?);
+                raw.truncate(raw.len() - 2);
                 raw.push(',');
                 raw.push_str(&text);
                 raw.push_str("]}");
@@ -284,7 +287,7 @@ pub(super) fn estimate(s: &Sample) -> usize {
 
 /// `{tag, value, quality, ts}`, with `reason` unless Good.
 /// A sample as JSON text: `{"tag", "value", "quality", "ts", "reason"?}`.
-fn sample_text(s: &Sample) -> String {
+fn sample_text(s: &Sample) -> Option<String> {
     let (quality, reason) = match &s.quality {
         Quality::Good => ("good", None),
         Quality::Uncertain(why) => ("uncertain", Some(why.as_str())),
@@ -297,8 +300,11 @@ fn sample_text(s: &Sample) -> String {
         ts: crate::event::rfc3339(s.source_time.unwrap_or(s.gateway_time)),
         reason,
     };
-    // Serializing strings, numbers and options into a String cannot fail.
-    serde_json::to_string(&out).unwrap_or_default()
+    // Serializing strings, numbers and options into a String does not fail; if it ever did,
+    // the sample is left out rather than written as broken JSON.
+    serde_json::to_string(&out)
+        .ok()
+        .filter(|t| t.starts_with('{'))
 }
 
 #[derive(serde::Serialize)]

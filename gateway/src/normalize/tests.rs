@@ -1552,3 +1552,64 @@ fn a_counter_that_never_settles_invents_nothing_and_its_event_lists_a_hundred_st
     assert_eq!(rejects, 0, "glitches count no rejects");
     assert!(total <= 20, "{total}");
 }
+
+#[test]
+fn telemetry_text_escapes_and_numbers_read_back_as_the_values_they_were() {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut n = Normalizer::new(&telemetry_config(1, "machine = \"m-1_x\""), &[]);
+    let tricky = [
+        (Value::F64(f64::NAN), Json::Null),
+        (Value::F64(f64::INFINITY), Json::Null),
+        (Value::F64(-0.1), serde_json::json!(-0.1)),
+        (Value::U64(u64::MAX), serde_json::json!(u64::MAX)),
+        (Value::I64(i64::MIN), serde_json::json!(i64::MIN)),
+        (Value::Bool(true), serde_json::json!(true)),
+        (
+            Value::Str("quote \" backslash \\ tab \t nul \u{0} é 漢 🙂".to_owned()),
+            serde_json::json!("quote \" backslash \\ tab \t nul \u{0} é 漢 🙂"),
+        ),
+        (
+            Value::Array(vec![
+                Value::F64(1.5),
+                Value::F64(f64::NAN),
+                Value::Str("x".into()),
+            ]),
+            serde_json::json!([1.5, null, "x"]),
+        ),
+    ];
+    let mut out = Output::default();
+    for (i, (value, _)) in tricky.iter().enumerate() {
+        let at = t0 + Duration::from_secs(i as u64);
+        let mut sample = Sample::good("line.t0000".into(), value.clone(), at);
+        if i == 1 {
+            sample.quality = protocols::model::Quality::Bad("\"odd\" reason\n".to_owned());
+            sample.value = None;
+        }
+        n.on_batch(
+            &SampleBatch {
+                source: "line".into(),
+                samples: vec![sample],
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(out.events.len(), 1);
+    // Written as the store writes it, read back as a receiver reads it.
+    let text = serde_json::to_string(&out.events[0]).unwrap();
+    let event: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(event["data"]["machine"], "m-1_x");
+    let samples = event["data"]["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), tricky.len());
+    for (i, (s, (_, expected))) in samples.iter().zip(&tricky).enumerate() {
+        if i == 1 {
+            assert_eq!(s["value"], Json::Null);
+            assert_eq!(s["quality"], "bad");
+            assert_eq!(s["reason"], "\"odd\" reason\n");
+        } else {
+            assert_eq!(&s["value"], expected, "sample {i}");
+            assert_eq!(s["quality"], "good");
+            assert!(s.get("reason").is_none());
+        }
+        assert_eq!(s["tag"], "line.t0000");
+    }
+}

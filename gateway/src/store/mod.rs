@@ -596,17 +596,23 @@ impl Store {
         events: &[CloudEvent],
         state: &[(String, serde_json::Value)],
     ) -> Result<(), StoreError> {
+        // An event that cannot be written as JSON (a gateway bug) is left out, loudly: retrying
+        // it would hold every source back for ever.
         let rows = events
             .iter()
-            .map(|e| {
-                Ok(writer::Row {
+            .filter_map(|e| match serde_json::to_string(e) {
+                Ok(payload) => Some(writer::Row {
                     id: e.id.clone(),
                     event_type: e.event_type.clone(),
-                    payload: serde_json::to_string(e)?,
+                    payload,
                     lane: writer::lane(&e.event_type),
-                })
+                }),
+                Err(error) => {
+                    tracing::error!(id = %e.id, event_type = %e.event_type, %error, "An event could not be written as JSON and is left out (a gateway bug: please report it).");
+                    None
+                }
             })
-            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+            .collect::<Vec<_>>();
         let state = state
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
