@@ -182,8 +182,9 @@ impl Reader {
             let upto = if cut || events.len() >= limit {
                 events.last().map_or(after, |e| e.seq)
             } else {
-                let high: i64 =
-                    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                let high: i64 = tx
+                    .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+                    .query_row([], |r| r.get(0))?;
                 high.max(after)
             };
             tx.commit()?;
