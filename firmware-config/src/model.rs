@@ -938,6 +938,8 @@ pub struct HttpsSinkConfig {
     pub ca_file: Option<PathBuf>,
     /// Authentication.
     pub auth: Option<HttpAuth>,
+    /// Mutual TLS: a PEM client certificate (chain) and its PEM key.
+    pub identity: Option<(PathBuf, PathBuf)>,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Cap on retry delay (>= `retry_initial`).
@@ -951,4 +953,18 @@ pub enum HttpAuth {
     BearerEnv(String),
     /// Bearer token from this file, read at start.
     BearerFile(PathBuf),
+    /// HTTP basic auth (RFC 7617), the password read at start.
+    Basic {
+        /// The user name.
+        username: String,
+        /// Where the password is.
+        password: Secret,
+    },
+    /// An API key in a header of the receiver's choosing, read at start.
+    ApiKey {
+        /// The header's name, e.g. `X-API-Key`.
+        header: String,
+        /// Where the key is.
+        key: Secret,
+    },
 }

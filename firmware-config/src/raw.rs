@@ -291,11 +291,27 @@ pub struct RawAuth {
     pub token: Option<Spanned<String>>,
     /// Rejected, as `bearer`.
     pub password: Option<Spanned<String>>,
+    /// Basic auth: the user name, with `password_env` or `password_file`.
+    pub username: Option<Spanned<String>>,
+    /// Basic auth: environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
+    /// Basic auth: file holding the password.
+    pub password_file: Option<Spanned<String>>,
+    /// API key: the header that carries it (e.g. `X-API-Key`), with `api_key_env` or
+    /// `api_key_file`.
+    pub api_key_header: Option<Spanned<String>>,
+    /// API key: environment variable holding it.
+    pub api_key_env: Option<Spanned<String>>,
+    /// API key: file holding it.
+    pub api_key_file: Option<Spanned<String>>,
+    /// Rejected, as `bearer`.
+    pub api_key: Option<Spanned<String>>,
 }
 
 impl RawConfig {
     /// Where `text` holds a secret written inline: a source's `password`, an https sink's
-    /// `auth.bearer`, `auth.token` or `auth.password`, the password of a URL or endpoint.
+    /// `auth.bearer`, `auth.token`, `auth.password` or `auth.api_key`, the password of a URL or
+    /// endpoint.
     pub(crate) fn secret_spans(&self, text: &str) -> Vec<std::ops::Range<usize>> {
         let mut spans = Vec::new();
         let userinfo = |url: &Spanned<String>, spans: &mut Vec<std::ops::Range<usize>>| {
@@ -325,7 +341,7 @@ impl RawConfig {
         for sink in &self.sinks {
             if let Some(auth) = &sink.auth {
                 let auth = auth.get_ref();
-                for secret in [&auth.bearer, &auth.token, &auth.password]
+                for secret in [&auth.bearer, &auth.token, &auth.password, &auth.api_key]
                     .into_iter()
                     .flatten()
                 {

@@ -1276,3 +1276,93 @@ fn a_pattern_of_many_stars_against_a_long_name_is_quick() {
     assert!(route_matches("press1.*", "press1."));
     assert!(route_matches("*", ""));
 }
+
+#[test]
+fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() {
+    let with = |auth: &str| GOOD.replace("auth = { bearer_env = \"ERP_TOKEN\" }", auth);
+    let config = load(
+        "t.toml",
+        &with("auth = { username = \"causeway\", password_file = \"/etc/causeway/erp.pw\" }"),
+    )
+    .unwrap();
+    let https = config
+        .sinks
+        .iter()
+        .find_map(|s| match &s.kind {
+            SinkKind::Https(h) => Some(h),
+            _ => None,
+        })
+        .unwrap();
+    assert!(matches!(
+        &https.auth,
+        Some(HttpAuth::Basic { username, password: Secret::File(_) }) if username == "causeway"
+    ));
+    let config = load(
+        "t.toml",
+        &with("auth = { api_key_header = \"X-API-Key\", api_key_env = \"ERP_KEY\" }"),
+    )
+    .unwrap();
+    let https = config
+        .sinks
+        .iter()
+        .find_map(|s| match &s.kind {
+            SinkKind::Https(h) => Some(h),
+            _ => None,
+        })
+        .unwrap();
+    assert!(matches!(
+        &https.auth,
+        Some(HttpAuth::ApiKey { header, key: Secret::Env(v) }) if header == "X-API-Key" && v == "ERP_KEY"
+    ));
+    // Each mistake named where it is.
+    assert_eq!(
+        errors(&with("auth = { username = \"causeway\" }")),
+        vec!["`auth.username` needs its password".to_owned()]
+    );
+    assert_eq!(
+        errors(&with(
+            "auth = { api_key_header = \"X API\", api_key_env = \"K\" }"
+        )),
+        vec!["`X API` is not an HTTP header name".to_owned()]
+    );
+    assert_eq!(
+        errors(&with(
+            "auth = { bearer_env = \"T\", api_key_header = \"X-Key\", api_key_env = \"K\" }"
+        )),
+        vec!["`auth` names more than one kind of credential".to_owned()]
+    );
+    assert_eq!(
+        errors(&with(
+            "auth = { username = \"u\", password_env = \"P\", password_file = \"/p\" }"
+        )),
+        vec!["`password_env` and `password_file` are both set".to_owned()]
+    );
+    // An inline key is refused and never printed, not even as a context line.
+    let inline = with("auth = { api_key_header = \"X-API-Key\", api_key = \"k3y-s3cr3t\" }");
+    let rendered = match load("t.toml", &inline) {
+        Ok(_) => panic!("refused"),
+        Err(report) => report.render(false),
+    };
+    assert!(rendered.contains("auth.api_key"), "{rendered}");
+    assert!(!rendered.contains("k3y-s3cr3t"), "{rendered}");
+    // Mutual TLS on an https sink: a certificate with its key.
+    let mtls = GOOD.replace(
+        "auth = { bearer_env = \"ERP_TOKEN\" }",
+        "client_certificate = \"/etc/causeway/client.pem\"\nclient_key = \"/etc/causeway/client.key\"",
+    );
+    let config = load("t.toml", &mtls).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    assert!(
+        config
+            .sinks
+            .iter()
+            .any(|s| matches!(&s.kind, SinkKind::Https(h) if h.identity.is_some()))
+    );
+    let half = GOOD.replace(
+        "auth = { bearer_env = \"ERP_TOKEN\" }",
+        "client_certificate = \"/etc/causeway/client.pem\"",
+    );
+    assert_eq!(
+        errors(&half),
+        vec!["`client_certificate` needs `client_key`".to_owned()]
+    );
+}

@@ -102,6 +102,7 @@ fn main() {
             timeout: Duration::from_secs(30),
             ca_file: Some("ca.pem".into()),
             auth: None,
+            identity: None,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(1),
         };

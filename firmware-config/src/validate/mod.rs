@@ -135,6 +135,8 @@ const SINK_FIELDS: &[(&str, &[&str])] = &[
             "auth",
             "retry_initial",
             "retry_max",
+            "client_certificate",
+            "client_key",
         ],
     ),
     ("file", &["path"]),

@@ -48,6 +48,8 @@ pub struct SeenRequest {
     pub content_type: Option<String>,
     /// The ids of the events in the body, in order (also for refused requests).
     pub ids: Vec<String>,
+    /// Every header, lower-case name and value (lossy), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -77,17 +79,22 @@ struct State {
 pub struct Receiver {
     addr: SocketAddr,
     ca_pem: String,
+    /// With mutual TLS: a client certificate and key (PEM) the receiver accepts.
+    client: Option<(String, String)>,
     state: Arc<Mutex<State>>,
 }
 
-fn certificates() -> Result<
-    (
-        String,
-        Vec<rustls_pki_types::CertificateDer<'static>>,
-        PrivateKeyDer<'static>,
-    ),
-    rcgen::Error,
-> {
+/// The CA (PEM and DER), the receiver's chain and key, and a client certificate and key (PEM)
+/// issued by the same CA.
+type Certificates = (
+    String,
+    rustls_pki_types::CertificateDer<'static>,
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    (String, String),
+);
+
+fn certificates() -> Result<Certificates, rcgen::Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -105,7 +112,19 @@ fn certificates() -> Result<
     let leaf_key = KeyPair::generate()?;
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    Ok((ca_cert.pem(), vec![leaf.der().clone()], key))
+    let mut client_params = CertificateParams::new(vec!["causeway".to_owned()])?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "causeway demo client");
+    let client_key = KeyPair::generate()?;
+    let client = client_params.signed_by(&client_key, &issuer)?;
+    Ok((
+        ca_cert.pem(),
+        ca_cert.der().clone(),
+        vec![leaf.der().clone()],
+        key,
+        (client.pem(), client_key.serialize_pem()),
+    ))
 }
 
 impl Receiver {
@@ -117,17 +136,51 @@ impl Receiver {
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Receiver, ReceiverError> {
-        let (ca_pem, chain, key) = certificates()?;
-        let config = ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+        Self::start_with(tasks, cancel, false).await
+    }
+
+    /// As [`Receiver::start`], refusing every TLS handshake without a client certificate
+    /// issued by its CA (mutual TLS); [`Receiver::client_identity`] is one.
+    ///
+    /// # Errors
+    /// Certificate generation, TLS setup or binding failed.
+    pub async fn start_mutual(
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Receiver, ReceiverError> {
+        Self::start_with(tasks, cancel, true).await
+    }
+
+    async fn start_with(
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+        mutual: bool,
+    ) -> Result<Receiver, ReceiverError> {
+        let (ca_pem, ca_der, chain, key, client) = certificates()?;
+        let builder = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?;
+        let config = if mutual {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca_der)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                crate::tls::provider(),
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)?
+        } else {
+            builder.with_no_client_auth().with_single_cert(chain, key)?
+        };
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let receiver = Receiver {
             addr,
             ca_pem,
+            client: mutual.then_some(client),
             state: Arc::default(),
         };
         let state = Arc::clone(&receiver.state);
@@ -172,6 +225,11 @@ impl Receiver {
     /// The CA certificate (PEM) that issued the receiver's certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// With mutual TLS, a client certificate and its key (PEM) that the receiver accepts.
+    pub fn client_identity(&self) -> Option<(&str, &str)> {
+        self.client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -256,6 +314,16 @@ async fn handle(
         header("authorization"),
         header("content-type"),
     );
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let body = req.into_body().collect().await?.to_bytes();
     if lock(&state).count_only {
         return Ok(
@@ -295,6 +363,7 @@ async fn handle(
         events,
         content_type: content_type.clone(),
         ids: ids.clone(),
+        headers: headers.clone(),
     };
     let refuse = {
         let mut s = lock(&state);

@@ -16,7 +16,7 @@
 
 use std::{path::Path, time::Duration};
 
-use firmware_config::{HttpAuth, HttpsSinkConfig};
+use firmware_config::{HttpAuth, HttpsSinkConfig, Secret};
 use reqwest::{StatusCode, header};
 
 use super::{Deliver, Outcome, SinkError, batch_body};
@@ -27,18 +27,68 @@ use crate::store::StoredEvent;
 pub(crate) const MAX_BODY_KEPT: usize = 512;
 
 /// POSTs batches to one URL.
-#[derive(Debug)]
 pub struct HttpsSink {
     client: reqwest::Client,
     url: String,
-    bearer: Option<String>,
+    /// The URL without its query and user info: what logs and retry reasons show (a query
+    /// may carry a key).
+    shown: String,
+    credential: Option<Credential>,
+}
+
+/// Shows the URL without its query and the credential without its secret.
+impl std::fmt::Debug for HttpsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsSink")
+            .field("url", &self.shown)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How each request proves who sends it. `Debug` never shows the secret.
+enum Credential {
+    Bearer(String),
+    Basic {
+        username: String,
+        password: String,
+    },
+    ApiKey {
+        header: header::HeaderName,
+        key: header::HeaderValue,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credential::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Credential::ApiKey { header, .. } => write!(f, "ApiKey({header}, <redacted>)"),
+        }
+    }
+}
+
+/// `url` as logs may show it: scheme, host, port and path; no user info, query or fragment.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<the sink's url>".to_owned(),
+    }
 }
 
 impl HttpsSink {
-    /// Builds the client: rustls with the system roots plus `ca_file`, the timeout, the token.
+    /// Builds the client: rustls with the system roots plus `ca_file` (and the client
+    /// certificate, for mutual TLS), the timeout, the credential.
     ///
     /// # Errors
-    /// The CA file or the credential cannot be read.
+    /// The CA file, the client certificate or the credential cannot be read.
     pub fn new(sink: &str, config: &HttpsSinkConfig, base: &Path) -> Result<Self, SinkError> {
         Self::with_env(sink, config, base, |name| std::env::var(name).ok())
     }
@@ -47,7 +97,7 @@ impl HttpsSink {
     /// own: setting the process environment while other threads run is unsound).
     ///
     /// # Errors
-    /// The CA file or the credential cannot be read.
+    /// The CA file, the client certificate or the credential cannot be read.
     pub fn with_env(
         sink: &str,
         config: &HttpsSinkConfig,
@@ -55,7 +105,15 @@ impl HttpsSink {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SinkError> {
         let ca = config.ca_file.as_ref().map(|p| base.join(p));
-        let tls = crate::tls::client_config(ca.as_deref()).map_err(|source| SinkError::Tls {
+        let tls = match &config.identity {
+            None => crate::tls::client_config(ca.as_deref()),
+            Some((certificate, key)) => crate::tls::client_config_with_identity(
+                ca.as_deref(),
+                &base.join(certificate),
+                &base.join(key),
+            ),
+        }
+        .map_err(|source| SinkError::Tls {
             sink: sink.to_owned(),
             source,
         })?;
@@ -70,34 +128,68 @@ impl HttpsSink {
                 sink: sink.to_owned(),
                 source,
             })?;
-        let bearer = match &config.auth {
+        let failed = |why: String| SinkError::Credential {
+            sink: sink.to_owned(),
+            why,
+        };
+        let read = |secret: &Secret, field: &str| -> Result<String, SinkError> {
+            let text = match secret {
+                Secret::Env(var) => env(var).ok_or_else(|| {
+                    failed(format!("environment variable `{var}` (auth.{field}_env) is not set; export it before starting causeway"))
+                })?,
+                Secret::File(path) => {
+                    let path = base.join(path);
+                    protocols::opcua::connect::read_secret(&path).map_err(|e| {
+                        failed(format!("cannot read file `{}` (auth.{field}_file): {e}", path.display()))
+                    })?
+                }
+            };
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                return Err(failed(format!("the {field} is empty")));
+            }
+            Ok(text)
+        };
+        let credential = match &config.auth {
             None => None,
-            Some(HttpAuth::BearerEnv(var)) => Some(env(var).ok_or_else(|| SinkError::Credential {
-                sink: sink.to_owned(),
-                why: format!("environment variable `{var}` (auth.bearer_env) is not set; export it before starting causeway"),
-            })?),
-            Some(HttpAuth::BearerFile(path)) => {
-                let path = base.join(path);
-                let text = std::fs::read_to_string(&path).map_err(|e| SinkError::Credential {
-                    sink: sink.to_owned(),
-                    why: format!("cannot read token file `{}` (auth.bearer_file): {e}", path.display()),
+            Some(HttpAuth::BearerEnv(var)) => Some(Credential::Bearer(read(
+                &Secret::Env(var.clone()),
+                "bearer",
+            )?)),
+            Some(HttpAuth::BearerFile(path)) => Some(Credential::Bearer(read(
+                &Secret::File(path.clone()),
+                "bearer",
+            )?)),
+            Some(HttpAuth::Basic { username, password }) => Some(Credential::Basic {
+                username: username.clone(),
+                password: read(password, "password")?,
+            }),
+            Some(HttpAuth::ApiKey { header, key }) => {
+                let name = header::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    failed(format!(
+                        "`{header}` (auth.api_key_header) is not a header name"
+                    ))
                 })?;
-                Some(text.trim().to_owned())
+                let mut value =
+                    header::HeaderValue::from_str(&read(key, "api_key")?).map_err(|_| {
+                        failed("the API key holds characters a header cannot carry".to_owned())
+                    })?;
+                value.set_sensitive(true);
+                Some(Credential::ApiKey {
+                    header: name,
+                    key: value,
+                })
             }
         };
-        if bearer.as_deref() == Some("") {
-            return Err(SinkError::Credential {
-                sink: sink.to_owned(),
-                why: "the bearer token is empty".to_owned(),
-            });
-        }
+        let shown = shown_url(&config.url);
         if config.url.starts_with("http://") {
-            tracing::warn!(sink, url = %config.url, "Sending events over plain http:// (insecure = true).");
+            tracing::warn!(sink, url = %shown, "Sending events over plain http:// (insecure = true).");
         }
         Ok(HttpsSink {
             client,
             url: config.url.clone(),
-            bearer,
+            shown,
+            credential,
         })
     }
 }
@@ -187,9 +279,14 @@ impl Deliver for HttpsSink {
             .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
             .header("Idempotency-Key", idempotency_key(batch))
             .body(batch_body(batch));
-        if let Some(token) = &self.bearer {
-            request = request.bearer_auth(token);
-        }
+        request = match &self.credential {
+            None => request,
+            Some(Credential::Bearer(token)) => request.bearer_auth(token),
+            Some(Credential::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+            Some(Credential::ApiKey { header, key }) => request.header(header.clone(), key.clone()),
+        };
         match request.send().await {
             Ok(response) => {
                 let status = response.status();
@@ -197,8 +294,13 @@ impl Deliver for HttpsSink {
                 let body = excerpt(response).await;
                 classify(status, &headers, &body)
             }
+            // Without the URL reqwest would print: its query may carry a key.
             Err(error) => Outcome::Retry {
-                reason: crate::error_chain(&error),
+                reason: format!(
+                    "{}: {}",
+                    self.shown,
+                    crate::error_chain(&error.without_url())
+                ),
                 after: None,
             },
         }
@@ -282,6 +384,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             ca_file: None,
             auth,
+            identity: None,
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(20),
         }
@@ -322,7 +425,7 @@ mod tests {
             |name| (name == "CAUSEWAY_TEST_TOKEN").then(|| "from-env".to_owned()),
         )
         .unwrap();
-        assert_eq!(sink.bearer.as_deref(), Some("from-env"));
+        assert!(matches!(&sink.credential, Some(Credential::Bearer(t)) if t == "from-env"));
         std::fs::write(base.path().join("t"), "  from-file\n").unwrap();
         let sink = HttpsSink::new(
             "erp",
@@ -333,9 +436,8 @@ mod tests {
             base.path(),
         )
         .unwrap();
-        assert_eq!(
-            sink.bearer.as_deref(),
-            Some("from-file"),
+        assert!(
+            matches!(&sink.credential, Some(Credential::Bearer(t)) if t == "from-file"),
             "read relative to the config folder, trimmed"
         );
         let error = HttpsSink::new(
@@ -348,7 +450,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            error.to_string().contains("cannot read token file"),
+            error.to_string().contains("cannot read file")
+                && error.to_string().contains("auth.bearer_file"),
             "{error}"
         );
     }
@@ -451,5 +554,118 @@ mod tests {
         };
         assert_eq!(idempotency_key(&[e("a")]), "a");
         assert_eq!(idempotency_key(&[e("a"), e("b"), e("c")]), "a..c");
+    }
+
+    /// A sink whose secrets come from `env`, sending to `url`.
+    fn with_secrets(url: &str, auth: HttpAuth, ca: Option<&Path>) -> HttpsSink {
+        let mut c = config(url, Some(auth));
+        c.ca_file = ca.map(Path::to_path_buf);
+        c.timeout = Duration::from_secs(5);
+        HttpsSink::with_env("erp", &c, Path::new("/"), |name| match name {
+            "TOKEN" => Some("t0k3n-s3cr3t".to_owned()),
+            "PASSWORD" => Some("pa55-s3cr3t".to_owned()),
+            "KEY" => Some("k3y-s3cr3t".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn no_secret_shows_in_debug_or_in_a_retry_reason() {
+        let kinds = [
+            HttpAuth::BearerEnv("TOKEN".into()),
+            HttpAuth::Basic {
+                username: "causeway".into(),
+                password: Secret::Env("PASSWORD".into()),
+            },
+            HttpAuth::ApiKey {
+                header: "X-API-Key".into(),
+                key: Secret::Env("KEY".into()),
+            },
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for auth in kinds {
+            // A key in the URL's query too, and nobody listening on port 1.
+            let mut sink = with_secrets("https://127.0.0.1:1/events?api_key=q-s3cr3t", auth, None);
+            let shown = format!("{sink:?}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            let outcome = runtime.block_on(sink.deliver(&one()));
+            let Outcome::Retry { reason, .. } = outcome else {
+                panic!("a refused connection is retried: {outcome:?}");
+            };
+            assert!(!reason.contains("s3cr3t"), "{reason}");
+            assert!(reason.contains("https://127.0.0.1:1/events"), "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn basic_and_api_key_credentials_reach_the_receiver_and_mutual_tls_is_required_by_it() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let receiver = crate::demo::receiver::Receiver::start(&tasks, cancel.clone())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, receiver.ca_pem()).unwrap();
+        let mut basic = with_secrets(
+            &receiver.url(),
+            HttpAuth::Basic {
+                username: "causeway".into(),
+                password: Secret::Env("PASSWORD".into()),
+            },
+            Some(&ca),
+        );
+        assert!(matches!(basic.deliver(&one()).await, Outcome::Delivered));
+        let mut keyed = with_secrets(
+            &receiver.url(),
+            HttpAuth::ApiKey {
+                header: "X-API-Key".into(),
+                key: Secret::Env("KEY".into()),
+            },
+            Some(&ca),
+        );
+        assert!(matches!(keyed.deliver(&one()).await, Outcome::Delivered));
+        let seen = receiver.requests();
+        // base64("causeway:pa55-s3cr3t"), RFC 7617.
+        assert_eq!(
+            seen[0].authorization.as_deref(),
+            Some("Basic Y2F1c2V3YXk6cGE1NS1zM2NyM3Q=")
+        );
+        assert!(
+            seen[1]
+                .headers
+                .contains(&("x-api-key".to_owned(), "k3y-s3cr3t".to_owned()))
+        );
+        assert_eq!(seen[1].authorization, None);
+
+        // A receiver that requires a client certificate refuses a sink without one, and
+        // takes the batch from a sink with one.
+        let mutual = crate::demo::receiver::Receiver::start_mutual(&tasks, cancel.clone())
+            .await
+            .unwrap();
+        let ca = dir.path().join("mutual-ca.pem");
+        std::fs::write(&ca, mutual.ca_pem()).unwrap();
+        let (cert, key) = mutual.client_identity().unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("client.key"), key).unwrap();
+        let mut c = config(&mutual.url(), None);
+        c.ca_file = Some(ca.clone());
+        c.timeout = Duration::from_secs(5);
+        let mut without = HttpsSink::new("qms", &c, dir.path()).unwrap();
+        let outcome = without.deliver(&one()).await;
+        assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+        assert!(
+            mutual.requests().is_empty(),
+            "nothing got through without a certificate"
+        );
+        c.identity = Some(("client.pem".into(), "client.key".into()));
+        let mut with = HttpsSink::new("qms", &c, dir.path()).unwrap();
+        assert!(matches!(with.deliver(&one()).await, Outcome::Delivered));
+        assert_eq!(mutual.requests().len(), 1);
+        cancel.cancel();
     }
 }

@@ -63,6 +63,7 @@ impl Checker {
             }
         }
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a, &raw.name));
+        let identity = self.mqtt_identity(raw.client_certificate.as_ref(), raw.client_key.as_ref());
         let timeout = self.duration(
             raw.timeout.as_ref(),
             Duration::from_secs(10),
@@ -76,6 +77,7 @@ impl Checker {
             timeout,
             ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(c.get_ref())),
             auth,
+            identity,
             retry_initial,
             retry_max,
         })
@@ -91,32 +93,165 @@ impl Checker {
             ("bearer", &auth.bearer),
             ("token", &auth.token),
             ("password", &auth.password),
+            ("api_key", &auth.api_key),
         ] {
             if value.is_some() {
                 // Pointed at the sink's name, not the value: the rendered diagnostic would
                 // print the secret into terminals and CI logs.
-                self.error(format!("sink `{}` has a secret written inline in `auth.{field}`", sink.get_ref()), span(sink), "secret in the config file")
-                    .hint("config files get copied, committed and mailed: put the token in a file (bearer_file = \"/etc/causeway/erp.token\") or an environment variable (bearer_env = \"ERP_TOKEN\")");
+                let hint = match field {
+                    "password" => {
+                        "config files get copied, committed and mailed: put the password in a file (password_file = \"/etc/causeway/erp.password\") or an environment variable (password_env = \"ERP_PASSWORD\")"
+                    }
+                    "api_key" => {
+                        "config files get copied, committed and mailed: put the key in a file (api_key_file = \"/etc/causeway/erp.key\") or an environment variable (api_key_env = \"ERP_API_KEY\")"
+                    }
+                    _ => {
+                        "config files get copied, committed and mailed: put the token in a file (bearer_file = \"/etc/causeway/erp.token\") or an environment variable (bearer_env = \"ERP_TOKEN\")"
+                    }
+                };
+                self.error(
+                    format!(
+                        "sink `{}` has a secret written inline in `auth.{field}`",
+                        sink.get_ref()
+                    ),
+                    span(sink),
+                    "secret in the config file",
+                )
+                .hint(hint);
             }
         }
-        match (&auth.bearer_env, &auth.bearer_file) {
-            (Some(env), None) => Some(HttpAuth::BearerEnv(env.get_ref().clone())),
-            (None, Some(file)) => Some(HttpAuth::BearerFile(PathBuf::from(file.get_ref()))),
+        let bearer = self.secret_pair(
+            auth.bearer_env.as_ref(),
+            auth.bearer_file.as_ref(),
+            "bearer",
+        );
+        let password = self.secret_pair(
+            auth.password_env.as_ref(),
+            auth.password_file.as_ref(),
+            "password",
+        );
+        let key = self.secret_pair(
+            auth.api_key_env.as_ref(),
+            auth.api_key_file.as_ref(),
+            "api_key",
+        );
+        let mut kinds: Vec<HttpAuth> = Vec::new();
+        if let Some(secret) = bearer {
+            kinds.push(match secret {
+                Secret::Env(v) => HttpAuth::BearerEnv(v),
+                Secret::File(f) => HttpAuth::BearerFile(f),
+            });
+        }
+        match (&auth.username, password) {
+            (Some(user), Some(password)) => {
+                let name = user.get_ref();
+                if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
+                    self.error(
+                        "`auth.username` must be non-empty, without `:` or control characters",
+                        span(user),
+                        "not a basic-auth user name",
+                    );
+                } else {
+                    kinds.push(HttpAuth::Basic {
+                        username: name.clone(),
+                        password,
+                    });
+                }
+            }
+            (Some(_), None) if auth.password_env.is_some() || auth.password_file.is_some() => {}
+            (Some(user), None) => {
+                self.error("`auth.username` needs its password", span(user), "no password")
+                    .hint("add password_file = \"/etc/causeway/erp.password\" or password_env = \"ERP_PASSWORD\"");
+            }
+            (None, Some(_)) => {
+                self.error(
+                    "an `auth` password needs `username`",
+                    span(raw),
+                    "no user name",
+                )
+                .hint("add username = \"causeway\"");
+            }
+            (None, None) => {}
+        }
+        match (&auth.api_key_header, key) {
+            (Some(header), Some(key)) => {
+                let name = header.get_ref();
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if token {
+                    kinds.push(HttpAuth::ApiKey {
+                        header: name.clone(),
+                        key,
+                    });
+                } else {
+                    self.error(
+                        format!("`{name}` is not an HTTP header name"),
+                        span(header),
+                        "letters, digits and -_. only, e.g. X-API-Key",
+                    );
+                }
+            }
+            (Some(_), None) if auth.api_key_env.is_some() || auth.api_key_file.is_some() => {}
+            (Some(header), None) => {
+                self.error(
+                    "`auth.api_key_header` needs the key",
+                    span(header),
+                    "no key",
+                )
+                .hint(
+                    "add api_key_file = \"/etc/causeway/erp.key\" or api_key_env = \"ERP_API_KEY\"",
+                );
+            }
+            (None, Some(_)) => {
+                self.error(
+                    "an `auth` API key needs `api_key_header`",
+                    span(raw),
+                    "no header",
+                )
+                .hint("add api_key_header = \"X-API-Key\" (the header the receiver reads)");
+            }
+            (None, None) => {}
+        }
+        if kinds.len() > 1 {
+            self.error("`auth` names more than one kind of credential", span(raw), "choose one")
+                .hint("one of: bearer_env/bearer_file; username with password_env/password_file; api_key_header with api_key_env/api_key_file");
+            return None;
+        }
+        let chosen = kinds.pop();
+        if chosen.is_none()
+            && [&auth.bearer, &auth.token, &auth.password, &auth.api_key]
+                .iter()
+                .all(|v| v.is_none())
+            && auth.username.is_none()
+            && auth.api_key_header.is_none()
+        {
+            self.error("`auth` names no credential", span(raw), "empty")
+                .hint("use auth = { bearer_env = \"ERP_TOKEN\" }, { bearer_file = \"/path\" }, { username = \"u\", password_file = \"/path\" } or { api_key_header = \"X-API-Key\", api_key_env = \"ERP_KEY\" }");
+        }
+        chosen
+    }
+
+    /// A secret from `<what>_env` or `<what>_file` (not both).
+    fn secret_pair(
+        &mut self,
+        env: Option<&Spanned<String>>,
+        file: Option<&Spanned<String>>,
+        what: &str,
+    ) -> Option<Secret> {
+        match (env, file) {
+            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
+            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
             (Some(_), Some(file)) => {
                 self.error(
-                    "`bearer_env` and `bearer_file` are both set",
+                    format!("`{what}_env` and `{what}_file` are both set"),
                     span(file),
                     "choose one",
                 );
                 None
             }
-            (None, None) => {
-                if auth.bearer.is_none() && auth.token.is_none() && auth.password.is_none() {
-                    self.error("`auth` names no credential", span(raw), "empty")
-                        .hint("use auth = { bearer_env = \"ERP_TOKEN\" } or auth = { bearer_file = \"/path\" }");
-                }
-                None
-            }
+            (None, None) => None,
         }
     }
 }
