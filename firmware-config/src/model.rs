@@ -967,4 +967,18 @@ pub enum HttpAuth {
         /// Where the key is.
         key: Secret,
     },
+    /// OAuth2 client credentials (RFC 6749 section 4.4): a token from `token_url`, cached until
+    /// shortly before it expires, fetched again once on a 401.
+    OAuth2 {
+        /// The token endpoint (https, or http where the sink allows `insecure`).
+        token_url: String,
+        /// The client id.
+        client_id: String,
+        /// Where the client secret is.
+        secret: Secret,
+        /// The scope asked for.
+        scope: Option<String>,
+        /// The audience asked for.
+        audience: Option<String>,
+    },
 }

@@ -306,6 +306,21 @@ pub struct RawAuth {
     pub api_key_file: Option<Spanned<String>>,
     /// Rejected, as `bearer`.
     pub api_key: Option<Spanned<String>>,
+    /// OAuth2 client credentials: the token endpoint, with `client_id` and
+    /// `client_secret_env` or `client_secret_file`.
+    pub token_url: Option<Spanned<String>>,
+    /// OAuth2: the client id.
+    pub client_id: Option<Spanned<String>>,
+    /// OAuth2: environment variable holding the client secret.
+    pub client_secret_env: Option<Spanned<String>>,
+    /// OAuth2: file holding the client secret.
+    pub client_secret_file: Option<Spanned<String>>,
+    /// Rejected, as `bearer`.
+    pub client_secret: Option<Spanned<String>>,
+    /// OAuth2: the scope asked for (optional).
+    pub scope: Option<Spanned<String>>,
+    /// OAuth2: the audience asked for (optional; some providers want it).
+    pub audience: Option<Spanned<String>>,
 }
 
 impl RawConfig {
@@ -341,9 +356,15 @@ impl RawConfig {
         for sink in &self.sinks {
             if let Some(auth) = &sink.auth {
                 let auth = auth.get_ref();
-                for secret in [&auth.bearer, &auth.token, &auth.password, &auth.api_key]
-                    .into_iter()
-                    .flatten()
+                for secret in [
+                    &auth.bearer,
+                    &auth.token,
+                    &auth.password,
+                    &auth.api_key,
+                    &auth.client_secret,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     spans.push(secret.span());
                 }

@@ -1366,3 +1366,44 @@ fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() 
         vec!["`client_certificate` needs `client_key`".to_owned()]
     );
 }
+
+#[test]
+fn oauth2_client_credentials_are_checked_whole_and_the_secret_never_inline() {
+    let with = |auth: &str| GOOD.replace("auth = { bearer_env = \"ERP_TOKEN\" }", auth);
+    let config = load(
+        "t.toml",
+        &with("auth = { token_url = \"https://login.example.com/oauth2/token\", client_id = \"causeway\", client_secret_env = \"ERP_SECRET\", scope = \"events:write\" }"),
+    )
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let ok = config.sinks.iter().any(|s| {
+        matches!(&s.kind, SinkKind::Https(h) if matches!(&h.auth,
+            Some(HttpAuth::OAuth2 { client_id, scope: Some(scope), audience: None, .. })
+                if client_id == "causeway" && scope == "events:write"))
+    });
+    assert!(ok);
+    assert_eq!(
+        errors(&with(
+            "auth = { token_url = \"https://login.example.com/t\", client_id = \"causeway\" }"
+        )),
+        vec!["OAuth2 client credentials need `token_url`, `client_id` and `client_secret_file` or `client_secret_env`".to_owned()]
+    );
+    assert_eq!(
+        errors(&with(
+            "auth = { token_url = \"http://login.example.com/t\", client_id = \"c\", client_secret_env = \"S\" }"
+        )),
+        vec!["the token endpoint's scheme `http` is not https".to_owned()]
+    );
+    assert_eq!(
+        errors(&with("auth = { bearer_env = \"T\", scope = \"x\" }")),
+        vec!["`scope` and `audience` belong to OAuth2 (`token_url`)".to_owned()]
+    );
+    let inline = with(
+        "auth = { token_url = \"https://login.example.com/t\", client_id = \"c\", client_secret = \"cl13nt-s3cr3t\" }",
+    );
+    let rendered = match load("t.toml", &inline) {
+        Ok(_) => panic!("refused"),
+        Err(report) => report.render(false),
+    };
+    assert!(rendered.contains("auth.client_secret"), "{rendered}");
+    assert!(!rendered.contains("cl13nt-s3cr3t"), "{rendered}");
+}

@@ -72,6 +72,40 @@ struct State {
     /// Record the events, then wait this long before answering (a crash between delivery and
     /// the sender's cursor update).
     answer_after: Option<std::time::Duration>,
+    /// An OAuth2 token endpoint at `/token`, and events only with its latest token.
+    oauth: Option<OAuthServer>,
+}
+
+/// The receiver's OAuth2 side (client credentials).
+#[derive(Debug, Default)]
+struct OAuthServer {
+    /// `Basic base64(client_id:secret)`, as a client must send it.
+    expected: String,
+    expires_in: u64,
+    /// The token events must carry (the latest issued; older ones are refused).
+    current: Option<String>,
+    issued: usize,
+    down: bool,
+}
+
+/// Standard base64 with padding (RFC 4648), for the basic credentials the receiver expects.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A running receiver. Stops when its cancel token fires.
@@ -227,6 +261,45 @@ impl Receiver {
         &self.ca_pem
     }
 
+    /// Serves an OAuth2 token endpoint at [`Receiver::token_url`] for this client (client
+    /// credentials, basic auth), issuing tokens that live `expires_in` seconds (`0`: no
+    /// `expires_in` in the answer), and from now on takes events only with the latest token
+    /// (401 otherwise).
+    pub fn require_oauth(&self, client_id: &str, secret: &str, expires_in: u64) {
+        self.state().oauth = Some(OAuthServer {
+            expected: format!(
+                "Basic {}",
+                base64(format!("{client_id}:{secret}").as_bytes())
+            ),
+            expires_in,
+            ..OAuthServer::default()
+        });
+    }
+
+    /// `https://127.0.0.1:PORT/token`.
+    pub fn token_url(&self) -> String {
+        format!("https://127.0.0.1:{}/token", self.addr.port())
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        self.state().oauth.as_ref().map_or(0, |o| o.issued)
+    }
+
+    /// Refuses the token events carry now (as an expiry or a revocation would).
+    pub fn revoke_token(&self) {
+        if let Some(o) = self.state().oauth.as_mut() {
+            o.current = None;
+        }
+    }
+
+    /// While `true`, the token endpoint answers 503.
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        if let Some(o) = self.state().oauth.as_mut() {
+            o.down = down;
+        }
+    }
+
     /// With mutual TLS, a client certificate and its key (PEM) that the receiver accepts.
     pub fn client_identity(&self) -> Option<(&str, &str)> {
         self.client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()))
@@ -314,6 +387,42 @@ async fn handle(
         header("authorization"),
         header("content-type"),
     );
+    let status = |code: StatusCode, text: String| {
+        let mut response = Response::new(Full::from(text));
+        *response.status_mut() = code;
+        response
+    };
+    if req.uri().path() == "/token" {
+        let mut s = lock(&state);
+        let Some(oauth) = s.oauth.as_mut() else {
+            return Ok(status(StatusCode::NOT_FOUND, "no token endpoint".into()));
+        };
+        if oauth.down {
+            return Ok(status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "down on purpose".into(),
+            ));
+        }
+        if authorization.as_deref() != Some(oauth.expected.as_str()) {
+            return Ok(status(
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"invalid_client"}"#.into(),
+            ));
+        }
+        oauth.issued += 1;
+        let token = format!("token-{}", oauth.issued);
+        oauth.current = Some(token.clone());
+        let answer = if oauth.expires_in == 0 {
+            serde_json::json!({ "access_token": token, "token_type": "Bearer" })
+        } else {
+            serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": oauth.expires_in })
+        };
+        return Ok(Response::new(Full::from(answer.to_string())));
+    }
+    let refused_token = lock(&state)
+        .oauth
+        .as_ref()
+        .is_some_and(|o| o.current.as_ref().map(|t| format!("Bearer {t}")) != authorization);
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -365,6 +474,10 @@ async fn handle(
         ids: ids.clone(),
         headers: headers.clone(),
     };
+    if refused_token {
+        lock(&state).requests.push(seen(401, ids.len()));
+        return Ok(status(StatusCode::UNAUTHORIZED, "invalid_token".into()));
+    }
     let refuse = {
         let mut s = lock(&state);
         if s.outage {

@@ -57,6 +57,134 @@ enum Credential {
         header: header::HeaderName,
         key: header::HeaderValue,
     },
+    OAuth2(Box<OAuth>),
+}
+
+/// An OAuth2 client (client credentials grant, RFC 6749 section 4.4) and its cached token.
+struct OAuth {
+    token_url: String,
+    /// `token_url` without query or user info, for logs.
+    shown: String,
+    client_id: String,
+    secret: String,
+    scope: Option<String>,
+    audience: Option<String>,
+    /// The token, and when to fetch the next one (shortly before it expires; never, when the
+    /// endpoint gave no lifetime: then a 401 asks for a new one).
+    token: Option<(String, Option<tokio::time::Instant>)>,
+}
+
+/// Most of a token endpoint's answer read (a token response is a few KiB at most).
+const MAX_TOKEN_RESPONSE: usize = 64 << 10;
+
+/// How long before its expiry a token is replaced: a tenth of its lifetime, at most a minute.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(60))
+}
+
+/// What kind of JSON error, in words.
+fn json_problem(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "a field missing or of the wrong type",
+        serde_json::error::Category::Eof => "cut short",
+    }
+}
+
+impl OAuth {
+    /// The cached token, or a new one when none is cached, it is due, or `fresh` is asked.
+    async fn token(&mut self, client: &reqwest::Client, fresh: bool) -> Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            access_token: String,
+            token_type: Option<String>,
+            expires_in: Option<u64>,
+        }
+        if !fresh
+            && let Some((token, due)) = &self.token
+            && due.is_none_or(|d| tokio::time::Instant::now() < d)
+        {
+            return Ok(token.clone());
+        }
+        self.token = None;
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(scope) = &self.scope {
+                form.append_pair("scope", scope);
+            }
+            if let Some(audience) = &self.audience {
+                form.append_pair("audience", audience);
+            }
+            form.finish()
+        };
+        let at = &self.shown;
+        let response = client
+            .post(&self.token_url)
+            .basic_auth(&self.client_id, Some(&self.secret))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "token endpoint {at}: {}",
+                    crate::error_chain(&e.without_url())
+                )
+            })?;
+        let status = response.status();
+        let body = read_capped(response, MAX_TOKEN_RESPONSE).await;
+        if !status.is_success() {
+            // An error answer names the problem (`invalid_client`, `invalid_scope`) and
+            // carries no token, so a short excerpt may be shown.
+            let excerpt: String = String::from_utf8_lossy(&body)
+                .chars()
+                .take(MAX_BODY_KEPT)
+                .collect();
+            let fix = match status.as_u16() {
+                400 | 401 | 403 => {
+                    "check auth.client_id, the client secret, scope and audience with the identity provider"
+                }
+                404 | 405 => "check auth.token_url",
+                _ => "the identity provider is failing; retried",
+            };
+            return Err(format!(
+                "token endpoint {at} answered HTTP {status}: {excerpt} ({fix})"
+            ));
+        }
+        // The body holds the token: never shown, even when it is malformed.
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "token endpoint {at} answered with no usable access_token ({} at line {} column {})",
+                json_problem(&e),
+                e.line(),
+                e.column()
+            )
+        })?;
+        if let Some(kind) = &answer.token_type
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(format!(
+                "token endpoint {at} issued a `{kind}` token; only bearer tokens are supported"
+            ));
+        }
+        if answer.access_token.is_empty()
+            || header::HeaderValue::from_str(&answer.access_token).is_err()
+        {
+            return Err(format!(
+                "token endpoint {at} issued an empty or unprintable access_token"
+            ));
+        }
+        let due = answer.expires_in.map(|s| {
+            let lifetime = Duration::from_secs(s.min(365 * 24 * 3600));
+            tokio::time::Instant::now() + lifetime - refresh_margin(lifetime)
+        });
+        tracing::debug!(token_url = %at, expires_in = ?answer.expires_in, "Fetched an OAuth2 access token.");
+        self.token = Some((answer.access_token.clone(), due));
+        Ok(answer.access_token)
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -65,6 +193,9 @@ impl std::fmt::Debug for Credential {
             Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
             Credential::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
             Credential::ApiKey { header, .. } => write!(f, "ApiKey({header}, <redacted>)"),
+            Credential::OAuth2(o) => {
+                write!(f, "OAuth2({}, {}, <redacted>)", o.shown, o.client_id)
+            }
         }
     }
 }
@@ -180,6 +311,21 @@ impl HttpsSink {
                     key: value,
                 })
             }
+            Some(HttpAuth::OAuth2 {
+                token_url,
+                client_id,
+                secret,
+                scope,
+                audience,
+            }) => Some(Credential::OAuth2(Box::new(OAuth {
+                token_url: token_url.clone(),
+                shown: shown_url(token_url),
+                client_id: client_id.clone(),
+                secret: read(secret, "client_secret")?,
+                scope: scope.clone(),
+                audience: audience.clone(),
+                token: None,
+            }))),
         };
         let shown = shown_url(&config.url);
         if config.url.starts_with("http://") {
@@ -257,52 +403,84 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
 }
 
 /// Reads at most [`MAX_BODY_KEPT`] bytes of `response`'s body (lossy UTF-8).
-async fn excerpt(mut response: reqwest::Response) -> String {
-    let mut kept = Vec::with_capacity(MAX_BODY_KEPT);
-    while kept.len() < MAX_BODY_KEPT {
+async fn excerpt(response: reqwest::Response) -> String {
+    String::from_utf8_lossy(&read_capped(response, MAX_BODY_KEPT).await).into_owned()
+}
+
+/// Reads at most `max` bytes of `response`'s body.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(max.min(4096));
+    while kept.len() < max {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_BODY_KEPT - kept.len();
+                let room = max - kept.len();
                 kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&kept).into_owned()
+    kept
 }
 
 impl Deliver for HttpsSink {
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
-        let mut request = self
-            .client
-            .post(&self.url)
-            .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
-            .header("Idempotency-Key", idempotency_key(batch))
-            .body(batch_body(batch));
-        request = match &self.credential {
-            None => request,
-            Some(Credential::Bearer(token)) => request.bearer_auth(token),
-            Some(Credential::Basic { username, password }) => {
-                request.basic_auth(username, Some(password))
+        let body = batch_body(batch);
+        // With OAuth2, a 401 fetches a new token and sends once more.
+        let mut fresh = false;
+        loop {
+            let mut request = self
+                .client
+                .post(&self.url)
+                .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
+                .header("Idempotency-Key", idempotency_key(batch))
+                .body(body.clone());
+            request = match &mut self.credential {
+                None => request,
+                Some(Credential::Bearer(token)) => request.bearer_auth(token),
+                Some(Credential::Basic { username, password }) => {
+                    request.basic_auth(username, Some(password))
+                }
+                Some(Credential::ApiKey { header, key }) => {
+                    request.header(header.clone(), key.clone())
+                }
+                Some(Credential::OAuth2(oauth)) => match oauth.token(&self.client, fresh).await {
+                    Ok(token) => request.bearer_auth(token),
+                    Err(reason) => {
+                        tracing::error!(%reason, "Cannot get an OAuth2 token; events stay buffered and are retried.");
+                        return Outcome::Retry {
+                            reason,
+                            after: None,
+                        };
+                    }
+                },
+            };
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::UNAUTHORIZED
+                        && !fresh
+                        && matches!(self.credential, Some(Credential::OAuth2(_)))
+                    {
+                        tracing::info!(url = %self.shown, "The receiver refused the OAuth2 token (401); fetching a new one.");
+                        fresh = true;
+                        continue;
+                    }
+                    let headers = response.headers().clone();
+                    let body = excerpt(response).await;
+                    return classify(status, &headers, &body);
+                }
+                // Without the URL reqwest would print: its query may carry a key.
+                Err(error) => {
+                    return Outcome::Retry {
+                        reason: format!(
+                            "{}: {}",
+                            self.shown,
+                            crate::error_chain(&error.without_url())
+                        ),
+                        after: None,
+                    };
+                }
             }
-            Some(Credential::ApiKey { header, key }) => request.header(header.clone(), key.clone()),
-        };
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let headers = response.headers().clone();
-                let body = excerpt(response).await;
-                classify(status, &headers, &body)
-            }
-            // Without the URL reqwest would print: its query may carry a key.
-            Err(error) => Outcome::Retry {
-                reason: format!(
-                    "{}: {}",
-                    self.shown,
-                    crate::error_chain(&error.without_url())
-                ),
-                after: None,
-            },
         }
     }
 }
@@ -666,6 +844,84 @@ mod tests {
         let mut with = HttpsSink::new("qms", &c, dir.path()).unwrap();
         assert!(matches!(with.deliver(&one()).await, Outcome::Delivered));
         assert_eq!(mutual.requests().len(), 1);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn oauth2_tokens_are_cached_refreshed_before_expiry_and_once_on_a_401() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let receiver = crate::demo::receiver::Receiver::start(&tasks, cancel.clone())
+            .await
+            .unwrap();
+        receiver.require_oauth("causeway", "cl13nt-s3cr3t", 3);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
+        std::fs::write(dir.path().join("secret"), "cl13nt-s3cr3t\n").unwrap();
+        let oauth = |secret: &str| {
+            let mut c = config(
+                &receiver.url(),
+                Some(HttpAuth::OAuth2 {
+                    token_url: receiver.token_url(),
+                    client_id: "causeway".into(),
+                    secret: Secret::File(secret.into()),
+                    scope: Some("events:write".into()),
+                    audience: None,
+                }),
+            );
+            c.ca_file = Some("ca.pem".into());
+            c.timeout = Duration::from_secs(5);
+            HttpsSink::new("erp", &c, dir.path()).unwrap()
+        };
+        let mut sink = oauth("secret");
+        assert!(!format!("{sink:?}").contains("s3cr3t"));
+        // One token for several requests.
+        for _ in 0..3 {
+            assert!(matches!(sink.deliver(&one()).await, Outcome::Delivered));
+        }
+        assert_eq!(receiver.tokens_issued(), 1);
+        // Revoked (or expired early): the 401 fetches a new token and the batch goes at once.
+        receiver.revoke_token();
+        assert!(matches!(sink.deliver(&one()).await, Outcome::Delivered));
+        assert_eq!(receiver.tokens_issued(), 2);
+        let statuses: Vec<u16> = receiver.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 200, 200, 401, 200]);
+        // A 3 s token is replaced 0.3 s before it expires, without a 401.
+        tokio::time::sleep(Duration::from_millis(2_800)).await;
+        assert!(matches!(sink.deliver(&one()).await, Outcome::Delivered));
+        assert_eq!(receiver.tokens_issued(), 3);
+        assert_eq!(receiver.requests().last().unwrap().status, 200);
+        // The token endpoint down: retried, nothing sent without a token, the reason says where.
+        receiver.revoke_token();
+        receiver.set_token_endpoint_down(true);
+        let sent = receiver.requests().len();
+        let outcome = sink.deliver(&one()).await;
+        let Outcome::Retry { reason, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            reason.contains("token endpoint") && reason.contains("503"),
+            "{reason}"
+        );
+        assert_eq!(
+            receiver.requests().len(),
+            sent + 1,
+            "only the 401 that asked for a token"
+        );
+        receiver.set_token_endpoint_down(false);
+        assert!(matches!(sink.deliver(&one()).await, Outcome::Delivered));
+        // A wrong secret: retried with the fix named, the secret never shown.
+        std::fs::write(dir.path().join("wrong"), "not-the-s3cr3t").unwrap();
+        let mut wrong = oauth("wrong");
+        let outcome = wrong.deliver(&one()).await;
+        let Outcome::Retry { reason, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            reason.contains("invalid_client") && reason.contains("client_id"),
+            "{reason}"
+        );
+        assert!(!reason.contains("s3cr3t"), "{reason}");
         cancel.cancel();
     }
 }

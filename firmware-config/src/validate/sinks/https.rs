@@ -62,7 +62,10 @@ impl Checker {
                 }
             }
         }
-        let auth = raw.auth.as_ref().and_then(|a| self.auth(a, &raw.name));
+        let auth = raw
+            .auth
+            .as_ref()
+            .and_then(|a| self.auth(a, &raw.name, insecure));
         let identity = self.mqtt_identity(raw.client_certificate.as_ref(), raw.client_key.as_ref());
         let timeout = self.duration(
             raw.timeout.as_ref(),
@@ -87,6 +90,7 @@ impl Checker {
         &mut self,
         raw: &Spanned<RawAuth>,
         sink: &Spanned<String>,
+        insecure: bool,
     ) -> Option<HttpAuth> {
         let auth = raw.get_ref();
         for (field, value) in [
@@ -94,6 +98,7 @@ impl Checker {
             ("token", &auth.token),
             ("password", &auth.password),
             ("api_key", &auth.api_key),
+            ("client_secret", &auth.client_secret),
         ] {
             if value.is_some() {
                 // Pointed at the sink's name, not the value: the rendered diagnostic would
@@ -104,6 +109,9 @@ impl Checker {
                     }
                     "api_key" => {
                         "config files get copied, committed and mailed: put the key in a file (api_key_file = \"/etc/causeway/erp.key\") or an environment variable (api_key_env = \"ERP_API_KEY\")"
+                    }
+                    "client_secret" => {
+                        "config files get copied, committed and mailed: put the secret in a file (client_secret_file = \"/etc/causeway/erp.secret\") or an environment variable (client_secret_env = \"ERP_CLIENT_SECRET\")"
                     }
                     _ => {
                         "config files get copied, committed and mailed: put the token in a file (bearer_file = \"/etc/causeway/erp.token\") or an environment variable (bearer_env = \"ERP_TOKEN\")"
@@ -214,9 +222,76 @@ impl Checker {
             }
             (None, None) => {}
         }
+        let client_secret = self.secret_pair(
+            auth.client_secret_env.as_ref(),
+            auth.client_secret_file.as_ref(),
+            "client_secret",
+        );
+        let secret_given = auth.client_secret_env.is_some() || auth.client_secret_file.is_some();
+        match (&auth.token_url, &auth.client_id, client_secret) {
+            (Some(url), Some(id), Some(secret)) => {
+                let text = url.get_ref().trim();
+                match url::Url::parse(text) {
+                    Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && insecure) => {
+                        if id.get_ref().is_empty() || id.get_ref().contains(':') {
+                            self.error(
+                                "`auth.client_id` must be non-empty, without `:`",
+                                span(id),
+                                "not a client id",
+                            );
+                        } else {
+                            kinds.push(HttpAuth::OAuth2 {
+                                token_url: text.to_owned(),
+                                client_id: id.get_ref().clone(),
+                                secret,
+                                scope: auth.scope.as_ref().map(|s| s.get_ref().clone()),
+                                audience: auth.audience.as_ref().map(|s| s.get_ref().clone()),
+                            });
+                        }
+                    }
+                    Ok(u) => {
+                        self.error(
+                            format!("the token endpoint's scheme `{}` is not https", u.scheme()),
+                            span(url),
+                            "expected https://login.example.com/oauth2/token",
+                        )
+                        .hint("the client secret travels to it: use https (http only with the sink's insecure = true)");
+                    }
+                    Err(error) => {
+                        self.error(
+                            format!("`auth.token_url` is not a valid URL ({error})"),
+                            span(url),
+                            "expected https://host/path",
+                        );
+                    }
+                }
+            }
+            (None, None, None) if !secret_given => {}
+            (Some(_), Some(_), None) if secret_given => {}
+            _ => {
+                self.error(
+                    "OAuth2 client credentials need `token_url`, `client_id` and `client_secret_file` or `client_secret_env`",
+                    span(raw),
+                    "incomplete",
+                )
+                .hint("auth = { token_url = \"https://login.example.com/oauth2/token\", client_id = \"causeway\", client_secret_file = \"/etc/causeway/erp.secret\" }");
+            }
+        }
+        if (auth.scope.is_some() || auth.audience.is_some()) && auth.token_url.is_none() {
+            let at = auth
+                .scope
+                .as_ref()
+                .or(auth.audience.as_ref())
+                .map_or_else(|| span(raw), span);
+            self.error(
+                "`scope` and `audience` belong to OAuth2 (`token_url`)",
+                at,
+                "without token_url",
+            );
+        }
         if kinds.len() > 1 {
             self.error("`auth` names more than one kind of credential", span(raw), "choose one")
-                .hint("one of: bearer_env/bearer_file; username with password_env/password_file; api_key_header with api_key_env/api_key_file");
+                .hint("one of: bearer_env/bearer_file; username with password_env/password_file; api_key_header with api_key_env/api_key_file; token_url, client_id and client_secret_env/client_secret_file");
             return None;
         }
         let chosen = kinds.pop();
@@ -226,6 +301,9 @@ impl Checker {
                 .all(|v| v.is_none())
             && auth.username.is_none()
             && auth.api_key_header.is_none()
+            && auth.token_url.is_none()
+            && auth.client_id.is_none()
+            && auth.client_secret.is_none()
         {
             self.error("`auth` names no credential", span(raw), "empty")
                 .hint("use auth = { bearer_env = \"ERP_TOKEN\" }, { bearer_file = \"/path\" }, { username = \"u\", password_file = \"/path\" } or { api_key_header = \"X-API-Key\", api_key_env = \"ERP_KEY\" }");
