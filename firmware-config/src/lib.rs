@@ -121,11 +121,11 @@ pub(crate) fn mask_userinfo(url: &str) -> String {
     }
 }
 
-/// `text` with the values of `password`, `bearer` and `token` keys masked, found textually (for
-/// text that does not parse). Byte lengths are kept.
+/// `text` with the values of `password`, `bearer`, `token`, `api_key` and `client_secret` keys
+/// masked, found textually (for text that does not parse). Byte lengths are kept.
 fn mask_secret_values(text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    for key in ["password", "bearer", "token"] {
+    for key in ["password", "bearer", "token", "api_key", "client_secret"] {
         let mut from = 0;
         while let Some(found) = text[from..].find(key) {
             let at = from + found;

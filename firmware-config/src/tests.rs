@@ -247,6 +247,21 @@ fn inline_secrets_are_refused_without_being_echoed() {
     assert!(!shown.contains("hunter2"), "{shown}");
     let unquoted = UA.replace("password_env = \"UA_PASSWORD\"", "password = hunter2");
     assert!(!rendered(&unquoted).contains("hunter2"));
+    // An inline client secret or API key beside a typo that stops the table from parsing.
+    for (key, secret) in [
+        ("client_secret", "cl13nt-s3cr3t"),
+        ("api_key", "k3y-s3cr3t"),
+    ] {
+        let typo = GOOD.replace(
+            "auth = { bearer_env = \"ERP_TOKEN\" }",
+            &format!("auth = {{ {key} = \"{secret}\", scpoe = \"x\" }}"),
+        );
+        let shown = rendered(&typo);
+        assert!(
+            shown.contains("scpoe") && !shown.contains(secret),
+            "{shown}"
+        );
+    }
 }
 
 #[test]
@@ -1392,6 +1407,12 @@ fn oauth2_client_credentials_are_checked_whole_and_the_secret_never_inline() {
             "auth = { token_url = \"http://login.example.com/t\", client_id = \"c\", client_secret_env = \"S\" }"
         )),
         vec!["the token endpoint's scheme `http` is not https".to_owned()]
+    );
+    assert_eq!(
+        errors(&with(
+            "auth = { token_url = \"https://id:pw@login.example.com/t\", client_id = \"c\", client_secret_env = \"S\" }"
+        )),
+        vec!["`auth.token_url` carries credentials".to_owned()]
     );
     assert_eq!(
         errors(&with("auth = { bearer_env = \"T\", scope = \"x\" }")),

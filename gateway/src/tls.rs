@@ -93,9 +93,15 @@ pub fn client_config_with_identity(
     if chain.is_empty() {
         return Err(bad(certificate, "no PEM certificate in it".to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
-    Ok(ClientConfig::builder_with_provider(provider())
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_file)?)
-        .with_client_auth_cert(chain, key)?)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| {
+            bad(
+                certificate,
+                format!("it does not go with the key `{}`: {e}", key.display()),
+            )
+        })
 }

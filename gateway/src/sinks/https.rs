@@ -95,11 +95,23 @@ fn json_problem(e: &serde_json::Error) -> &'static str {
 impl OAuth {
     /// The cached token, or a new one when none is cached, it is due, or `fresh` is asked.
     async fn token(&mut self, client: &reqwest::Client, fresh: bool) -> Result<String, String> {
+        /// `expires_in` as a number or, as some providers send it, a numeric string.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Seconds {
+            Number(f64),
+            Text(String),
+        }
         #[derive(serde::Deserialize)]
         struct Answer {
             access_token: String,
             token_type: Option<String>,
-            expires_in: Option<u64>,
+            expires_in: Option<Seconds>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Refusal {
+            error: Option<String>,
+            error_description: Option<String>,
         }
         if !fresh
             && let Some((token, due)) = &self.token
@@ -122,7 +134,14 @@ impl OAuth {
         let at = &self.shown;
         let response = client
             .post(&self.token_url)
-            .basic_auth(&self.client_id, Some(&self.secret))
+            // RFC 6749 section 2.3.1: both form-encoded before basic auth.
+            .basic_auth(
+                url::form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect::<String>(),
+                Some(
+                    url::form_urlencoded::byte_serialize(self.secret.as_bytes())
+                        .collect::<String>(),
+                ),
+            )
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(form)
@@ -137,12 +156,19 @@ impl OAuth {
         let status = response.status();
         let body = read_capped(response, MAX_TOKEN_RESPONSE).await;
         if !status.is_success() {
-            // An error answer names the problem (`invalid_client`, `invalid_scope`) and
-            // carries no token, so a short excerpt may be shown.
-            let excerpt: String = String::from_utf8_lossy(&body)
-                .chars()
-                .take(MAX_BODY_KEPT)
-                .collect();
+            // Only the RFC 6749 error fields (`invalid_client`, `invalid_scope`), bounded: a
+            // proxy's page might echo the request's Authorization header.
+            let excerpt = serde_json::from_slice::<Refusal>(&body).map_or_else(
+                |_| "no OAuth2 error in the answer".to_owned(),
+                |r| {
+                    let text = [r.error, r.error_description]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                    text.chars().filter(|c| !c.is_control()).take(200).collect()
+                },
+            );
             let fix = match status.as_u16() {
                 400 | 401 | 403 => {
                     "check auth.client_id, the client secret, scope and audience with the identity provider"
@@ -166,6 +192,7 @@ impl OAuth {
         if let Some(kind) = &answer.token_type
             && !kind.eq_ignore_ascii_case("bearer")
         {
+            let kind: String = kind.chars().filter(|c| !c.is_control()).take(32).collect();
             return Err(format!(
                 "token endpoint {at} issued a `{kind}` token; only bearer tokens are supported"
             ));
@@ -177,11 +204,22 @@ impl OAuth {
                 "token endpoint {at} issued an empty or unprintable access_token"
             ));
         }
-        let due = answer.expires_in.map(|s| {
-            let lifetime = Duration::from_secs(s.min(365 * 24 * 3600));
+        // A lifetime that is not a number is treated as none given: the token is kept until a
+        // 401 says otherwise.
+        let seconds = match &answer.expires_in {
+            Some(Seconds::Number(n)) if n.is_finite() && *n >= 0.0 => Some(*n),
+            Some(Seconds::Text(t)) => t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0),
+            _ => None,
+        };
+        let due = seconds.map(|s| {
+            let lifetime = Duration::from_secs_f64(s.min(365.0 * 24.0 * 3600.0));
             tokio::time::Instant::now() + lifetime - refresh_margin(lifetime)
         });
-        tracing::debug!(token_url = %at, expires_in = ?answer.expires_in, "Fetched an OAuth2 access token.");
+        tracing::debug!(token_url = %at, expires_in = ?seconds, "Fetched an OAuth2 access token.");
         self.token = Some((answer.access_token.clone(), due));
         Ok(answer.access_token)
     }
@@ -197,6 +235,20 @@ impl std::fmt::Debug for Credential {
                 write!(f, "OAuth2({}, {}, <redacted>)", o.shown, o.client_id)
             }
         }
+    }
+}
+
+/// A redirect's `Location` as logs may show it: an absolute one as [`shown_url`], a relative
+/// one without its query or fragment.
+fn shown_location(location: &str) -> String {
+    if location.contains("://") {
+        shown_url(location)
+    } else {
+        location
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -370,7 +422,13 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
         tracing::error!(%status, fix, "The receiver refused the request; events stay buffered and are retried.");
         Outcome::Retry {
             reason: reason.clone(),
-            after: retry_after(headers),
+            // A refused credential waits out the sink's backoff whatever the receiver says:
+            // each attempt may fetch a new OAuth2 token.
+            after: if matches!(status.as_u16(), 401 | 403) {
+                None
+            } else {
+                retry_after(headers)
+            },
         }
     };
     match status.as_u16() {
@@ -390,10 +448,11 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
         405 => retry("the url does not take POST: check the sink's url path"),
         415 => retry("the receiver does not take application/cloudevents-batch+json at this url"),
         300..=399 => {
+            // Without its query or user info: a redirect keeps the query, where a key may be.
             let to = headers
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .unwrap_or("?");
+                .map_or_else(|| "?".to_owned(), shown_location);
             retry(&format!(
                 "the receiver redirects to {to}: set the sink's url to the final address"
             ))
@@ -910,6 +969,15 @@ mod tests {
         );
         receiver.set_token_endpoint_down(false);
         assert!(matches!(sink.deliver(&one()).await, Outcome::Delivered));
+        // A receiver that keeps answering 401: one new token, then the sink's backoff.
+        let before = receiver.tokens_issued();
+        receiver.script(&[401, 401]);
+        let outcome = sink.deliver(&one()).await;
+        assert!(
+            matches!(outcome, Outcome::Retry { after: None, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(receiver.tokens_issued(), before + 1);
         // A wrong secret: retried with the fix named, the secret never shown.
         std::fs::write(dir.path().join("wrong"), "not-the-s3cr3t").unwrap();
         let mut wrong = oauth("wrong");
@@ -922,6 +990,37 @@ mod tests {
             "{reason}"
         );
         assert!(!reason.contains("s3cr3t"), "{reason}");
+        cancel.cancel();
+    }
+
+    #[test]
+    fn a_redirect_is_named_without_its_query_or_user_info() {
+        assert_eq!(
+            shown_location("https://me:pw@erp.example.com:8443/api/events/?api_key=s3cr3t#x"),
+            "https://erp.example.com:8443/api/events/"
+        );
+        assert_eq!(shown_location("/events/?api_key=s3cr3t"), "/events/");
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_that_does_not_go_with_its_key_names_both_files() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mutual = crate::demo::receiver::Receiver::start_mutual(&tasks, cancel.clone())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = mutual.client_identity().unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        std::fs::write(dir.path().join("other.key"), other).unwrap();
+        let mut c = config(&mutual.url(), None);
+        c.identity = Some(("client.pem".into(), "other.key".into()));
+        let error = crate::error_chain(&HttpsSink::new("qms", &c, dir.path()).unwrap_err());
+        assert!(
+            error.contains("client.pem") && error.contains("other.key"),
+            "{error}"
+        );
         cancel.cancel();
     }
 }

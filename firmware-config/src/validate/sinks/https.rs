@@ -232,6 +232,14 @@ impl Checker {
             (Some(url), Some(id), Some(secret)) => {
                 let text = url.get_ref().trim();
                 match url::Url::parse(text) {
+                    Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                        self.error(
+                            "`auth.token_url` carries credentials",
+                            span(raw),
+                            "secret in the config file",
+                        )
+                        .hint("remove user:password@ from token_url; the client id and secret go in client_id and client_secret_file");
+                    }
                     Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && insecure) => {
                         if id.get_ref().is_empty() || id.get_ref().contains(':') {
                             self.error(
