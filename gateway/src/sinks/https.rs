@@ -416,8 +416,13 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
 
 /// Sorts a response into an outcome.
 pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &str) -> Outcome {
-    let snippet: String = body.chars().take(MAX_BODY_KEPT).collect();
-    let reason = format!("HTTP {status}: {snippet}");
+    let reason = match problem(headers, body) {
+        Some(problem) => format!("HTTP {status}: {problem}"),
+        None => {
+            let snippet: String = body.chars().take(MAX_BODY_KEPT).collect();
+            format!("HTTP {status}: {snippet}")
+        }
+    };
     let retry = |fix: &str| {
         tracing::error!(%status, fix, "The receiver refused the request; events stay buffered and are retried.");
         Outcome::Retry {
@@ -461,9 +466,71 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
     }
 }
 
-/// Reads at most [`MAX_BODY_KEPT`] bytes of `response`'s body (lossy UTF-8).
+/// Most of an RFC 9457 problem details body read (its fields are short; extensions may not be).
+const MAX_PROBLEM: usize = 8 << 10;
+
+/// Whether the response says it carries RFC 9457 problem details.
+fn is_problem(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/problem+json"))
+        })
+}
+
+/// RFC 9457 problem details, when the response has them: `title: detail (type ..., instance
+/// ...)`, each field without control characters and at most 200 characters, so a log line and
+/// a dead letter say what the receiver meant rather than a cut JSON text.
+fn problem(headers: &header::HeaderMap, body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        title: Option<String>,
+        detail: Option<String>,
+        instance: Option<String>,
+    }
+    if !is_problem(headers) {
+        return None;
+    }
+    let p: Problem = serde_json::from_str(body).ok()?;
+    let clean = |s: Option<String>| -> Option<String> {
+        s.map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        })
+        .filter(|s| !s.is_empty())
+    };
+    let (title, detail) = (clean(p.title), clean(p.detail));
+    let mut text = match (title, detail) {
+        (Some(t), Some(d)) => format!("{t}: {d}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => "problem details without title or detail".to_owned(),
+    };
+    let context: Vec<String> = [("type", clean(p.kind)), ("instance", clean(p.instance))]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+        .collect();
+    if !context.is_empty() {
+        text = format!("{text} ({})", context.join(", "));
+    }
+    Some(text)
+}
+
+/// Reads at most [`MAX_BODY_KEPT`] bytes of `response`'s body (lossy UTF-8), or
+/// [`MAX_PROBLEM`] of RFC 9457 problem details.
 async fn excerpt(response: reqwest::Response) -> String {
-    String::from_utf8_lossy(&read_capped(response, MAX_BODY_KEPT).await).into_owned()
+    let max = if is_problem(response.headers()) {
+        MAX_PROBLEM
+    } else {
+        MAX_BODY_KEPT
+    };
+    String::from_utf8_lossy(&read_capped(response, max).await).into_owned()
 }
 
 /// Reads at most `max` bytes of `response`'s body.
@@ -1022,5 +1089,43 @@ mod tests {
             "{error}"
         );
         cancel.cancel();
+    }
+
+    #[test]
+    fn rfc_9457_problem_details_say_what_the_receiver_meant() {
+        let problem = headers(&[("content-type", "application/problem+json; charset=utf-8")]);
+        let body = r#"{"type":"https://erp.example.com/probs/unknown-order","title":"Unknown order","status":422,"detail":"Order 4711\nis not open","instance":"/confirmations/9","extra":[1,2,3]}"#;
+        let Outcome::Reject { reason } = classify(StatusCode::UNPROCESSABLE_ENTITY, &problem, body)
+        else {
+            panic!("422 is the event's fault");
+        };
+        assert_eq!(
+            reason,
+            "HTTP 422 Unprocessable Entity: Unknown order: Order 4711is not open (type https://erp.example.com/probs/unknown-order, instance /confirmations/9)"
+        );
+        // Long problem details are read whole (up to 8 KiB), not cut at 512 bytes.
+        let long = format!(
+            r#"{{"title":"Bad","detail":"d","padding":"{}"}}"#,
+            "x".repeat(2_000)
+        );
+        let Outcome::Reject { reason } = classify(StatusCode::BAD_REQUEST, &problem, &long) else {
+            panic!("400 is the event's fault");
+        };
+        assert_eq!(reason, "HTTP 400 Bad Request: Bad: d");
+        // Not problem details, or not parseable: the excerpt as before.
+        let plain = headers(&[("content-type", "text/plain")]);
+        let Outcome::Reject { reason } = classify(StatusCode::BAD_REQUEST, &plain, body) else {
+            panic!("400 is the event's fault");
+        };
+        assert!(
+            reason.starts_with("HTTP 400 Bad Request: {\"type\""),
+            "{reason}"
+        );
+        let Outcome::Retry { reason, .. } =
+            classify(StatusCode::SERVICE_UNAVAILABLE, &problem, "{oops")
+        else {
+            panic!("503 is retried");
+        };
+        assert_eq!(reason, "HTTP 503 Service Unavailable: {oops");
     }
 }
