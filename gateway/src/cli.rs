@@ -512,13 +512,19 @@ fn mqtt(action: MqttAction) -> Result<ExitCode> {
         (None, None, None) => None,
         (Some(user), Some(file), None) => Some((
             user,
-            protocols::opcua::connect::read_secret(&file)
-                .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?,
+            protocols::secret::read_env(
+                &firmware_config::Secret::File(file),
+                std::path::Path::new(""),
+            )
+            .map_err(|why| anyhow::anyhow!(why))?,
         )),
         (Some(user), None, Some(env)) => Some((
             user,
-            std::env::var(&env)
-                .with_context(|| format!("the environment variable {env} is not set"))?,
+            protocols::secret::read_env(
+                &firmware_config::Secret::Env(env),
+                std::path::Path::new(""),
+            )
+            .map_err(|why| anyhow::anyhow!(why))?,
         )),
         _ => anyhow::bail!("give --username with one of --password-file or --password-env"),
     };

@@ -316,17 +316,15 @@ impl HttpsSink {
             why,
         };
         let read = |secret: &Secret, field: &str| -> Result<String, SinkError> {
-            let text = match secret {
-                Secret::Env(var) => env(var).ok_or_else(|| {
-                    failed(format!("environment variable `{var}` (auth.{field}_env) is not set; export it before starting causeway"))
-                })?,
-                Secret::File(path) => {
-                    let path = base.join(path);
-                    protocols::opcua::connect::read_secret(&path).map_err(|e| {
-                        failed(format!("cannot read file `{}` (auth.{field}_file): {e}", path.display()))
-                    })?
-                }
+            let from = match secret {
+                Secret::Env(_) => "env",
+                Secret::File(_) => "file",
             };
+            let text = protocols::secret::read(secret, base, &env).map_err(|why| {
+                failed(format!(
+                    "{why} (auth.{field}_{from}; export or create it before starting causeway)"
+                ))
+            })?;
             let text = text.trim().to_owned();
             if text.is_empty() {
                 return Err(failed(format!("the {field} is empty")));

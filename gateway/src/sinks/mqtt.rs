@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use firmware_config::{MqttSinkConfig, Secret};
+use firmware_config::MqttSinkConfig;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -161,12 +161,12 @@ impl MqttSink {
         let password = match &config.credentials {
             None => None,
             Some((user, secret)) => {
-                Some(
-                    read_secret(secret, base).map_err(|why| SinkError::Credential {
+                Some(protocols::secret::read_env(secret, base).map_err(|why| {
+                    SinkError::Credential {
                         sink: name.to_owned(),
                         why: format!("the password of user `{user}`: {why}"),
-                    })?,
-                )
+                    }
+                })?)
             }
         };
         Ok(MqttSink {
@@ -343,18 +343,6 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSend
         };
         if tx.send(report).is_err() {
             return;
-        }
-    }
-}
-
-fn read_secret(secret: &Secret, base: &Path) -> Result<String, String> {
-    match secret {
-        Secret::Env(name) => std::env::var(name)
-            .map_err(|_| format!("the environment variable {name} is not set (or not UTF-8)")),
-        Secret::File(path) => {
-            let path = base.join(path);
-            protocols::opcua::connect::read_secret(&path)
-                .map_err(|why| format!("{}: {why}", path.display()))
         }
     }
 }

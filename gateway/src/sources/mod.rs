@@ -162,16 +162,8 @@ fn mqtt_password(
     let Some((user, secret)) = &config.credentials else {
         return Ok(None);
     };
-    let text = match secret {
-        firmware_config::Secret::Env(name) => std::env::var(name)
-            .map_err(|_| format!("the environment variable {name} is not set (or not UTF-8)")),
-        firmware_config::Secret::File(path) => {
-            let path = base.join(path);
-            protocols::opcua::connect::read_secret(&path)
-                .map_err(|why| format!("{}: {why}", path.display()))
-        }
-    };
-    text.map(Some)
+    protocols::secret::read_env(secret, base)
+        .map(Some)
         .map_err(|why| format!("cannot read the password of user `{user}`: {why}"))
 }
 

@@ -532,20 +532,12 @@ pub fn identity(config: &OpcUaConfig) -> Result<IdentityToken, ConnectError> {
     match &config.identity {
         UaIdentity::Anonymous => Ok(IdentityToken::Anonymous),
         UaIdentity::UserName { user, password } => {
-            let secret = match password {
-                Secret::Env(name) => {
-                    std::env::var(name).map_err(|_| ConnectError::Credentials {
-                        what: format!("password of user `{user}`"),
-                        why: format!("the environment variable {name} is not set (or not UTF-8)"),
-                    })?
+            let secret = crate::secret::read_env(password, Path::new("")).map_err(|why| {
+                ConnectError::Credentials {
+                    what: format!("password of user `{user}`"),
+                    why,
                 }
-                Secret::File(path) => {
-                    read_secret(path).map_err(|why| ConnectError::Credentials {
-                        what: format!("password of user `{user}`"),
-                        why: format!("{}: {why}", path.display()),
-                    })?
-                }
-            };
+            })?;
             Ok(IdentityToken::new_user_name(user.clone(), secret))
         }
         UaIdentity::X509 { certificate, key } => IdentityToken::new_x509_path(certificate, key)
@@ -558,47 +550,6 @@ pub fn identity(config: &OpcUaConfig) -> Result<IdentityToken, ConnectError> {
                 why: e.to_string(),
             }),
     }
-}
-
-/// Most bytes of a password file.
-const MAX_SECRET: u64 = 4_096;
-
-/// A password file's text, without its trailing line break. Refuses what is not a regular file
-/// (a FIFO would block) or is larger than [`MAX_SECRET`].
-pub fn read_secret(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_SECRET {
-        return Err(format!(
-            "{} bytes, more than a password ({MAX_SECRET})",
-            meta.len()
-        ));
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(target_os = "linux")]
-    {
-        // O_NONBLOCK: a FIFO swapped in after the check above must not block the runtime.
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(0o4000);
-    }
-    let file = options.open(path).map_err(|e| e.to_string())?;
-    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut text = String::new();
-    file.take(MAX_SECRET)
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    if text.is_empty() {
-        return Err("the file is empty".into());
-    }
-    Ok(text.to_owned())
 }
 
 /// The server's endpoint with exactly the configured policy and mode.
