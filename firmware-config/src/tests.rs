@@ -1292,6 +1292,18 @@ fn a_pattern_of_many_stars_against_a_long_name_is_quick() {
     assert!(route_matches("*", ""));
 }
 
+/// The config's first https sink.
+fn https_sink(config: &ValidatedConfig) -> &HttpsSinkConfig {
+    config
+        .sinks
+        .iter()
+        .find_map(|s| match &s.kind {
+            SinkKind::Https(h) => Some(h),
+            _ => None,
+        })
+        .expect("an https sink")
+}
+
 #[test]
 fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() {
     let with = |auth: &str| GOOD.replace("auth = { bearer_env = \"ERP_TOKEN\" }", auth);
@@ -1300,14 +1312,7 @@ fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() 
         &with("auth = { username = \"causeway\", password_file = \"/etc/causeway/erp.pw\" }"),
     )
     .unwrap();
-    let https = config
-        .sinks
-        .iter()
-        .find_map(|s| match &s.kind {
-            SinkKind::Https(h) => Some(h),
-            _ => None,
-        })
-        .unwrap();
+    let https = https_sink(&config);
     assert!(matches!(
         &https.auth,
         Some(HttpAuth::Basic { username, password: Secret::File(_) }) if username == "causeway"
@@ -1317,14 +1322,7 @@ fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() 
         &with("auth = { api_key_header = \"X-API-Key\", api_key_env = \"ERP_KEY\" }"),
     )
     .unwrap();
-    let https = config
-        .sinks
-        .iter()
-        .find_map(|s| match &s.kind {
-            SinkKind::Https(h) => Some(h),
-            _ => None,
-        })
-        .unwrap();
+    let https = https_sink(&config);
     assert!(matches!(
         &https.auth,
         Some(HttpAuth::ApiKey { header, key: Secret::Env(v) }) if header == "X-API-Key" && v == "ERP_KEY"
@@ -1366,12 +1364,7 @@ fn basic_and_api_key_auth_come_from_files_or_the_environment_and_never_inline() 
         "client_certificate = \"/etc/causeway/client.pem\"\nclient_key = \"/etc/causeway/client.key\"",
     );
     let config = load("t.toml", &mtls).unwrap_or_else(|r| panic!("{}", r.render(false)));
-    assert!(
-        config
-            .sinks
-            .iter()
-            .any(|s| matches!(&s.kind, SinkKind::Https(h) if h.identity.is_some()))
-    );
+    assert!(https_sink(&config).identity.is_some());
     let half = GOOD.replace(
         "auth = { bearer_env = \"ERP_TOKEN\" }",
         "client_certificate = \"/etc/causeway/client.pem\"",
@@ -1390,12 +1383,11 @@ fn oauth2_client_credentials_are_checked_whole_and_the_secret_never_inline() {
         &with("auth = { token_url = \"https://login.example.com/oauth2/token\", client_id = \"causeway\", client_secret_env = \"ERP_SECRET\", scope = \"events:write\" }"),
     )
     .unwrap_or_else(|r| panic!("{}", r.render(false)));
-    let ok = config.sinks.iter().any(|s| {
-        matches!(&s.kind, SinkKind::Https(h) if matches!(&h.auth,
-            Some(HttpAuth::OAuth2 { client_id, scope: Some(scope), audience: None, .. })
-                if client_id == "causeway" && scope == "events:write"))
-    });
-    assert!(ok);
+    assert!(matches!(
+        &https_sink(&config).auth,
+        Some(HttpAuth::OAuth2 { client_id, scope: Some(scope), audience: None, .. })
+            if client_id == "causeway" && scope == "events:write"
+    ));
     assert_eq!(
         errors(&with(
             "auth = { token_url = \"https://login.example.com/t\", client_id = \"causeway\" }"

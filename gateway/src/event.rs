@@ -100,6 +100,25 @@ impl CloudEvent {
     }
 }
 
+/// A tag value written as JSON: a float that is not finite is `null` (JSON has no NaN), arrays
+/// element by element. Serialized straight into the text, with no `serde_json::Value` between.
+pub(crate) struct ValueJson<'a>(pub &'a protocols::model::Value);
+
+impl Serialize for ValueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use protocols::model::Value;
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I64(i) => s.serialize_i64(*i),
+            Value::U64(u) => s.serialize_u64(*u),
+            Value::F64(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::F64(_) => s.serialize_none(),
+            Value::Str(t) => s.serialize_str(t),
+            Value::Array(items) => s.collect_seq(items.iter().map(ValueJson)),
+        }
+    }
+}
+
 /// RFC 3339 UTC with milliseconds; a time past 9999-12-31 is written as its last millisecond.
 pub fn rfc3339(at: SystemTime) -> String {
     protocols::model::rfc3339(at)

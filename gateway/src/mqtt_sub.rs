@@ -4,10 +4,7 @@
 use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use protocols::{
-    model::Value,
-    mqtt::sparkplug::{self, Kind, Topic},
-};
+use protocols::mqtt::sparkplug::{self, Kind, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
 
@@ -225,7 +222,12 @@ impl Births {
                 }
                 shown.insert("type".into(), json!(sparkplug::type_name(code)));
                 match sparkplug::value(m, code) {
-                    Ok(v) => shown.insert("value".into(), json_value(&v)),
+                    // Serializing a value into a `serde_json::Value` cannot fail (no map keys).
+                    Ok(v) => shown.insert(
+                        "value".into(),
+                        serde_json::to_value(crate::event::ValueJson(&v))
+                            .unwrap_or(serde_json::Value::Null),
+                    ),
                     Err(why) => shown.insert("error".into(), json!(why)),
                 };
                 if m.is_historical == Some(true) {
@@ -243,17 +245,6 @@ impl Births {
         }
         line.insert("metrics".into(), json!(metrics));
         serde_json::Value::Object(line).to_string()
-    }
-}
-
-fn json_value(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Bool(b) => json!(b),
-        Value::I64(i) => json!(i),
-        Value::U64(u) => json!(u),
-        Value::F64(f) => json!(f),
-        Value::Str(s) => json!(s),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(json_value).collect()),
     }
 }
 

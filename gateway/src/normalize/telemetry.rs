@@ -18,7 +18,7 @@ use protocols::model::{Quality, Sample, SampleBatch, Value};
 use serde_json::Value as Json;
 
 use super::{Latest, Output};
-use crate::event::CloudEvent;
+use crate::event::{CloudEvent, ValueJson};
 
 /// Most samples in one event (a larger batch makes several).
 pub(super) const MAX_SAMPLES_PER_EVENT: usize = 1_000;
@@ -295,7 +295,7 @@ fn sample_text(s: &Sample) -> Option<String> {
     };
     let out = SampleOut {
         tag: &s.tag,
-        value: s.value.as_ref().map(ValueOut),
+        value: s.value.as_ref().map(ValueJson),
         quality,
         ts: crate::event::rfc3339(s.source_time.unwrap_or(s.gateway_time)),
         reason,
@@ -310,26 +310,9 @@ fn sample_text(s: &Sample) -> Option<String> {
 #[derive(serde::Serialize)]
 struct SampleOut<'a> {
     tag: &'a str,
-    value: Option<ValueOut<'a>>,
+    value: Option<ValueJson<'a>>,
     quality: &'static str,
     ts: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
-}
-
-/// A value as JSON: a float that is not finite is `null`; arrays element by element.
-struct ValueOut<'a>(&'a Value);
-
-impl serde::Serialize for ValueOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::I64(i) => s.serialize_i64(*i),
-            Value::U64(u) => s.serialize_u64(*u),
-            Value::F64(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::F64(_) => s.serialize_none(),
-            Value::Str(t) => s.serialize_str(t),
-            Value::Array(items) => s.collect_seq(items.iter().map(ValueOut)),
-        }
-    }
 }
