@@ -836,6 +836,12 @@ pub struct SinkConfig {
     pub batch_size: usize,
     /// Most payload bytes per delivery; a single larger event is sent alone.
     pub max_batch_bytes: u64,
+    /// The circuit breaker: failed deliveries in a row that open it (>= 1).
+    pub breaker_failures: u32,
+    /// How long an open breaker sends nothing before it half-opens for one probe.
+    pub breaker_open: Duration,
+    /// Most requests per second (`None`: as fast as the receiver answers).
+    pub rate_limit: Option<f64>,
     /// What kind of sink.
     pub kind: SinkKind,
 }

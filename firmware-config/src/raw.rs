@@ -233,6 +233,12 @@ pub struct RawSink {
     pub batch_size: Option<Spanned<i64>>,
     /// Most payload bytes in one delivery (default "1MiB").
     pub max_batch_bytes: Option<Spanned<ByteSize>>,
+    /// Failed deliveries in a row that open the sink's circuit breaker (default 5).
+    pub breaker_failures: Option<Spanned<i64>>,
+    /// How long an open breaker sends nothing before one probe (default "30s").
+    pub breaker_open: Option<Spanned<HumanDuration>>,
+    /// Most requests per second to the receiver (default: no limit).
+    pub rate_limit: Option<Spanned<f64>>,
     /// https: the endpoint events are POSTed to.
     pub url: Option<Spanned<String>>,
     /// https: allow a plain `http://` URL (logged as a warning at start).

@@ -1420,3 +1420,36 @@ fn oauth2_client_credentials_are_checked_whole_and_the_secret_never_inline() {
     assert!(rendered.contains("auth.client_secret"), "{rendered}");
     assert!(!rendered.contains("cl13nt-s3cr3t"), "{rendered}");
 }
+
+#[test]
+fn the_breaker_and_the_rate_limit_are_bounded_by_check() {
+    let config = load("t.toml", GOOD).unwrap();
+    let sink = &config.sinks[0];
+    assert_eq!(
+        (sink.breaker_failures, sink.breaker_open, sink.rate_limit),
+        (5, std::time::Duration::from_secs(30), None),
+        "the defaults"
+    );
+    let set = GOOD.replace(
+        "routes = [\"quality.measurement\"]",
+        "routes = [\"quality.measurement\"]\nbreaker_failures = 3\nbreaker_open = \"2m\"\nrate_limit = 0.5",
+    );
+    let config = load("t.toml", &set).unwrap();
+    let sink = &config.sinks[1];
+    assert_eq!(
+        (sink.breaker_failures, sink.breaker_open, sink.rate_limit),
+        (3, std::time::Duration::from_secs(120), Some(0.5))
+    );
+    let wrong = GOOD.replace(
+        "routes = [\"quality.measurement\"]",
+        "routes = [\"quality.measurement\"]\nbreaker_failures = 0\nbreaker_open = \"2h\"\nrate_limit = 0.0",
+    );
+    assert_eq!(
+        errors(&wrong),
+        vec![
+            "breaker_failures = 0 is out of range".to_owned(),
+            "breaker_open = \"2h\" is too long".to_owned(),
+            "rate_limit = 0 is out of range".to_owned(),
+        ]
+    );
+}

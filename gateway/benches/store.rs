@@ -112,6 +112,9 @@ fn main() {
             routes: vec!["*".into()],
             batch_size: 1000,
             max_batch_bytes: 1 << 20,
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(30),
+            rate_limit: None,
             kind: SinkKind::Https(https),
         };
         let stop = SinkStop {

@@ -105,6 +105,9 @@ fn sink_config(port: u16) -> (SinkConfig, MqttSinkConfig) {
         routes: vec!["*".into()],
         batch_size: 50,
         max_batch_bytes: 1 << 20,
+        breaker_failures: 5,
+        breaker_open: Duration::from_secs(1),
+        rate_limit: None,
         kind: SinkKind::Mqtt(mqtt.clone()),
     };
     (config, mqtt)

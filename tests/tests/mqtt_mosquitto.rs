@@ -249,6 +249,9 @@ fn sink(pki: &Pki, port: u16, with_client: bool) -> (SinkConfig, MqttSinkConfig)
         routes: vec!["*".into()],
         batch_size: 50,
         max_batch_bytes: 1 << 20,
+        breaker_failures: 5,
+        breaker_open: Duration::from_secs(1),
+        rate_limit: None,
         kind: SinkKind::Mqtt(mqtt.clone()),
     };
     (config, mqtt)

@@ -254,6 +254,92 @@ retry_max = "300ms"
     site.stop().await;
 }
 
+/// The breaker state `causeway buffer stats` shows for `sink`.
+fn breaker_of(site: &Site, sink: &str) -> serde_json::Value {
+    let conn = gateway::store::admin::open_existing(&site.buffer()).expect("the buffer opens");
+    let stats = gateway::store::admin::stats(&conn, &[(sink.to_owned(), vec!["*".to_owned()])])
+        .expect("stats");
+    stats["sinks"][0]["breaker"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qms_outage_opens_its_breaker_and_never_holds_back_the_erp() {
+    let plc = Plc::start().await;
+    let site = Site::start().await;
+    let qms = site.another_receiver("qms").await;
+    plc.set_state(1);
+    let erp = site.receiver.clone();
+    // The QMS is down (503) from the start; its breaker opens after two failures.
+    qms.set_outage(true);
+    let extra = format!(
+        r#"[[sink]]
+name = "qms"
+kind = "https"
+url = "{}"
+ca_file = "qms-ca.pem"
+routes = ["production.state"]
+retry_initial = "50ms"
+retry_max = "300ms"
+breaker_failures = 2
+breaker_open = "1s"
+"#,
+        qms.url()
+    );
+    let config = site.config(&plc.address, &extra);
+    let running = topology::start(&config, site.dir.path()).expect("starts");
+    eventually(LIMIT, "the QMS breaker to open", || async {
+        breaker_of(&site, "qms")["state"] == "open"
+    })
+    .await;
+    let open = breaker_of(&site, "qms");
+    assert_eq!(open["failures_in_a_row"], 2, "{open}");
+    assert!(
+        open["last_failure"].as_str().unwrap().contains("HTTP 503"),
+        "{open}"
+    );
+    // The ERP receives every state change while the QMS is down.
+    for (changes, state) in [2u16, 1, 2].into_iter().enumerate() {
+        plc.set_state(state);
+        plc.polled().await;
+        // The first state, and each change so far.
+        eventually(LIMIT, "the ERP to get the change", || async {
+            erp.events_since(0)
+                .iter()
+                .filter(|e| e["type"] == "production.state")
+                .count()
+                == changes + 2
+        })
+        .await;
+    }
+    assert_eq!(qms.unique(), 0, "the QMS took nothing");
+    assert_eq!(breaker_of(&site, "erp")["state"], "closed");
+    // While open, the QMS is asked at most once per breaker_open (plus the two that opened it).
+    let asked = qms.requests().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let more = qms.requests().len() - asked;
+    assert!(more <= 2, "{more} requests in 1.5 s to an open breaker");
+    qms.set_outage(false);
+    eventually(LIMIT, "the QMS to catch up", || async { qms.unique() == 4 }).await;
+    eventually(LIMIT, "the QMS breaker to close", || async {
+        breaker_of(&site, "qms")["state"] == "closed"
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Fully);
+    let ids = |events: Vec<serde_json::Value>| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "production.state")
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(erp.events_since(0)),
+        ids(qms.events_since(0)),
+        "the same events, in the same order"
+    );
+    site.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_certificate_is_not_trusted_is_refused_and_nothing_is_marked_delivered() {
     let plc = Plc::start().await;

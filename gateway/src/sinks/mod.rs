@@ -20,6 +20,7 @@
 //! event alone is larger than `max_batch_bytes`, which makes it the event's fault. The batch
 //! size a 413 taught is kept for the sink's lifetime.
 
+mod guard;
 mod https;
 mod lines;
 mod mqtt;
@@ -222,6 +223,10 @@ pub async fn run_sink<D: Deliver>(
     // The most events per request a 413 taught; it doubles back after 10 deliveries in a row.
     let mut learned_cap = usize::MAX;
     let mut since_shrunk = 0u32;
+    let mut breaker = guard::Breaker::new(config.breaker_failures, config.breaker_open);
+    let mut pace = guard::Pace::new(config.rate_limit);
+    // A breaker left open by the last run starts closed: this run has not failed yet.
+    record_breaker(&store, &name, &breaker, "").await;
     let mut cursor = match reader.cursor(&name).await {
         Ok(c) => c,
         Err(error) => {
@@ -282,10 +287,35 @@ pub async fn run_sink<D: Deliver>(
             } else {
                 chunk[n - 1].seq
             };
+            // An open breaker sends nothing until it half-opens; the rate limit spaces requests.
+            let (wait, change) = breaker.before(tokio::time::Instant::now());
+            if let Some(wait) = wait {
+                if sleep_or_abort(wait, &stop.abort).await {
+                    return;
+                }
+                continue;
+            }
+            if let Some(state) = change {
+                tracing::info!(sink = %name, breaker = state.name(), "Circuit breaker half-open: the next request is a probe.");
+                record_breaker(&store, &name, &breaker, "").await;
+            }
+            let wait = pace.take(tokio::time::Instant::now());
+            if !wait.is_zero() && sleep_or_abort(wait, &stop.abort).await {
+                return;
+            }
             let outcome = tokio::select! {
                 outcome = sink.deliver(chunk) => outcome,
                 () = stop.abort.cancelled() => return,
             };
+            // Any answer but a failure closes the breaker.
+            if !matches!(
+                outcome,
+                Outcome::Retry { .. } | Outcome::Partial { delivered: 0, .. }
+            ) && let Some(state) = breaker.answered()
+            {
+                tracing::info!(sink = %name, breaker = state.name(), "Circuit breaker closed: the receiver answers again.");
+                record_breaker(&store, &name, &breaker, "").await;
+            }
             // A prefix proven delivered: the cursor moves over it, the rest is retried.
             let outcome = match outcome {
                 Outcome::Partial { delivered, reason } if delivered > 0 && delivered < n => {
@@ -350,10 +380,16 @@ pub async fn run_sink<D: Deliver>(
                 }
                 Outcome::Retry { reason, after } => {
                     // Honour Retry-After, within reason: never a busy loop, never more than 5 minutes.
-                    let delay = after.map_or_else(
+                    let mut delay = after.map_or_else(
                         || backoff.next_delay(),
                         |a| a.clamp(Duration::from_millis(100), Duration::from_secs(300)),
                     );
+                    let now = tokio::time::Instant::now();
+                    if breaker.failed(now).is_some() {
+                        tracing::error!(sink = %name, breaker = "open", failures = breaker.failures(), %reason, open_for = ?config.breaker_open, "Circuit breaker open: the receiver failed too often in a row; sending nothing for a while, then one probe. Events stay buffered.");
+                        record_breaker(&store, &name, &breaker, &reason).await;
+                    }
+                    delay = delay.max(breaker.remaining(now));
                     tracing::warn!(sink = %name, %reason, events = n, retry_in = ?delay, "Delivery failed; events stay buffered.");
                     if sleep_or_abort(delay, &stop.abort).await {
                         return;
@@ -455,6 +491,17 @@ pub async fn run_sink<D: Deliver>(
     }
 }
 
+/// Stores `breaker`'s state for `causeway buffer stats`; a failure to is logged (the state
+/// is also in the log).
+async fn record_breaker(store: &Store, sink: &str, breaker: &guard::Breaker, reason: &str) {
+    if let Err(error) = store
+        .health(sink, breaker.state().name(), breaker.failures(), reason)
+        .await
+    {
+        tracing::warn!(sink, error = %crate::error_chain(&error), "Could not record the circuit breaker's state.");
+    }
+}
+
 /// Whether a dead letter was recorded.
 enum Recorded {
     Yes,
@@ -552,6 +599,12 @@ mod tests {
         /// The next delivery confirms only this many events (an MQTT connection cut after
         /// some PUBACKs).
         partial: Arc<Mutex<Option<usize>>>,
+        /// The next this many deliveries fail (a receiver down).
+        down: Arc<Mutex<u32>>,
+        /// When each delivery began, and the breaker state the store held then.
+        calls: Arc<Mutex<Vec<(tokio::time::Instant, String)>>>,
+        /// The buffer file, to read the stored breaker state at each call.
+        db: Arc<Mutex<Option<std::path::PathBuf>>>,
     }
 
     impl Scripted {
@@ -562,13 +615,43 @@ mod tests {
                 requests: Arc::default(),
                 accepted: Arc::default(),
                 partial: Arc::default(),
+                down: Arc::default(),
+                calls: Arc::default(),
+                db: Arc::default(),
             }
         }
+    }
+
+    /// The breaker state stored for `erp` in the buffer at `db`.
+    fn stored_breaker(db: &Path) -> String {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row(
+            "SELECT breaker FROM sink_health WHERE sink = 'erp'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|_| "none".into())
     }
 
     impl Deliver for Scripted {
         async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
             self.requests.lock().unwrap().push(batch.len());
+            let db = self.db.lock().unwrap().clone();
+            let stored = db.map_or_else(String::new, |db| stored_breaker(&db));
+            self.calls
+                .lock()
+                .unwrap()
+                .push((tokio::time::Instant::now(), stored));
+            {
+                let mut down = self.down.lock().unwrap();
+                if *down > 0 {
+                    *down -= 1;
+                    return Outcome::Retry {
+                        reason: "HTTP 503: down".into(),
+                        after: None,
+                    };
+                }
+            }
             if batch.len() > self.max_events {
                 return Outcome::TooLarge {
                     reason: "HTTP 413".into(),
@@ -624,6 +707,10 @@ mod tests {
             routes: vec!["*".into()],
             batch_size,
             max_batch_bytes,
+            // Out of the way of tests that are not about it.
+            breaker_failures: 1000,
+            breaker_open: Duration::from_secs(1),
+            rate_limit: None,
             kind: SinkKind::Stdout,
         }
     }
@@ -656,6 +743,7 @@ mod tests {
             ..StoreOptions::new(dir.path().join("b.db"), &["erp"])
         })
         .unwrap();
+        *sink.db.lock().unwrap() = Some(dir.path().join("b.db"));
         let made: Vec<CloudEvent> = numbered(0..events);
         store.append(made.clone(), vec![]).await.unwrap();
         let stop = SinkStop {
@@ -799,6 +887,65 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_after_failures_in_a_row_sends_nothing_while_open_and_closes_on_a_probe()
+     {
+        // Before: a receiver that was down got a request every retry_max (5 ms here).
+        let sink = Scripted::new(&[], usize::MAX);
+        *sink.down.lock().unwrap() = 5;
+        let mut config = sink_config(10, 1 << 20);
+        config.breaker_failures = 3;
+        config.breaker_open = Duration::from_millis(300);
+        let d = drain(sink.clone(), config, 10).await;
+        let calls = sink.calls.lock().unwrap().clone();
+        // 3 failures open it; 2 failed probes; the third probe delivers the 10 events.
+        assert_eq!(calls.len(), 6, "{calls:?}");
+        for (i, pair) in calls.windows(2).enumerate() {
+            let gap = pair[1].0 - pair[0].0;
+            if i >= 2 {
+                assert!(
+                    gap >= Duration::from_millis(300),
+                    "call {} came {gap:?} after the one before, while the breaker was open",
+                    i + 2
+                );
+            }
+        }
+        let states: Vec<&str> = calls.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "closed",
+                "closed",
+                "closed",
+                "half-open",
+                "half-open",
+                "half-open"
+            ],
+            "each probe is made half-open, and the state is stored first"
+        );
+        assert_eq!(stored_breaker(&d._dir.path().join("b.db")), "closed");
+        assert_eq!(*sink.accepted.lock().unwrap(), d.ids, "nothing lost");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_spaces_requests() {
+        let sink = Scripted::new(&[], usize::MAX);
+        let mut config = sink_config(1, 1 << 20);
+        config.rate_limit = Some(20.0);
+        let d = drain(sink.clone(), config, 8).await;
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 8);
+        for pair in calls.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(gap >= Duration::from_millis(49), "{gap:?} between requests");
+        }
+        assert_eq!(*sink.accepted.lock().unwrap(), d.ids);
+        drop((d.store, d.reader));
+        d.writer.join();
     }
 
     #[tokio::test]

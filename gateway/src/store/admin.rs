@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::json;
 
 use super::{StoreError, configure, writer::now_ms};
@@ -67,6 +67,22 @@ pub fn stats(
             [sink],
             |r| r.get(0),
         )?;
+        // The breaker as the sink last recorded it (closed when it never ran).
+        let breaker = conn
+            .query_row(
+                "SELECT breaker, since, failures, reason FROM sink_health WHERE sink = ?1",
+                [sink],
+                |r| {
+                    Ok(json!({
+                        "state": r.get::<_, String>(0)?,
+                        "since_s": (now - r.get::<_, i64>(1)?).max(0) as f64 / 1000.0,
+                        "failures_in_a_row": r.get::<_, i64>(2)?,
+                        "last_failure": r.get::<_, String>(3)?,
+                    }))
+                },
+            )
+            .optional()?
+            .unwrap_or_else(|| json!({ "state": "closed", "failures_in_a_row": 0 }));
         per_sink.push(json!({
             "sink": sink,
             "cursor": cursor,
@@ -74,6 +90,7 @@ pub fn stats(
             "undelivered_bytes": bytes,
             "oldest_undelivered_age_s": oldest.map(|o| (now - o).max(0) as f64 / 1000.0),
             "dead_letters": dead,
+            "breaker": breaker,
         }));
     }
     let (events, bytes): (i64, i64) = conn.query_row(

@@ -59,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_outbox.sql"),
     include_str!("migrations/002_limits.sql"),
     include_str!("migrations/003_refusals.sql"),
+    include_str!("migrations/004_delivery.sql"),
 ];
 
 /// Why the buffer failed.
@@ -667,6 +668,28 @@ impl Store {
             seqs,
             reason: reason.to_owned(),
             upto,
+            done,
+        })
+        .await
+    }
+
+    /// Records `sink`'s circuit breaker as `breaker` (closed, open, half-open) after
+    /// `failures` failed deliveries in a row, the last for `reason`.
+    ///
+    /// # Errors
+    /// Nothing was recorded.
+    pub async fn health(
+        &self,
+        sink: &str,
+        breaker: &'static str,
+        failures: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.submit(|done| WriteOp::Health {
+            sink: sink.to_owned(),
+            breaker,
+            failures,
+            reason: reason.to_owned(),
             done,
         })
         .await

@@ -62,6 +62,14 @@ pub(super) enum WriteOp {
         upto: i64,
         done: Done,
     },
+    /// A sink's circuit breaker changed.
+    Health {
+        sink: String,
+        breaker: &'static str,
+        failures: u32,
+        reason: String,
+        done: Done,
+    },
     /// Fault injection for tests: caps the file at `pages` pages (`PRAGMA max_page_count`), as
     /// a full disk would.
     PageLimit { pages: u64, done: Done },
@@ -73,6 +81,7 @@ impl WriteOp {
             WriteOp::Append { done, .. }
             | WriteOp::Ack { done, .. }
             | WriteOp::DeadLetter { done, .. }
+            | WriteOp::Health { done, .. }
             | WriteOp::PageLimit { done, .. } => done,
         }
     }
@@ -708,6 +717,21 @@ fn apply_one(
             )
             .map_err(sqlite)?;
             effect.acked = true;
+        }
+        WriteOp::Health {
+            sink,
+            breaker,
+            failures,
+            reason,
+            ..
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO sink_health (sink, breaker, since, failures, reason) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(sink) DO UPDATE SET breaker = excluded.breaker, since = excluded.since, \
+                 failures = excluded.failures, reason = excluded.reason",
+            )
+            .and_then(|mut s| s.execute(params![sink, breaker, now_ms(), failures, reason]))
+            .map_err(sqlite)?;
         }
         WriteOp::PageLimit { pages, .. } => {
             tx.pragma_update(None, "max_page_count", *pages as i64)

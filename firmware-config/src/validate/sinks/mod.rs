@@ -35,6 +35,7 @@ impl Checker {
             (4 << 10)..=(64 << 20),
             "max_batch_bytes",
         );
+        let (breaker_failures, breaker_open, rate_limit) = self.protection(raw);
         let kind_name = raw.kind.get_ref().as_str();
         if SINK_FIELDS.iter().any(|(k, _)| *k == kind_name) {
             self.foreign("sink", kind_name, &raw.kind_fields(), SINK_FIELDS);
@@ -78,8 +79,55 @@ impl Checker {
             routes,
             batch_size,
             max_batch_bytes,
+            breaker_failures,
+            breaker_open,
+            rate_limit,
             kind,
         })
+    }
+
+    /// The circuit breaker (`breaker_failures`, default 5, 1..=1000; `breaker_open`, default
+    /// 30 s, 1 s ..= 1 h) and the rate limit (`rate_limit`, requests per second, 0.01..=1000).
+    fn protection(&mut self, raw: &RawSink) -> (u32, Duration, Option<f64>) {
+        let failures = match &raw.breaker_failures {
+            None => 5,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .unwrap_or_else(|| {
+                    self.error(
+                        format!("breaker_failures = {} is out of range", n.get_ref()),
+                        span(n),
+                        "expected 1..=1000",
+                    )
+                    .hint(
+                        "failed deliveries in a row before the sink stops sending for breaker_open",
+                    );
+                    5
+                }),
+        };
+        let open = self.duration(
+            raw.breaker_open.as_ref(),
+            Duration::from_secs(30),
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+            "breaker_open",
+        );
+        let rate = match &raw.rate_limit {
+            None => None,
+            Some(r) if r.get_ref().is_finite() && (0.01..=1000.0).contains(r.get_ref()) => {
+                Some(*r.get_ref())
+            }
+            Some(r) => {
+                self.error(
+                    format!("rate_limit = {} is out of range", r.get_ref()),
+                    span(r),
+                    "expected 0.01 ..= 1000 requests per second",
+                )
+                .hint("the most requests per second the receiver takes; leave it out for no limit");
+                None
+            }
+        };
+        (failures, open, rate)
     }
 
     pub(crate) fn routes(
