@@ -51,6 +51,8 @@ pub struct BufferConfig {
     pub when_full: WhenFull,
     /// Most writes per transaction (>= 1).
     pub max_batch: usize,
+    /// How long the audit trail keeps each delivery attempt (1 h ..= 366 d).
+    pub audit_retention: Duration,
 }
 
 /// What the buffer does when it holds `max_bytes` of undelivered events. Whatever the policy,

@@ -50,6 +50,8 @@ pub struct RawBuffer {
     pub max_age: Option<Spanned<HumanDuration>>,
     /// When `max_bytes` is reached: "drop_oldest" (default), "drop_newest" or "block_sources".
     pub when_full: Option<Spanned<String>>,
+    /// How long the record of each delivery attempt is kept (default "7d").
+    pub audit_retention: Option<Spanned<HumanDuration>>,
 }
 
 /// `[[source]]`

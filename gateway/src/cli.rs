@@ -74,6 +74,26 @@ enum Command {
         #[command(subcommand)]
         action: BufferAction,
     },
+    /// The audit trail: every delivery attempt per sink (when, which events, where, the
+    /// answer), one JSON object per line; with --id, what became of one event at each sink.
+    Audit {
+        /// The configuration file (names the buffer and the sinks).
+        #[arg(short, long, env = "CAUSEWAY_CONFIG")]
+        config: PathBuf,
+        /// Only this sink's attempts.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only attempts since: a duration back from now ("2h", "3d") or a time
+        /// ("2026-11-28T08:00:00Z").
+        #[arg(long)]
+        since: Option<String>,
+        /// Did the sinks get this event, and when: its status and attempts at each sink.
+        #[arg(long)]
+        id: Option<String>,
+        /// Most attempts shown (the latest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// MQTT tools for plant engineers.
     Mqtt {
         #[command(subcommand)]
@@ -307,6 +327,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Opcua { action } => opcua(action),
         Command::Mqtt { action } => mqtt(action),
         Command::Simulate { modbus, duration } => simulate_line(modbus, duration.map(|d| d.0)),
+        Command::Audit {
+            config,
+            sink,
+            since,
+            id,
+            limit,
+        } => audit(
+            &config,
+            sink.as_deref(),
+            since.as_deref(),
+            id.as_deref(),
+            limit,
+        ),
         Command::Buffer { config, action } => {
             let config = config.context(
                 "give the configuration file: causeway buffer <action> -c causeway.toml",
@@ -366,6 +399,72 @@ fn buffer(path: &Path, action: BufferAction) -> Result<ExitCode> {
             let n = admin::purge(&conn, sink.as_deref())?;
             eprintln!("buffer: purged {n} dead letters");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: a duration back from now, or an RFC 3339 time; ms since the epoch.
+fn since_ms(text: &str) -> Result<i64> {
+    let at = match humantime::parse_duration(text) {
+        Ok(back) => std::time::SystemTime::now()
+            .checked_sub(back)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            anyhow::anyhow!(
+                "--since `{text}` is neither a duration (\"2h\", \"3d\") nor a time (\"2026-11-28T08:00:00Z\")"
+            )
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+fn audit(
+    path: &Path,
+    sink: Option<&str>,
+    since: Option<&str>,
+    id: Option<&str>,
+    limit: usize,
+) -> Result<ExitCode> {
+    use gateway::store::admin;
+    let (config, base) = match load_with_base(path)? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    if let Some(sink) = sink
+        && !config.sinks.iter().any(|s| s.name == sink)
+    {
+        let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "no sink `{sink}` in `{}`; its sinks: {}",
+            path.display(),
+            names.join(", ")
+        );
+    }
+    let since = since.map(since_ms).transpose()?;
+    let file = base.join(&config.buffer.path);
+    let conn = admin::open_existing(&file)
+        .with_context(|| format!("opening buffer `{}`", file.display()))?;
+    if let Some(id) = id {
+        let sinks: Vec<_> = config
+            .sinks
+            .iter()
+            .filter(|s| sink.is_none_or(|n| n == s.name))
+            .cloned()
+            .collect();
+        let answer = admin::audit_event(&conn, id, &sinks)?;
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(if answer["found"] == true {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    for v in admin::audit(&conn, sink, since, limit)? {
+        use std::io::Write;
+        writeln!(out, "{v}").context("writing to stdout")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -404,3 +404,129 @@ routes = ["*"]
     assert!(after.status.success());
     assert!(after.stdout.is_empty(), "the one left was purged");
 }
+
+#[tokio::test]
+async fn audit_lists_attempts_and_answers_for_one_event() {
+    use gateway::store::{Attempt, Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("causeway.toml");
+    std::fs::write(
+        &config,
+        r#"
+gateway_id = "gw"
+[buffer]
+path = "buffer.db"
+[[sink]]
+name = "erp"
+kind = "file"
+path = "erp.jsonl"
+routes = ["production.*"]
+[[sink]]
+name = "qms"
+kind = "file"
+path = "qms.jsonl"
+routes = ["quality.*"]
+"#,
+    )
+    .unwrap();
+    let events: Vec<gateway::event::CloudEvent> = (0..3)
+        .map(|n| {
+            gateway::event::CloudEvent::new(
+                "gw",
+                "press1",
+                "production.count",
+                "press1",
+                std::time::SystemTime::now(),
+                serde_json::json!({ "n": n }),
+            )
+        })
+        .collect();
+    {
+        let (store, writer) = Store::open(StoreOptions {
+            gateway_id: "gw".into(),
+            ..StoreOptions::new(dir.path().join("buffer.db"), &["erp", "qms"])
+        })
+        .unwrap();
+        store.append(events.clone(), vec![]).await.unwrap();
+        let reader = store.reader().unwrap();
+        let batch = reader
+            .fetch("erp", 0, &["production.*".into()], 10)
+            .await
+            .unwrap();
+        let attempt = |outcome: &'static str, status: &str| Attempt {
+            sink: "erp".into(),
+            at_ms: gateway::store::now_ms(),
+            duration_ms: 12,
+            first_seq: batch.events[0].seq,
+            last_seq: batch.events[2].seq,
+            first_id: batch.events[0].id.clone(),
+            last_id: batch.events[2].id.clone(),
+            events: 3,
+            target: "erp.jsonl".into(),
+            outcome,
+            status: status.into(),
+            response: String::new(),
+        };
+        store.audit(attempt("retry", "HTTP 503")).await.unwrap();
+        store
+            .ack_attempt("erp", batch.upto, attempt("delivered", "HTTP 200"))
+            .await
+            .unwrap();
+        drop((store, reader));
+        writer.join();
+    }
+    let run = |args: &[&str]| {
+        causeway()
+            .arg("audit")
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let listed = run(&["--sink", "erp", "--since", "1h"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["outcome"], "retry");
+    assert_eq!(lines[1]["outcome"], "delivered");
+    assert_eq!(lines[1]["first_id"], events[0].id.as_str());
+    let one = run(&["--id", &events[1].id]);
+    assert!(one.status.success());
+    let answer: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(answer["sinks"][0]["sink"], "erp");
+    assert_eq!(answer["sinks"][0]["status"], "delivered");
+    assert_eq!(answer["sinks"][0]["answer"], "HTTP 200");
+    assert_eq!(
+        answer["sinks"].as_array().unwrap().len(),
+        1,
+        "not routed to the QMS: {answer:#}"
+    );
+    let unknown = run(&["--id", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let later = run(&["--since", "2099-01-01T00:00:00Z"]);
+    assert!(later.status.success());
+    assert!(later.stdout.is_empty());
+    let bad = run(&["--since", "yesterday-ish"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--since `yesterday-ish` is neither"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let typo = run(&["--sink", "epr"]);
+    assert!(!typo.status.success());
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("no sink `epr`"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
+}

@@ -142,6 +142,9 @@ routes = ["*"]
 batch_size = 7
 retry_initial = "20ms"
 retry_max = "200ms"
+# The scripted refusals can come five in a row: a breaker open for its default 30 s would
+# outlast the shutdown grace, and the last events would wait for the next start.
+breaker_open = "1s"
 "#,
             url = receiver.url()
         ),
@@ -291,6 +294,9 @@ routes = ["*"]
 timeout = "1m"
 retry_initial = "20ms"
 retry_max = "200ms"
+# The scripted refusals can come five in a row: a breaker open for its default 30 s would
+# outlast the shutdown grace, and the last events would wait for the next start.
+breaker_open = "1s"
 "#,
             url = receiver.url()
         ),

@@ -341,6 +341,115 @@ breaker_open = "1s"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_answers_whether_the_erp_got_an_event_and_when() {
+    use gateway::store::admin;
+    let plc = Plc::start().await;
+    let site = Site::start().await;
+    let qms = site.another_receiver("qms").await;
+    plc.set_state(1);
+    let erp = site.receiver.clone();
+    // The ERP's first answer is a 503: that attempt is on record too.
+    erp.script(&[503]);
+    let extra = r#"[[sink]]
+name = "qms"
+kind = "https"
+url = "QMS"
+ca_file = "qms-ca.pem"
+routes = ["production.state"]
+retry_initial = "50ms"
+retry_max = "300ms"
+"#
+    .replace("QMS", &qms.url());
+    let config = site.config(&plc.address, &extra);
+    let running = topology::start(&config, site.dir.path()).expect("starts");
+    eventually(LIMIT, "the first state at both", || async {
+        qms.unique() >= 1
+            && erp
+                .events_since(0)
+                .iter()
+                .any(|e| e["type"] == "production.state")
+    })
+    .await;
+    plc.set_counts(5, 0);
+    eventually(LIMIT, "a count at the ERP", || async {
+        erp.events_since(0)
+            .iter()
+            .any(|e| e["type"] == "production.count")
+    })
+    .await;
+    assert_eq!(running.shutdown().await, Drained::Fully);
+    let find = |t: &str| {
+        erp.events_since(0)
+            .iter()
+            .find(|e| e["type"] == t)
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let (state, count) = (find("production.state"), find("production.count"));
+    let conn = admin::open_existing(&site.buffer()).expect("the buffer opens");
+    let answer = admin::audit_event(&conn, &state, &config.sinks).unwrap();
+    assert_eq!(answer["found"], true, "{answer:#}");
+    assert_eq!(answer["type"], "production.state");
+    assert_eq!(
+        answer["in_buffer"], false,
+        "delivered everywhere, it left the buffer; the audit still knows it"
+    );
+    let sinks = answer["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 2, "{answer:#}");
+    let at = |name: &str| sinks.iter().find(|s| s["sink"] == name).unwrap().clone();
+    let at_erp = at("erp");
+    assert_eq!(at_erp["status"], "delivered", "{answer:#}");
+    assert_eq!(at_erp["answer"], "HTTP 200");
+    let attempts = at_erp["attempts"].as_array().unwrap();
+    let outcomes: Vec<(&str, &str)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("retry", "HTTP 503"), ("delivered", "HTTP 200")],
+        "{answer:#}"
+    );
+    assert_eq!(attempts[1]["target"], erp.url());
+    assert_eq!(at("qms")["status"], "delivered");
+    // A count is not routed to the QMS: only the ERP is named.
+    let answer = admin::audit_event(&conn, &count, &config.sinks).unwrap();
+    let names: Vec<&str> = answer["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sink"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["erp"], "{answer:#}");
+    assert_eq!(answer["sinks"][0]["status"], "delivered");
+    let unknown = admin::audit_event(&conn, "no-such-id", &config.sinks).unwrap();
+    assert_eq!(unknown["found"], false);
+    // The list: every ERP attempt in order; the ERP's events all in delivered requests.
+    let listed = admin::audit(&conn, Some("erp"), None, 1000).unwrap();
+    assert_eq!(listed[0]["outcome"], "retry");
+    let delivered: i64 = listed
+        .iter()
+        .filter(|a| a["outcome"] == "delivered")
+        .map(|a| a["events"].as_i64().unwrap())
+        .sum();
+    assert_eq!(delivered as usize, erp.events_since(0).len());
+    assert!(listed.iter().all(|a| a["sink"] == "erp"));
+    let future = gateway::store::now_ms() + 60_000;
+    assert!(
+        admin::audit(&conn, None, Some(future), 1000)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(admin::audit(&conn, None, None, 1).unwrap().len(), 1);
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_certificate_is_not_trusted_is_refused_and_nothing_is_marked_delivered() {
     let plc = Plc::start().await;
     let site = Site::start().await;

@@ -480,6 +480,12 @@ impl Checker {
                 "expected 1..=100000",
             );
         }
+        let audit_retention = self.duration(
+            raw.audit_retention.as_ref(),
+            7 * DAY,
+            HOUR..=366 * DAY,
+            "audit_retention",
+        );
         Some(BufferConfig {
             path,
             max_bytes,
@@ -487,6 +493,7 @@ impl Checker {
             max_age,
             when_full,
             max_batch: max_batch as usize,
+            audit_retention,
         })
     }
 

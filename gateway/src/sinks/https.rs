@@ -34,6 +34,8 @@ pub struct HttpsSink {
     /// may carry a key).
     shown: String,
     credential: Option<Credential>,
+    /// The last response's status and excerpt, for the audit trail.
+    answer: Option<(String, String)>,
 }
 
 /// Shows the URL without its query and the credential without its secret.
@@ -386,6 +388,7 @@ impl HttpsSink {
             url: config.url.clone(),
             shown,
             credential,
+            answer: None,
         })
     }
 }
@@ -547,7 +550,16 @@ async fn read_capped(mut response: reqwest::Response, max: usize) -> Vec<u8> {
 }
 
 impl Deliver for HttpsSink {
+    fn target(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn take_answer(&mut self) -> Option<(String, String)> {
+        self.answer.take()
+    }
+
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+        self.answer = None;
         let body = batch_body(batch);
         // With OAuth2, a 401 fetches a new token and sends once more.
         let mut fresh = false;
@@ -591,6 +603,7 @@ impl Deliver for HttpsSink {
                     }
                     let headers = response.headers().clone();
                     let body = excerpt(response).await;
+                    self.answer = Some((format!("HTTP {}", status.as_u16()), body.clone()));
                     return classify(status, &headers, &body);
                 }
                 // Without the URL reqwest would print: its query may carry a key.

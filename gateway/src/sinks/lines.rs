@@ -159,6 +159,15 @@ fn lines(batch: &[StoredEvent]) -> Vec<u8> {
 }
 
 impl Deliver for LinesSink {
+    fn target(&self) -> String {
+        match &self.target {
+            Target::File(open) => open
+                .lock()
+                .map_or_else(|_| "file".to_owned(), |f| f.path.display().to_string()),
+            Target::Stdout => "stdout".to_owned(),
+        }
+    }
+
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
         let bytes = lines(batch);
         let result = match &self.target {

@@ -73,6 +73,17 @@ pub enum Outcome {
 pub trait Deliver: Send {
     /// Delivers `batch` (in order). Must not return Delivered without proof.
     fn deliver(&mut self, batch: &[StoredEvent]) -> impl Future<Output = Outcome> + Send;
+
+    /// Where requests go, for the audit trail: no secret (a URL without its query).
+    fn target(&self) -> String {
+        String::new()
+    }
+
+    /// The last delivery's answer, once: the receiver's status (`HTTP 202`) and an excerpt of
+    /// what it said. `None` when there was no answer.
+    fn take_answer(&mut self) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// Why a sink could not be built.
@@ -155,6 +166,22 @@ impl Deliver for AnySink {
             AnySink::Https(s) => s.deliver(batch).await,
             AnySink::Lines(s) => s.deliver(batch).await,
             AnySink::Mqtt(s) => s.deliver(batch).await,
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            AnySink::Https(s) => s.target(),
+            AnySink::Lines(s) => s.target(),
+            AnySink::Mqtt(s) => s.target(),
+        }
+    }
+
+    fn take_answer(&mut self) -> Option<(String, String)> {
+        match self {
+            AnySink::Https(s) => s.take_answer(),
+            AnySink::Lines(s) => s.take_answer(),
+            AnySink::Mqtt(s) => s.take_answer(),
         }
     }
 }
@@ -303,10 +330,27 @@ pub async fn run_sink<D: Deliver>(
             if !wait.is_zero() && sleep_or_abort(wait, &stop.abort).await {
                 return;
             }
+            let at_ms = crate::store::now_ms();
+            let started = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 outcome = sink.deliver(chunk) => outcome,
                 () = stop.abort.cancelled() => return,
             };
+            // The audit trail: a delivery is recorded with its ack, anything else now.
+            let mut attempt = Some(attempt(
+                &name,
+                &mut sink,
+                chunk,
+                &outcome,
+                at_ms,
+                started.elapsed(),
+            ));
+            if !matches!(outcome, Outcome::Delivered)
+                && let Some(attempt) = attempt.take()
+                && let Err(error) = store.audit(attempt).await
+            {
+                tracing::warn!(sink = %name, error = %crate::error_chain(&error), "Could not record the delivery attempt in the audit trail.");
+            }
             // Any answer but a failure closes the breaker.
             if !matches!(
                 outcome,
@@ -352,7 +396,11 @@ pub async fn run_sink<D: Deliver>(
                 Outcome::Delivered => {
                     backoff.reset();
                     tracing::debug!(sink = %name, events = n, upto, "Delivered.");
-                    if let Err(error) = store.ack(&name, upto).await {
+                    let acked = match attempt.take() {
+                        Some(attempt) => store.ack_attempt(&name, upto, attempt).await,
+                        None => store.ack(&name, upto).await,
+                    };
+                    if let Err(error) = acked {
                         // Delivered but not recorded: these events will be sent again, same ids.
                         tracing::error!(sink = %name, error = %crate::error_chain(&error), "Delivered, but the cursor did not move; the events will repeat.");
                         if sleep_or_abort(backoff.next_delay(), &stop.abort).await {
@@ -488,6 +536,60 @@ pub async fn run_sink<D: Deliver>(
                 limit = rest.len().min(learned_cap);
             }
         }
+    }
+}
+
+/// Most characters of an answer or error kept in the audit trail.
+const AUDIT_EXCERPT: usize = 500;
+
+/// The audit record of one request of `chunk` (not empty) that ended in `outcome`.
+fn attempt<D: Deliver>(
+    name: &str,
+    sink: &mut D,
+    chunk: &[StoredEvent],
+    outcome: &Outcome,
+    at_ms: i64,
+    took: Duration,
+) -> crate::store::Attempt {
+    let (label, reason, confirmed) = match outcome {
+        Outcome::Delivered => ("delivered", "", chunk.len()),
+        Outcome::Partial { delivered, .. } if *delivered >= chunk.len() => {
+            ("delivered", "", chunk.len())
+        }
+        Outcome::Partial { delivered, reason } if *delivered > 0 => {
+            ("partial", reason.as_str(), (*delivered).min(chunk.len()))
+        }
+        Outcome::Partial { reason, .. } | Outcome::Retry { reason, .. } => {
+            ("retry", reason.as_str(), chunk.len())
+        }
+        Outcome::Reject { reason } => ("rejected", reason.as_str(), chunk.len()),
+        Outcome::TooLarge { reason } => ("too_large", reason.as_str(), chunk.len()),
+    };
+    let (status, said) = sink.take_answer().unwrap_or_default();
+    let response = if reason.is_empty() {
+        said
+    } else {
+        reason.to_owned()
+    };
+    let first = chunk.first();
+    let last = chunk.get(confirmed.max(1) - 1).or(first);
+    crate::store::Attempt {
+        sink: name.to_owned(),
+        at_ms,
+        duration_ms: i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
+        first_seq: first.map_or(0, |e| e.seq),
+        last_seq: last.map_or(0, |e| e.seq),
+        first_id: first.map_or_else(String::new, |e| e.id.clone()),
+        last_id: last.map_or_else(String::new, |e| e.id.clone()),
+        events: confirmed,
+        target: sink.target(),
+        outcome: label,
+        status,
+        response: response
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(AUDIT_EXCERPT)
+            .collect(),
     }
 }
 

@@ -348,6 +348,14 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSend
 }
 
 impl Deliver for MqttSink {
+    fn target(&self) -> String {
+        let scheme = if self.config.tls { "mqtts" } else { "mqtt" };
+        format!(
+            "{scheme}://{}:{} {}",
+            self.config.host, self.config.port, self.config.topic
+        )
+    }
+
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
         let outcome = self.publish(batch).await;
         if !matches!(outcome, Outcome::Delivered) {

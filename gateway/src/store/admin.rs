@@ -192,3 +192,179 @@ pub fn purge(conn: &Connection, sink: Option<&str>) -> Result<usize, StoreError>
         [sink],
     )?)
 }
+
+/// A time in ms since the epoch, as RFC 3339.
+fn time_of(ms: i64) -> String {
+    crate::event::rfc3339(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+}
+
+/// The audit columns, in the order [`attempt_json`] reads them.
+const ATTEMPT_COLUMNS: &str = "sink, at, duration_ms, first_seq, last_seq, first_id, last_id, \
+                               events, target, outcome, status, response";
+
+/// An audit row as shown by `causeway audit`.
+fn attempt_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+    Ok(json!({
+        "sink": r.get::<_, String>(0)?,
+        "at": time_of(r.get(1)?),
+        "duration_ms": r.get::<_, i64>(2)?,
+        "seq": [r.get::<_, i64>(3)?, r.get::<_, i64>(4)?],
+        "first_id": r.get::<_, String>(5)?,
+        "last_id": r.get::<_, String>(6)?,
+        "events": r.get::<_, i64>(7)?,
+        "target": r.get::<_, String>(8)?,
+        "outcome": r.get::<_, String>(9)?,
+        "status": r.get::<_, String>(10)?,
+        "response": r.get::<_, String>(11)?,
+    }))
+}
+
+/// Delivery attempts, oldest first: of one sink or all, since `since_ms` (ms since the epoch),
+/// the latest `limit`.
+///
+/// # Errors
+/// A read failed.
+pub fn audit(
+    conn: &Connection,
+    sink: Option<&str>,
+    since_ms: Option<i64>,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let sql = format!(
+        "SELECT * FROM (SELECT {ATTEMPT_COLUMNS}, rowid FROM audit \
+         WHERE (?1 IS NULL OR sink = ?1) AND at >= ?2 ORDER BY at DESC, rowid DESC LIMIT ?3) \
+         ORDER BY at, rowid"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            sink,
+            since_ms.unwrap_or(i64::MIN),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        attempt_json,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What became of event `id` at each sink in `sinks` that it was routed to: `delivered`
+/// (when, by which request), `dead_letter` (why), or `pending` (the attempts so far), with
+/// every attempt that carried it.
+///
+/// # Errors
+/// A read failed.
+pub fn audit_event(
+    conn: &Connection,
+    id: &str,
+    sinks: &[firmware_config::SinkConfig],
+) -> Result<serde_json::Value, StoreError> {
+    // Where the event is, or was: its buffer rows (a requeued row is for one sink), then
+    // the ids kept for rows that left the buffer.
+    let mut occurrences: Vec<(i64, String, Option<String>, bool)> = Vec::new();
+    for (sql, place) in [
+        ("SELECT seq, type, sink FROM events WHERE id = ?1", true),
+        ("SELECT seq, type, sink FROM event_ids WHERE id = ?1", false),
+    ] {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            let (seq, t, s) = row?;
+            if !occurrences.iter().any(|(q, ..)| *q == seq) {
+                occurrences.push((seq, t, s, place));
+            }
+        }
+    }
+    let mut dead = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT sink, seq, type, reason, failed_at FROM dead_letters WHERE id = ?1")?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        for row in rows {
+            dead.push(row?);
+        }
+    }
+    let event_type = occurrences
+        .first()
+        .map(|(_, t, ..)| t.clone())
+        .or_else(|| dead.first().map(|d| d.2.clone()));
+    let Some(event_type) = event_type else {
+        return Ok(json!({
+            "id": id,
+            "found": false,
+            "why": "not in the buffer, its dead letters or the audit trail's ids: never stored \
+                    here, dropped by a buffer limit (see `causeway buffer stats`), or delivered \
+                    longer ago than [buffer] audit_retention",
+        }));
+    };
+    let mut per_sink = Vec::new();
+    let mut attempts_of = conn.prepare(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM audit WHERE sink = ?1 AND first_seq <= ?2 AND last_seq >= ?2 \
+         ORDER BY at, rowid"
+    ))?;
+    for sink in sinks {
+        let mut attempts = Vec::new();
+        let mut routed = false;
+        for (seq, _, only, _) in &occurrences {
+            let for_this = match only {
+                Some(one) => one == &sink.name,
+                None => sink.accepts(&event_type),
+            };
+            if !for_this {
+                continue;
+            }
+            routed = true;
+            let rows = attempts_of.query_map(params![sink.name, seq], attempt_json)?;
+            for row in rows {
+                attempts.push(row?);
+            }
+        }
+        let dead_here: Vec<_> = dead.iter().filter(|d| d.0 == sink.name).collect();
+        if !routed && dead_here.is_empty() {
+            continue;
+        }
+        let delivered = attempts
+            .iter()
+            .find(|a| matches!(a["outcome"].as_str(), Some("delivered" | "partial")));
+        let mut entry = json!({ "sink": sink.name });
+        if let Some(d) = dead_here.last() {
+            entry["status"] = json!("dead_letter");
+            entry["reason"] = json!(d.3);
+            entry["at"] = json!(time_of(d.4));
+        } else if let Some(a) = delivered {
+            entry["status"] = json!("delivered");
+            entry["at"] = a["at"].clone();
+            entry["answer"] = a["status"].clone();
+        } else {
+            let cursor: i64 = conn.query_row(
+                "SELECT COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0)",
+                [&sink.name],
+                |r| r.get(0),
+            )?;
+            let passed = occurrences.iter().any(|(seq, ..)| *seq <= cursor);
+            entry["status"] = json!(if passed {
+                "delivered_no_record"
+            } else {
+                "pending"
+            });
+        }
+        entry["attempts"] = serde_json::Value::Array(attempts);
+        per_sink.push(entry);
+    }
+    Ok(json!({
+        "id": id,
+        "found": true,
+        "type": event_type,
+        "in_buffer": occurrences.iter().any(|o| o.3),
+        "sinks": per_sink,
+    }))
+}

@@ -49,6 +49,36 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use reader::{Fetched, Reader, StoredEvent};
 use writer::WriteOp;
+pub use writer::now_ms;
+
+/// One delivery attempt, as the audit trail keeps it (`causeway audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The sink.
+    pub sink: String,
+    /// When the request began, ms since the epoch.
+    pub at_ms: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// The request's first and last events: buffer sequence numbers and ids.
+    pub first_seq: i64,
+    /// See `first_seq`.
+    pub last_seq: i64,
+    /// See `first_seq`.
+    pub first_id: String,
+    /// See `first_seq`.
+    pub last_id: String,
+    /// How many events the request held (for `partial`: how many were confirmed).
+    pub events: usize,
+    /// Where it went: a URL without its query, a broker and topic, a file.
+    pub target: String,
+    /// `delivered`, `partial`, `retry`, `rejected` or `too_large`.
+    pub outcome: &'static str,
+    /// The receiver's status (`HTTP 202`), or empty when there was no answer.
+    pub status: String,
+    /// An excerpt of the answer or of the error (at most 500 characters).
+    pub response: String,
+}
 
 use firmware_config::WhenFull;
 
@@ -178,6 +208,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Every configured sink: their cursors decide what may be deleted.
     pub sinks: Vec<String>,
+    /// How long each delivery attempt is kept in the audit trail.
+    pub audit_retention: std::time::Duration,
 }
 
 impl StoreOptions {
@@ -193,6 +225,7 @@ impl StoreOptions {
             when_full: WhenFull::DropOldest,
             max_batch: 512,
             sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
+            audit_retention: std::time::Duration::from_secs(7 * 86_400),
         }
     }
 
@@ -207,6 +240,7 @@ impl StoreOptions {
             when_full: config.buffer.when_full,
             max_batch: config.buffer.max_batch,
             sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+            audit_retention: config.buffer.audit_retention,
         }
     }
 }
@@ -631,6 +665,39 @@ impl Store {
             sink: sink.to_owned(),
             upto,
             delivered: true,
+            audit: None,
+            done,
+        })
+        .await
+    }
+
+    /// As [`Store::ack`], recording the `attempt` that delivered, in the same transaction.
+    ///
+    /// # Errors
+    /// The cursor did not move and nothing was recorded.
+    pub async fn ack_attempt(
+        &self,
+        sink: &str,
+        upto: i64,
+        attempt: Attempt,
+    ) -> Result<(), StoreError> {
+        self.submit(|done| WriteOp::Ack {
+            sink: sink.to_owned(),
+            upto,
+            delivered: true,
+            audit: Some(Box::new(attempt)),
+            done,
+        })
+        .await
+    }
+
+    /// Records a delivery attempt in the audit trail.
+    ///
+    /// # Errors
+    /// Nothing was recorded.
+    pub async fn audit(&self, attempt: Attempt) -> Result<(), StoreError> {
+        self.submit(|done| WriteOp::Audit {
+            attempt: Box::new(attempt),
             done,
         })
         .await
@@ -645,6 +712,7 @@ impl Store {
             sink: sink.to_owned(),
             upto,
             delivered: false,
+            audit: None,
             done,
         })
         .await

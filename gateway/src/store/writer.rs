@@ -13,7 +13,7 @@ use firmware_config::WhenFull;
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{StoreError, StoreOptions, StoreStats, count};
+use super::{Attempt, StoreError, StoreOptions, StoreStats, count};
 
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
@@ -52,8 +52,12 @@ pub(super) enum WriteOp {
         sink: String,
         upto: i64,
         delivered: bool,
+        /// The delivery attempt that proved it, for the audit trail.
+        audit: Option<Box<Attempt>>,
         done: Done,
     },
+    /// A delivery attempt, for the audit trail.
+    Audit { attempt: Box<Attempt>, done: Done },
     /// A sink refused these events for good.
     DeadLetter {
         sink: String,
@@ -82,6 +86,7 @@ impl WriteOp {
             | WriteOp::Ack { done, .. }
             | WriteOp::DeadLetter { done, .. }
             | WriteOp::Health { done, .. }
+            | WriteOp::Audit { done, .. }
             | WriteOp::PageLimit { done, .. } => done,
         }
     }
@@ -134,9 +139,12 @@ pub(super) struct Writer {
     data_version: i64,
     unlogged_drops: Drops,
     last_drop_log: Option<Instant>,
+    /// When the audit trail was last pruned.
+    last_audit_prune: Option<Instant>,
 }
 
-pub(super) fn now_ms() -> i64 {
+/// The wall clock in ms since the epoch (0 before it).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -176,6 +184,7 @@ impl Writer {
             dead_bytes,
             last_seq,
             last_age_check: None,
+            last_audit_prune: None,
             unlogged_drops: Drops::new(),
             last_drop_log: None,
         })
@@ -197,6 +206,7 @@ impl Writer {
                 tracing::warn!(error = %crate::error_chain(&error), "Could not delete delivered rows; will retry on the next ack.");
             }
             self.expire();
+            self.prune_audit();
             self.log_drops(false);
             match outcome {
                 Ok((outcomes, _)) => {
@@ -350,6 +360,35 @@ impl Writer {
         self.last_drop_log = Some(Instant::now());
     }
 
+    /// Deletes audit rows and event ids older than `audit_retention` (checked every
+    /// [`AGE_CHECK`]; nothing while the clock is not set).
+    fn prune_audit(&mut self) {
+        if self
+            .last_audit_prune
+            .is_some_and(|at| at.elapsed() < AGE_CHECK)
+        {
+            return;
+        }
+        self.last_audit_prune = Some(Instant::now());
+        let now = now_ms();
+        if now < CLOCK_SET_MS {
+            return;
+        }
+        let keep = i64::try_from(self.options.audit_retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(keep);
+        let result = self
+            .conn
+            .execute("DELETE FROM audit WHERE at < ?1", [cutoff])
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM event_ids WHERE removed_at < ?1", [cutoff])
+            });
+        if let Err(error) = result {
+            let error = self.sqlite(error);
+            tracing::warn!(error = %crate::error_chain(&error), "Could not prune the audit trail; will retry.");
+        }
+    }
+
     /// Drops undelivered events older than `max_age` (checked every [`AGE_CHECK`]).
     fn expire(&mut self) {
         let Some(max_age) = self.options.max_age else {
@@ -463,11 +502,25 @@ impl Writer {
             }
             Ok(())
         };
+        // The ids of what leaves stay behind for the audit trail (`causeway audit --id`).
+        let now = now_ms();
+        delete(
+            "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) \
+             SELECT seq, id, type, sink, ?2 FROM events WHERE seq <= ?1 AND sink IS NULL \
+             RETURNING 0",
+            &[&lowest, &now],
+        )?;
         delete(
             "DELETE FROM events WHERE seq <= ?1 AND sink IS NULL RETURNING size",
             &[&lowest],
         )?;
         for sink in &self.options.sinks {
+            delete(
+                "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) \
+                 SELECT seq, id, type, sink, ?2 FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) \
+                 RETURNING 0",
+                &[sink, &now],
+            )?;
             delete(
                 "DELETE FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) RETURNING size",
                 &[sink],
@@ -668,8 +721,12 @@ fn apply_one(
             sink,
             upto,
             delivered,
+            audit,
             ..
         } => {
+            if let Some(attempt) = audit {
+                record(tx, attempt).map_err(sqlite)?;
+            }
             ack(tx, sink, *upto).map_err(sqlite)?;
             if *delivered {
                 tx.prepare_cached("UPDATE cursors SET refusals = 0 WHERE sink = ?1")
@@ -733,6 +790,9 @@ fn apply_one(
             .and_then(|mut s| s.execute(params![sink, breaker, now_ms(), failures, reason]))
             .map_err(sqlite)?;
         }
+        WriteOp::Audit { attempt, .. } => {
+            record(tx, attempt).map_err(sqlite)?;
+        }
         WriteOp::PageLimit { pages, .. } => {
             tx.pragma_update(None, "max_page_count", *pages as i64)
                 .map_err(sqlite)?;
@@ -775,6 +835,29 @@ fn evict_dead(conn: &Connection, need: u64, drops: &mut Drops) -> Result<u64, ru
         delete.execute([rowid])?;
     }
     Ok(freed)
+}
+
+/// Writes a delivery attempt into the audit trail.
+fn record(tx: &rusqlite::Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO audit (sink, at, duration_ms, first_seq, last_seq, first_id, last_id, events, \
+         target, outcome, status, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        a.sink,
+        a.at_ms,
+        a.duration_ms,
+        a.first_seq,
+        a.last_seq,
+        a.first_id,
+        a.last_id,
+        i64::try_from(a.events).unwrap_or(i64::MAX),
+        a.target,
+        a.outcome,
+        a.status,
+        a.response
+    ])?;
+    Ok(())
 }
 
 fn ack(tx: &rusqlite::Connection, sink: &str, upto: i64) -> Result<(), rusqlite::Error> {
