@@ -832,7 +832,8 @@ impl Deadband {
 pub struct SinkConfig {
     /// Unique name, also its cursor's name.
     pub name: String,
-    /// Patterns (`production.*`, `quality.measurement`, `*`), each matching a known type.
+    /// Patterns (`production.*`, `quality.measurement`, `*`), each matching a known type;
+    /// `gateway.*` added for every sink but one with a body template.
     pub routes: Vec<String>,
     /// Most events per delivery (>= 1).
     pub batch_size: usize,
@@ -851,11 +852,9 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Whether `event_type` is routed to this sink.
     pub fn accepts(&self, event_type: &str) -> bool {
-        route_matches(SYSTEM_EVENT_TYPES, event_type)
-            || self
-                .routes
-                .iter()
-                .any(|route| route_matches(route, event_type))
+        self.routes
+            .iter()
+            .any(|route| route_matches(route, event_type))
     }
 }
 
@@ -948,10 +947,45 @@ pub struct HttpsSinkConfig {
     pub auth: Option<HttpAuth>,
     /// Mutual TLS: a PEM client certificate (chain) and its PEM key.
     pub identity: Option<(PathBuf, PathBuf)>,
+    /// `POST`, `PUT` or `PATCH`.
+    pub method: String,
+    /// Extra request headers (name, value), fixed text; none that the sink sets itself.
+    pub headers: Vec<(String, String)>,
+    /// What the body is.
+    pub body: Body,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Cap on retry delay (>= `retry_initial`).
     pub retry_max: Duration,
+}
+
+/// An https sink's request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A JSON array of the CloudEvents (`application/cloudevents-batch+json`).
+    CloudEvents,
+    /// A minijinja template rendered per batch or per event.
+    Template(BodyTemplate),
+}
+
+/// A body template and how it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyTemplate {
+    /// The template's text, or its file (relative to the config file's folder).
+    pub source: TemplateSource,
+    /// One request per event (the sink's `batch_size` is then 1) or per batch.
+    pub per_event: bool,
+    /// The rendered body's media type.
+    pub content_type: String,
+}
+
+/// Where a body template is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// Written in the config file.
+    Inline(String),
+    /// In this file, read at start (and by `check`).
+    File(PathBuf),
 }
 
 /// Where an https sink's credentials come from: never the config file itself.

@@ -251,6 +251,20 @@ pub struct RawSink {
     pub ca_file: Option<Spanned<String>>,
     /// https: authentication.
     pub auth: Option<Spanned<RawAuth>>,
+    /// https: the body: "cloudevents" (default) or "template".
+    pub format: Option<Spanned<String>>,
+    /// https: a minijinja template for the body, inline.
+    pub template: Option<Spanned<String>>,
+    /// https: a minijinja template for the body, in this file.
+    pub template_file: Option<Spanned<String>>,
+    /// https: one request per "batch" (default) or per "event".
+    pub per: Option<Spanned<String>>,
+    /// https: "POST" (default), "PUT" or "PATCH".
+    pub method: Option<Spanned<String>>,
+    /// https: the rendered body's media type (default "application/json").
+    pub content_type: Option<Spanned<String>>,
+    /// https: extra request headers, fixed text.
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     /// https: first retry delay (default "500ms").
     pub retry_initial: Option<Spanned<HumanDuration>>,
     /// https: longest retry delay (default "30s").
@@ -380,9 +394,25 @@ impl RawConfig {
             if let Some(url) = &sink.url {
                 userinfo(url, &mut spans);
             }
+            if let Some(headers) = &sink.headers {
+                for (name, value) in headers.get_ref() {
+                    if credential_header(name) {
+                        spans.push(value.span());
+                    }
+                }
+            }
         }
         spans
     }
+}
+
+/// Whether a header's name says it carries a credential (`X-API-Key`, `X-Auth-Token`, ...):
+/// such a header's value belongs in `auth`, not in the config file.
+pub(crate) fn credential_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["key", "token", "secret", "password", "auth", "cookie"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 /// A kind-specific field of a raw section that is set, and where.
@@ -502,6 +532,13 @@ impl RawSink {
             set("timeout", &self.timeout),
             set("ca_file", &self.ca_file),
             set("auth", &self.auth),
+            set("format", &self.format),
+            set("template", &self.template),
+            set("template_file", &self.template_file),
+            set("per", &self.per),
+            set("method", &self.method),
+            set("content_type", &self.content_type),
+            set("headers", &self.headers),
             set("retry_initial", &self.retry_initial),
             set("retry_max", &self.retry_max),
             set("path", &self.path),

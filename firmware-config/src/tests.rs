@@ -1453,3 +1453,126 @@ fn the_breaker_and_the_rate_limit_are_bounded_by_check() {
         ]
     );
 }
+
+#[test]
+fn body_templates_method_and_headers_load_into_the_model() {
+    let erp = |extra: &str| {
+        GOOD.replace(
+            "routes = [\"production.*\"]",
+            &format!("routes = [\"production.*\"]\n{extra}"),
+        )
+    };
+    let config = load(
+        "t.toml",
+        &erp("template_file = \"erp.json.j2\"\nper = \"event\"\nmethod = \"put\"\nheaders = { \"X-Plant\" = \"p1\" }"),
+    )
+    .unwrap();
+    let https = https_sink(&config);
+    assert_eq!(https.method, "PUT");
+    assert_eq!(https.headers, [("X-Plant".to_owned(), "p1".to_owned())]);
+    assert_eq!(
+        https.body,
+        Body::Template(BodyTemplate {
+            source: TemplateSource::File("erp.json.j2".into()),
+            per_event: true,
+            content_type: "application/json".into(),
+        })
+    );
+    let erp_sink = &config.sinks[0];
+    assert_eq!(erp_sink.batch_size, 1, "one event per request");
+    assert_eq!(
+        erp_sink.routes,
+        ["production.*"],
+        "a templated sink gets gateway events only when its routes say so"
+    );
+    assert!(!erp_sink.accepts("gateway.buffer_reset"));
+    assert!(
+        config.sinks[1].accepts("gateway.buffer_reset"),
+        "every other sink does"
+    );
+    let inline = load(
+        "t.toml",
+        &erp(
+            "template = \"<a>{{ event.id|xml }}</a>\"\ncontent_type = \"text/xml; charset=utf-8\"",
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        &https_sink(&inline).body,
+        Body::Template(t) if t.source == TemplateSource::Inline("<a>{{ event.id|xml }}</a>".into())
+            && !t.per_event && t.content_type == "text/xml; charset=utf-8"
+    ));
+    assert_eq!(
+        https_sink(&load("t.toml", GOOD).unwrap()).body,
+        Body::CloudEvents
+    );
+}
+
+#[test]
+fn body_template_mistakes_are_each_named() {
+    let erp = |extra: &str| {
+        GOOD.replace(
+            "routes = [\"production.*\"]",
+            &format!("routes = [\"production.*\"]\n{extra}"),
+        )
+    };
+    for (extra, expected) in [
+        ("format = \"json\"", "unknown format `json`"),
+        (
+            "format = \"template\"",
+            "sink `erp` has format = \"template\" but no template",
+        ),
+        (
+            "format = \"cloudevents\"\ntemplate = \"x\"",
+            "a template is set but format = \"cloudevents\"",
+        ),
+        (
+            "template = \"x\"\ntemplate_file = \"y\"",
+            "both template and template_file are set",
+        ),
+        ("per = \"event\"", "per is only for a template body"),
+        (
+            "template = \"x\"\nper = \"request\"",
+            "per = \"request\" is neither batch nor event",
+        ),
+        (
+            "template = \"x\"\ncontent_type = \"json\"",
+            "content_type = \"json\" is not a media type",
+        ),
+        ("method = \"GET\"", "method `GET` cannot deliver events"),
+        (
+            "headers = { \"Content-Type\" = \"text/plain\" }",
+            "header `Content-Type` is set by the sink",
+        ),
+        (
+            "headers = { \"X-Api-Key\" = \"s3cr3t\" }",
+            "header `X-Api-Key` looks like a credential written inline",
+        ),
+        (
+            "headers = { \"Bad Name\" = \"v\" }",
+            "`Bad Name` is not a header name",
+        ),
+        (
+            "headers = { \"X-Plant\" = \"a\\nb\" }",
+            "the value of header `X-Plant` holds characters a header cannot carry",
+        ),
+        (
+            "template = \"x\"\nper = \"event\"\nbatch_size = 10",
+            "batch_size = 10 with per = \"event\"",
+        ),
+    ] {
+        assert_eq!(errors(&erp(extra)), vec![expected.to_owned()], "{extra}");
+    }
+}
+
+#[test]
+fn a_credential_written_into_headers_is_masked_in_the_rendered_report() {
+    let text = GOOD.replace(
+        "routes = [\"production.*\"]",
+        "routes = [\"production.*\"]\nheaders = { \"X-Api-Key\" = \"s3cr3t-v4lue\" }",
+    );
+    let report = load("t.toml", &text).unwrap_err();
+    let rendered = report.render(false);
+    assert!(rendered.contains("looks like a credential"), "{rendered}");
+    assert!(!rendered.contains("s3cr3t-v4lue"), "{rendered}");
+}

@@ -103,6 +103,9 @@ fn main() {
             ca_file: Some("ca.pem".into()),
             auth: None,
             identity: None,
+            method: "POST".into(),
+            headers: Vec::new(),
+            body: firmware_config::Body::CloudEvents,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(1),
         };

@@ -59,6 +59,10 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
+        /// Print the requests this https sink would send for sample events of the types it
+        /// routes (its body template rendered), the credential named but not shown.
+        #[arg(long, value_name = "SINK")]
+        render: Option<String>,
     },
     /// Run a simulated press line through the whole pipeline to a local HTTPS receiver.
     Demo {
@@ -311,7 +315,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             config,
             plan,
             deny_warnings,
-        } => check(&config, plan, deny_warnings),
+            render,
+        } => check(&config, plan, deny_warnings, render.as_deref()),
         Command::Run { config } => run(&config),
         Command::Demo { duration } => {
             let summary = runtime()?.block_on(async {
@@ -500,11 +505,70 @@ fn load_with_base(path: &Path) -> Result<Result<(ValidatedConfig, PathBuf), Exit
     }))
 }
 
-fn check(path: &Path, show_plan: bool, deny_warnings: bool) -> Result<ExitCode> {
+fn check(
+    path: &Path,
+    show_plan: bool,
+    deny_warnings: bool,
+    render: Option<&str>,
+) -> Result<ExitCode> {
     let (config, base) = match load_with_base(path)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    // Every body template is loaded and rendered against sample events of the types its sink
+    // routes: a template that fails here would fail on real events.
+    let samples =
+        gateway::sinks::samples::sample_events(&config.gateway_id, std::time::SystemTime::now());
+    let mut failed = false;
+    let mut rendered = None;
+    for sink in &config.sinks {
+        let templated = matches!(
+            &sink.kind,
+            firmware_config::SinkKind::Https(h) if matches!(h.body, firmware_config::Body::Template(_))
+        );
+        if !templated && render != Some(sink.name.as_str()) {
+            continue;
+        }
+        match gateway::sinks::preview(sink, &samples, &base) {
+            Ok(requests) => {
+                if render == Some(sink.name.as_str()) {
+                    rendered = Some(requests);
+                }
+            }
+            Err(why) => {
+                eprintln!("error: {why}");
+                failed = true;
+            }
+        }
+    }
+    if let Some(name) = render
+        && !config.sinks.iter().any(|s| s.name == name)
+    {
+        let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "error: no sink `{name}` to render in `{}`; its sinks: {}",
+            path.display(),
+            names.join(", ")
+        );
+        failed = true;
+    }
+    if failed {
+        return Ok(ExitCode::from(EX_CONFIG));
+    }
+    if let Some(requests) = rendered {
+        for (i, request) in requests.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            println!("{}", request.request_line);
+            for (name, value) in &request.headers {
+                println!("{name}: {value}");
+            }
+            println!();
+            println!("{}", request.body);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let warnings = config.warnings().warning_count();
     let buffer = base.join(&config.buffer.path);
     let paths = sources::Paths {

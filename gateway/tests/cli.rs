@@ -530,3 +530,85 @@ routes = ["quality.*"]
         String::from_utf8_lossy(&typo.stderr)
     );
 }
+
+#[test]
+fn check_render_shows_each_request_and_a_broken_template_fails_check() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/northbound.toml");
+    let render = |sink: &str| {
+        let out = causeway()
+            .args(["check", "--render", sink, "-c"])
+            .arg(&example)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let erp = render("erp");
+    let (head, body) = erp.split_once("\n\n").unwrap();
+    let mut lines = head.lines();
+    assert_eq!(
+        lines.next(),
+        Some("POST https://erp.example.com/api/v2/production-confirmations")
+    );
+    let headers: Vec<&str> = lines.collect();
+    assert!(headers.contains(&"Content-Type: application/json"), "{erp}");
+    assert!(headers.contains(&"X-Plant: plant1"), "{erp}");
+    assert!(
+        headers.contains(
+            &"Authorization: Bearer <a token from https://login.example.com/oauth2/token>"
+        ),
+        "{erp}"
+    );
+    let confirmation: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(confirmation["order"], "4711-0042");
+    assert_eq!(confirmation["quantityGood"], 117);
+    assert_eq!(confirmation["quantityScrap"], 3);
+    let mes = render("mes");
+    let (_, envelope) = mes.split_once("\n\n").unwrap();
+    let doc = roxmltree::Document::parse(envelope.trim_end()).unwrap();
+    assert!(
+        doc.descendants()
+            .any(|n| n.has_tag_name(("urn:example:mes", "Name")) && n.text() == Some("down")),
+        "{mes}"
+    );
+    assert!(!mes.contains("pa55"), "no secret");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("causeway.toml");
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "template_file = \"templates/erp-confirmation.json.j2\"",
+        "template = \"{\\\"order\\\": {{ event.data.ordr|tojson }}}\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    for t in ["qms-measurements.json.j2", "mes-states.soap.xml.j2"] {
+        std::fs::copy(
+            example.parent().unwrap().join("templates").join(t),
+            dir.path().join("templates").join(t),
+        )
+        .unwrap();
+    }
+    let out = causeway()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sink `erp`, with a sample production.count")
+            && stderr.contains("undefined")
+            && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    let out = causeway()
+        .args(["check", "--render", "nope", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}

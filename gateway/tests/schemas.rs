@@ -100,24 +100,9 @@ fn events_of_every_type_match_their_published_schema() {
         &mut out,
     );
 
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
     let mut seen = std::collections::BTreeMap::new();
     for event in &out.events {
-        let json = serde_json::to_value(event).unwrap();
-        let path = schemas.join(format!("{}.json", event.event_type));
-        let schema: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let validator = jsonschema::validator_for(&schema).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&json)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "{} does not match {}: {errors:#?}\n{json:#}",
-            event.event_type,
-            path.display()
-        );
+        assert_matches_schema(event);
         *seen.entry(event.event_type.clone()).or_insert(0) += 1;
     }
     assert_eq!(
@@ -209,7 +194,12 @@ async fn the_buffer_reset_event_matches_its_published_schema() {
     .unwrap();
     let reader = store.reader().unwrap();
     let fetched = reader
-        .fetch("erp", 0, &["production.*".to_owned()], 10)
+        .fetch(
+            "erp",
+            0,
+            &["production.*".to_owned(), "gateway.*".to_owned()],
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(fetched.events.len(), 1);
@@ -227,4 +217,47 @@ async fn the_buffer_reset_event_matches_its_published_schema() {
     assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
     drop((store, reader));
     writer.join();
+}
+
+/// Panics with the errors unless `event` validates against its schema.
+fn assert_matches_schema(event: &gateway::event::CloudEvent) {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+    let json = serde_json::to_value(event).unwrap();
+    let path = schemas.join(format!("{}.json", event.event_type));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} does not match {}: {errors:#?}\n{json:#}",
+        event.event_type,
+        path.display()
+    );
+}
+
+#[test]
+fn the_sample_events_check_renders_with_match_their_schemas() {
+    let samples = gateway::sinks::samples::sample_events("plant1-line3", SystemTime::now());
+    for event in &samples {
+        assert_matches_schema(event);
+    }
+    let types: Vec<&str> = samples.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas"))
+            .unwrap()
+            .map(|f| {
+                f.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".json")
+                    .to_owned()
+            })
+            .collect();
+    for schema in &schemas {
+        assert!(types.contains(&schema.as_str()), "no sample of {schema}");
+    }
 }

@@ -50,6 +50,10 @@ pub struct SeenRequest {
     pub ids: Vec<String>,
     /// Every header, lower-case name and value (lossy), in order.
     pub headers: Vec<(String, String)>,
+    /// The method.
+    pub method: String,
+    /// The body (lossy UTF-8), kept only while [`Receiver::take_any_body`] is set.
+    pub body: String,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +71,8 @@ struct State {
     count_only: bool,
     /// Events accepted in count-only mode.
     counted: usize,
+    /// Accept any body (a rendered template), keeping it whole.
+    any_body: bool,
     /// TLS handshakes that failed (a client that does not trust the certificate).
     handshake_failures: usize,
     /// Record the events, then wait this long before answering (a crash between delivery and
@@ -319,6 +325,12 @@ impl Receiver {
         self.state().scripted.extend(statuses);
     }
 
+    /// While `true`, any body is accepted (200) and kept whole in [`SeenRequest::body`]: a
+    /// receiver for rendered templates.
+    pub fn take_any_body(&self, any: bool) {
+        self.state().any_body = any;
+    }
+
     /// Unique events received so far, from index `from`.
     pub fn events_since(&self, from: usize) -> Vec<serde_json::Value> {
         self.state()
@@ -433,6 +445,7 @@ async fn handle(
             )
         })
         .collect();
+    let method = req.method().as_str().to_owned();
     let body = req.into_body().collect().await?.to_bytes();
     if lock(&state).count_only {
         return Ok(
@@ -465,6 +478,7 @@ async fn handle(
                 .collect()
         })
         .unwrap_or_default();
+    let any_body = lock(&state).any_body;
     let seen = |status, events| SeenRequest {
         status,
         idempotency_key: idempotency_key.clone(),
@@ -473,6 +487,12 @@ async fn handle(
         content_type: content_type.clone(),
         ids: ids.clone(),
         headers: headers.clone(),
+        method: method.clone(),
+        body: if any_body {
+            String::from_utf8_lossy(&body).into_owned()
+        } else {
+            String::new()
+        },
     };
     if refused_token {
         lock(&state).requests.push(seen(401, ids.len()));
@@ -497,6 +517,10 @@ async fn handle(
                 .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
         }
         return Ok(response);
+    }
+    if any_body {
+        lock(&state).requests.push(seen(200, 0));
+        return Ok(Response::new(Full::from(r#"{"accepted":true}"#)));
     }
     let events = match parsed {
         Ok(events) => events,

@@ -138,14 +138,18 @@ impl Pace {
         Pace { gap, next: None }
     }
 
-    /// How long to wait before the next request at `now` (zero: go), and books that request.
-    pub(crate) fn take(&mut self, now: Instant) -> Duration {
-        let Some(gap) = self.gap else {
-            return Duration::ZERO;
-        };
-        let at = self.next.map_or(now, |n| n.max(now));
-        self.next = Some(at + gap);
-        at - now
+    /// How long to wait at `now` before the next request may go (zero: go now).
+    pub(crate) fn wait(&self, now: Instant) -> Duration {
+        self.next
+            .map_or(Duration::ZERO, |n| n.saturating_duration_since(now))
+    }
+
+    /// A request went at `now`: the next may go one gap later (measured from when this one
+    /// really went, so a late start never shortens the gap that follows).
+    pub(crate) fn sent(&mut self, now: Instant) {
+        if let Some(gap) = self.gap {
+            self.next = Some(now + gap);
+        }
     }
 }
 
@@ -192,19 +196,27 @@ mod tests {
     }
 
     #[test]
-    fn the_pace_spaces_requests_and_does_not_bank_idle_time() {
+    fn the_pace_spaces_requests_from_when_they_went_and_does_not_bank_idle_time() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut p = Pace::new(Some(4.0));
-        assert_eq!(p.take(t0), Duration::ZERO);
-        assert_eq!(p.take(t0), Duration::from_millis(250));
-        assert_eq!(p.take(t0), Duration::from_millis(500));
+        assert_eq!(p.wait(t0), Duration::ZERO);
+        p.sent(t0);
+        assert_eq!(p.wait(t0), ms(250));
+        assert_eq!(p.wait(t0 + ms(100)), ms(150));
+        // It went 10 ms late: the next waits a whole gap from then.
+        p.sent(t0 + ms(260));
+        assert_eq!(p.wait(t0 + ms(260)), ms(250));
         // Idle for a minute: the next goes at once, the one after waits a gap (no burst).
         let t1 = t0 + Duration::from_secs(60);
-        assert_eq!(p.take(t1), Duration::ZERO);
-        assert_eq!(p.take(t1), Duration::from_millis(250));
+        assert_eq!(p.wait(t1), Duration::ZERO);
+        p.sent(t1);
+        assert_eq!(p.wait(t1), ms(250));
         let mut free = Pace::new(None);
-        assert_eq!(free.take(t0), Duration::ZERO);
-        assert_eq!(free.take(t0), Duration::ZERO);
-        assert_eq!(Pace::new(Some(f64::NAN)).take(t0), Duration::ZERO);
+        free.sent(t0);
+        assert_eq!(free.wait(t0), Duration::ZERO);
+        let mut nan = Pace::new(Some(f64::NAN));
+        nan.sent(t0);
+        assert_eq!(nan.wait(t0), Duration::ZERO);
     }
 }

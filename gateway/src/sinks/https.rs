@@ -19,7 +19,7 @@ use std::{path::Path, time::Duration};
 use firmware_config::{HttpAuth, HttpsSinkConfig, Secret};
 use reqwest::{StatusCode, header};
 
-use super::{Deliver, Outcome, SinkError, batch_body};
+use super::{Deliver, Outcome, SinkError, batch_body, template::BodyRenderer};
 use crate::store::StoredEvent;
 
 /// Most of a response body read, for the log and dead letters: a broken or hostile receiver
@@ -36,6 +36,13 @@ pub struct HttpsSink {
     credential: Option<Credential>,
     /// The last response's status and excerpt, for the audit trail.
     answer: Option<(String, String)>,
+    /// The sink's name.
+    name: String,
+    method: reqwest::Method,
+    /// The configured extra headers.
+    headers: header::HeaderMap,
+    /// The body template; `None`: CloudEvents.
+    template: Option<BodyRenderer>,
 }
 
 /// Shows the URL without its query and the credential without its secret.
@@ -379,6 +386,25 @@ impl HttpsSink {
                 token: None,
             }))),
         };
+        let method = reqwest::Method::from_bytes(config.method.as_bytes())
+            .map_err(|_| failed(format!("`{}` is not an HTTP method", config.method)))?;
+        let mut headers = header::HeaderMap::new();
+        for (name, value) in &config.headers {
+            let name = header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| failed(format!("`{name}` (headers) is not a header name")))?;
+            let value = header::HeaderValue::from_str(value)
+                .map_err(|_| failed(format!("the value of header `{name}` cannot be sent")))?;
+            headers.insert(name, value);
+        }
+        let template = match &config.body {
+            firmware_config::Body::CloudEvents => None,
+            firmware_config::Body::Template(t) => Some(BodyRenderer::load(t, base).map_err(
+                |source| SinkError::Template {
+                    sink: sink.to_owned(),
+                    source,
+                },
+            )?),
+        };
         let shown = shown_url(&config.url);
         if config.url.starts_with("http://") {
             tracing::warn!(sink, url = %shown, "Sending events over plain http:// (insecure = true).");
@@ -389,6 +415,10 @@ impl HttpsSink {
             shown,
             credential,
             answer: None,
+            name: sink.to_owned(),
+            method,
+            headers,
+            template,
         })
     }
 }
@@ -452,7 +482,9 @@ pub(crate) fn classify(status: StatusCode, headers: &header::HeaderMap, body: &s
             "check the sink's url path; a proxy may also answer 404 while the receiver restarts",
         ),
         405 => retry("the url does not take POST: check the sink's url path"),
-        415 => retry("the receiver does not take application/cloudevents-batch+json at this url"),
+        415 => retry(
+            "the receiver does not take this content type at this url: check the sink's url, its format and content_type",
+        ),
         300..=399 => {
             // Without its query or user info: a redirect keeps the query, where a key may be.
             let to = headers
@@ -560,15 +592,225 @@ impl Deliver for HttpsSink {
 
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
         self.answer = None;
-        let body = batch_body(batch);
+        let Some(template) = self.template.take() else {
+            return self
+                .send(
+                    batch_body(batch),
+                    CLOUDEVENTS_BATCH,
+                    &idempotency_key(batch),
+                )
+                .await;
+        };
+        let outcome = self.deliver_rendered(&template, batch).await;
+        self.template = Some(template);
+        outcome
+    }
+}
+
+/// A request as `causeway check --render` shows it: what the sink would send, with the
+/// credential named, never shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// `POST https://erp.example.com/api/confirmations` (the URL without its query).
+    pub request_line: String,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+/// Where a credential comes from, in words.
+fn credential_source(auth: &HttpAuth) -> (String, String) {
+    let secret = |s: &Secret| match s {
+        Secret::Env(var) => format!("environment variable {var}"),
+        Secret::File(path) => format!("file {}", path.display()),
+    };
+    match auth {
+        HttpAuth::BearerEnv(var) => (
+            "Authorization".to_owned(),
+            format!("Bearer <the token in environment variable {var}>"),
+        ),
+        HttpAuth::BearerFile(path) => (
+            "Authorization".to_owned(),
+            format!("Bearer <the token in file {}>", path.display()),
+        ),
+        HttpAuth::Basic { username, password } => (
+            "Authorization".to_owned(),
+            format!(
+                "Basic <{username} and the password in {}>",
+                secret(password)
+            ),
+        ),
+        HttpAuth::ApiKey { header, key } => {
+            (header.clone(), format!("<the key in {}>", secret(key)))
+        }
+        HttpAuth::OAuth2 { token_url, .. } => (
+            "Authorization".to_owned(),
+            format!("Bearer <a token from {}>", shown_url(token_url)),
+        ),
+    }
+}
+
+/// The requests `sink` would send for `events` (sample events: each of a type the sink's
+/// routes take): one per event with `per = "event"`, else one for all. The body template is
+/// loaded from `base`, and each body rendered and checked as `deliver` does.
+///
+/// # Errors
+/// The template cannot be loaded, or fails on one of the events (the message names its
+/// type), or the sink is not https.
+pub fn preview(
+    sink: &firmware_config::SinkConfig,
+    events: &[crate::event::CloudEvent],
+    base: &Path,
+) -> Result<Vec<Preview>, String> {
+    let firmware_config::SinkKind::Https(config) = &sink.kind else {
+        return Err(format!(
+            "sink `{}` is not an https sink: only https sinks have a request to render",
+            sink.name
+        ));
+    };
+    let routed: Vec<StoredEvent> = events
+        .iter()
+        .filter(|e| sink.accepts(&e.event_type))
+        .enumerate()
+        .filter_map(|(i, e)| {
+            Some(StoredEvent {
+                seq: i64::try_from(i).ok()? + 1,
+                id: e.id.clone(),
+                event_type: e.event_type.clone(),
+                payload: serde_json::to_string(e).ok()?,
+            })
+        })
+        .collect();
+    if routed.is_empty() {
+        return Err(format!(
+            "sink `{}`: no sample event matches its routes",
+            sink.name
+        ));
+    }
+    let template = match &config.body {
+        firmware_config::Body::CloudEvents => None,
+        firmware_config::Body::Template(t) => {
+            Some(BodyRenderer::load(t, base).map_err(|e| e.to_string())?)
+        }
+    };
+    let groups: Vec<&[StoredEvent]> = match &template {
+        Some(t) if t.per_event() => routed.chunks(1).collect(),
+        _ => vec![&routed[..]],
+    };
+    let mut out = Vec::new();
+    for group in groups {
+        let key = idempotency_key(group);
+        let (body, content_type) = match &template {
+            None => (batch_body(group), CLOUDEVENTS_BATCH.to_owned()),
+            Some(t) => {
+                let values: Vec<serde_json::Value> = group
+                    .iter()
+                    .map(|e| serde_json::from_str(&e.payload).unwrap_or_default())
+                    .collect();
+                let body = t.render(&sink.name, &values, &key).map_err(|why| {
+                    let types: Vec<&str> = group.iter().map(|e| e.event_type.as_str()).collect();
+                    format!(
+                        "sink `{}`, with a sample {}: {why}",
+                        sink.name,
+                        types.join(" and ")
+                    )
+                })?;
+                (body, t.content_type().to_owned())
+            }
+        };
+        let mut headers = vec![
+            ("Content-Type".to_owned(), content_type),
+            ("Idempotency-Key".to_owned(), key),
+        ];
+        headers.extend(config.headers.iter().cloned());
+        if let Some(auth) = &config.auth {
+            headers.push(credential_source(auth));
+        }
+        if config.identity.is_some() {
+            headers.push((
+                "(TLS)".to_owned(),
+                "<the client certificate in client_certificate>".to_owned(),
+            ));
+        }
+        out.push(Preview {
+            request_line: format!("{} {}", config.method, shown_url(&config.url)),
+            headers,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+/// The CloudEvents body's media type.
+const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
+
+impl HttpsSink {
+    /// Renders `batch` with `template` and sends it: one request, or one per event (stopping
+    /// at the first that is not delivered; those before it are a partial delivery).
+    async fn deliver_rendered(
+        &mut self,
+        template: &BodyRenderer,
+        batch: &[StoredEvent],
+    ) -> Outcome {
+        let events: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|e| serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let requests: Vec<std::ops::Range<usize>> = if template.per_event() {
+            (0..batch.len()).map(|i| i..i + 1).collect()
+        } else {
+            std::iter::once(0..batch.len()).collect()
+        };
+        for range in requests {
+            let start = range.start;
+            let key = idempotency_key(&batch[range.clone()]);
+            let outcome = match template.render(&self.name, &events[range], &key) {
+                Ok(body) => {
+                    let content_type = template.content_type().to_owned();
+                    self.send(body, &content_type, &key).await
+                }
+                // The template cannot express these events: they are dead-lettered (alone,
+                // after the runner's split), to be requeued once the template is fixed.
+                Err(why) => Outcome::Reject {
+                    reason: format!(
+                        "the sink's template failed: {why}; fix the template, then `causeway buffer requeue --sink {}`",
+                        self.name
+                    ),
+                },
+            };
+            match outcome {
+                Outcome::Delivered => {}
+                other if start == 0 => return other,
+                other => {
+                    let reason = match other {
+                        Outcome::Retry { reason, .. }
+                        | Outcome::Reject { reason }
+                        | Outcome::TooLarge { reason }
+                        | Outcome::Partial { reason, .. } => reason,
+                        Outcome::Delivered => String::new(),
+                    };
+                    return Outcome::Partial {
+                        delivered: start,
+                        reason,
+                    };
+                }
+            }
+        }
+        Outcome::Delivered
+    }
+
+    /// Sends one request with `body`; classifies the answer.
+    async fn send(&mut self, body: String, content_type: &str, key: &str) -> Outcome {
         // With OAuth2, a 401 fetches a new token and sends once more.
         let mut fresh = false;
         loop {
             let mut request = self
                 .client
-                .post(&self.url)
-                .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
-                .header("Idempotency-Key", idempotency_key(batch))
+                .request(self.method.clone(), &self.url)
+                .headers(self.headers.clone())
+                .header(header::CONTENT_TYPE, content_type)
+                .header("Idempotency-Key", key)
                 .body(body.clone());
             request = match &mut self.credential {
                 None => request,
@@ -700,6 +942,9 @@ mod tests {
             ca_file: None,
             auth,
             identity: None,
+            method: "POST".into(),
+            headers: Vec::new(),
+            body: firmware_config::Body::CloudEvents,
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(20),
         }
@@ -1138,5 +1383,117 @@ mod tests {
             panic!("503 is retried");
         };
         assert_eq!(reason, "HTTP 503 Service Unavailable: {oops");
+    }
+
+    /// Sample events as the buffer holds them, of the given types.
+    fn stored_samples(types: &[&str]) -> Vec<StoredEvent> {
+        crate::sinks::samples::sample_events("gw", std::time::SystemTime::now())
+            .into_iter()
+            .filter(|e| types.contains(&e.event_type.as_str()))
+            .enumerate()
+            .map(|(i, e)| StoredEvent {
+                seq: i as i64 + 1,
+                id: e.id.clone(),
+                event_type: e.event_type.clone(),
+                payload: serde_json::to_string(&e).unwrap(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn templated_bodies_reach_the_receiver_with_method_headers_and_content_type() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let receiver = crate::demo::receiver::Receiver::start(&tasks, cancel.clone())
+            .await
+            .unwrap();
+        receiver.take_any_body(true);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), receiver.ca_pem()).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        let sink = |file: &str, per_event: bool, content_type: &str, method: &str| {
+            let mut c = config(&receiver.url(), None);
+            c.ca_file = Some(dir.path().join("ca.pem"));
+            c.method = method.into();
+            c.headers = vec![("SOAPAction".into(), "urn:example:mes/Report".into())];
+            c.body = firmware_config::Body::Template(firmware_config::BodyTemplate {
+                source: firmware_config::TemplateSource::File(examples.join(file)),
+                per_event,
+                content_type: content_type.into(),
+            });
+            HttpsSink::new("erp", &c, dir.path()).unwrap()
+        };
+        // The REST ERP: one confirmation per event, PUT here.
+        let counts = [
+            stored_samples(&["production.count"]),
+            stored_samples(&["production.count"]),
+        ]
+        .concat();
+        let mut erp = sink(
+            "templates/erp-confirmation.json.j2",
+            true,
+            "application/json",
+            "PUT",
+        );
+        assert_eq!(erp.deliver(&counts).await, Outcome::Delivered);
+        // The SOAP MES: one envelope for the batch.
+        let states = [
+            stored_samples(&["production.state"]),
+            stored_samples(&["production.state"]),
+        ]
+        .concat();
+        let mut mes = sink(
+            "templates/mes-states.soap.xml.j2",
+            false,
+            "text/xml; charset=utf-8",
+            "POST",
+        );
+        assert_eq!(mes.deliver(&states).await, Outcome::Delivered);
+        let seen = receiver.requests();
+        assert_eq!(seen.len(), 3, "two confirmations, one envelope");
+        for (request, event) in seen[..2].iter().zip(&counts) {
+            assert_eq!(request.method, "PUT");
+            assert_eq!(request.content_type.as_deref(), Some("application/json"));
+            assert_eq!(request.idempotency_key.as_deref(), Some(event.id.as_str()));
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+            let data = &serde_json::from_str::<serde_json::Value>(&event.payload).unwrap()["data"];
+            assert_eq!(body["confirmationId"], event.id.as_str());
+            assert_eq!(body["order"], data["order"]);
+            assert_eq!(body["quantityGood"], data["good"]);
+            assert_eq!(body["quantityScrap"], data["reject"]);
+        }
+        let soap = &seen[2];
+        assert_eq!(
+            soap.content_type.as_deref(),
+            Some("text/xml; charset=utf-8")
+        );
+        assert!(
+            soap.headers
+                .contains(&("soapaction".into(), "urn:example:mes/Report".into()))
+        );
+        let doc = roxmltree::Document::parse(&soap.body).unwrap();
+        let ids: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name(("urn:example:mes", "State")))
+            .map(|n| n.attribute("eventId").unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            states.iter().map(|e| e.id.as_str()).collect::<Vec<_>>()
+        );
+        // An event the template cannot express is refused alone (the runner dead-letters
+        // it), and one that follows delivered ones makes a partial delivery.
+        let mut broken = counts.clone();
+        broken[1].payload = r#"{"id":"x","type":"production.count","data":{}}"#.into();
+        let outcome = erp.deliver(&broken).await;
+        assert!(
+            matches!(&outcome, Outcome::Partial { delivered: 1, reason } if reason.contains("template failed") && reason.contains("requeue --sink erp")),
+            "{outcome:?}"
+        );
+        let outcome = erp.deliver(&broken[1..]).await;
+        assert!(matches!(outcome, Outcome::Reject { .. }), "{outcome:?}");
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }

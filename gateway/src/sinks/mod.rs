@@ -24,6 +24,8 @@ mod guard;
 mod https;
 mod lines;
 mod mqtt;
+pub mod samples;
+pub mod template;
 
 use std::{future::Future, path::Path, time::Duration};
 
@@ -31,7 +33,7 @@ use firmware_config::{SinkConfig, SinkKind};
 use protocols::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
-pub use https::HttpsSink;
+pub use https::{HttpsSink, Preview, preview};
 pub use lines::LinesSink;
 pub use mqtt::MqttSink;
 
@@ -105,6 +107,15 @@ pub enum SinkError {
         sink: String,
         /// What to fix.
         why: String,
+    },
+    /// The body template could not be loaded.
+    #[error("sink `{sink}`")]
+    Template {
+        /// The sink.
+        sink: String,
+        /// The cause.
+        #[source]
+        source: template::TemplateError,
     },
     /// The HTTP client could not be built.
     #[error("sink `{sink}`: HTTP client")]
@@ -326,10 +337,11 @@ pub async fn run_sink<D: Deliver>(
                 tracing::info!(sink = %name, breaker = state.name(), "Circuit breaker half-open: the next request is a probe.");
                 record_breaker(&store, &name, &breaker, "").await;
             }
-            let wait = pace.take(tokio::time::Instant::now());
+            let wait = pace.wait(tokio::time::Instant::now());
             if !wait.is_zero() && sleep_or_abort(wait, &stop.abort).await {
                 return;
             }
+            pace.sent(tokio::time::Instant::now());
             let at_ms = crate::store::now_ms();
             let started = tokio::time::Instant::now();
             let outcome = tokio::select! {
@@ -737,13 +749,12 @@ mod tests {
 
     impl Deliver for Scripted {
         async fn deliver(&mut self, batch: &[StoredEvent]) -> Outcome {
+            // When the request went, before anything else takes time.
+            let at = tokio::time::Instant::now();
             self.requests.lock().unwrap().push(batch.len());
             let db = self.db.lock().unwrap().clone();
             let stored = db.map_or_else(String::new, |db| stored_breaker(&db));
-            self.calls
-                .lock()
-                .unwrap()
-                .push((tokio::time::Instant::now(), stored));
+            self.calls.lock().unwrap().push((at, stored));
             {
                 let mut down = self.down.lock().unwrap();
                 if *down > 0 {
@@ -1043,6 +1054,7 @@ mod tests {
         assert_eq!(calls.len(), 8);
         for pair in calls.windows(2) {
             let gap = pair[1].0 - pair[0].0;
+            // 50 ms from when the runner sent each; the sink's stamps lag that by microseconds.
             assert!(gap >= Duration::from_millis(49), "{gap:?} between requests");
         }
         assert_eq!(*sink.accepted.lock().unwrap(), d.ids);

@@ -29,16 +29,15 @@ pub struct Fetched {
 }
 
 /// The SQL condition selecting a sink's rows, and the route patterns to bind for it: rows for
-/// every sink whose type matches one of `routes` or is a gateway event (`gateway.*`, for every
-/// sink), and rows requeued for this sink alone. The sink's name binds at `?{sink_param}`, the
+/// every sink whose type matches one of `routes` (the config's, where `gateway.*` is added for
+/// most sinks), and rows requeued for this sink alone. The sink's name binds at `?{sink_param}`, the
 /// patterns from `?{first_route}` on.
 pub(super) fn for_sink(
     routes: &[String],
     sink_param: usize,
     first_route: usize,
 ) -> (String, Vec<String>) {
-    let mut routes = routes.to_vec();
-    routes.push(firmware_config::SYSTEM_EVENT_TYPES.to_owned());
+    let routes = routes.to_vec();
     let globs = (0..routes.len())
         .map(|i| format!("type GLOB ?{}", i + first_route))
         .collect::<Vec<_>>()

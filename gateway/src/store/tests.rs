@@ -627,9 +627,9 @@ async fn a_corrupt_or_truncated_buffer_is_moved_aside_and_the_receivers_are_told
             .collect();
         assert_eq!(aside.len(), 1, "{damage}: {aside:?}");
         let reader = store.reader().unwrap();
-        // Routed to every sink, whatever its routes.
+        // Routed to every sink, whatever its routes (the config check adds `gateway.*`).
         let fetched = reader
-            .fetch("erp", 0, &routes(&["quality.*"]), 10)
+            .fetch("erp", 0, &routes(&["quality.*", "gateway.*"]), 10)
             .await
             .unwrap();
         assert_eq!(fetched.events.len(), 1, "{damage}");

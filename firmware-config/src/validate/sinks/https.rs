@@ -74,6 +74,9 @@ impl Checker {
             "timeout",
         );
         let (retry_initial, retry_max) = self.retry_delays(raw);
+        let method = self.method(raw);
+        let headers = self.headers(raw);
+        let body = self.body(raw);
         Some(HttpsSinkConfig {
             url: text.to_owned(),
             insecure,
@@ -81,8 +84,211 @@ impl Checker {
             ca_file: raw.ca_file.as_ref().map(|c| PathBuf::from(c.get_ref())),
             auth,
             identity,
+            method,
+            headers,
+            body,
             retry_initial,
             retry_max,
+        })
+    }
+
+    /// `method`: POST (default), PUT or PATCH, any case.
+    fn method(&mut self, raw: &RawSink) -> String {
+        let Some(m) = &raw.method else {
+            return "POST".to_owned();
+        };
+        let upper = m.get_ref().trim().to_ascii_uppercase();
+        if ["POST", "PUT", "PATCH"].contains(&upper.as_str()) {
+            return upper;
+        }
+        self.error(
+            format!("method `{}` cannot deliver events", m.get_ref()),
+            span(m),
+            "expected POST, PUT or PATCH",
+        )
+        .hint("events are sent in the request body: POST (default), PUT or PATCH");
+        "POST".to_owned()
+    }
+
+    /// `headers`: fixed names and values; none the sink sets itself, none that holds a secret.
+    fn headers(&mut self, raw: &RawSink) -> Vec<(String, String)> {
+        let Some(headers) = &raw.headers else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, value) in headers.get_ref() {
+            let lower = name.to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                self.error(
+                    format!("`{name}` is not a header name"),
+                    span(headers),
+                    "in these headers",
+                )
+                .hint("a header name is letters, digits and - (e.g. \"X-Plant\")");
+                continue;
+            }
+            let owned = match lower.as_str() {
+                "content-type" => Some("set content_type instead"),
+                "authorization" => Some("set auth instead: the secret then stays out of the file"),
+                "idempotency-key" => Some("the sink sets it: the ids of the request's events"),
+                "content-length" | "host" | "transfer-encoding" | "connection" => {
+                    Some("the HTTP client sets it")
+                }
+                _ => None,
+            };
+            if let Some(fix) = owned {
+                self.error(
+                    format!("header `{name}` is set by the sink"),
+                    span(value),
+                    "not settable here",
+                )
+                .hint(fix);
+                continue;
+            }
+            if crate::raw::credential_header(name) {
+                self.error(
+                    format!("header `{name}` looks like a credential written inline"),
+                    span(value),
+                    "secret in the config file",
+                )
+                .hint(format!(
+                    "use auth = {{ api_key_header = \"{name}\", api_key_file = \"/etc/causeway/erp.key\" }} (or api_key_env)"
+                ));
+                continue;
+            }
+            let text = value.get_ref();
+            if text.bytes().any(|b| b.is_ascii_control() && b != b'\t') || !text.is_ascii() {
+                self.error(
+                    format!("the value of header `{name}` holds characters a header cannot carry"),
+                    span(value),
+                    "control or non-ASCII characters",
+                );
+                continue;
+            }
+            out.push((name.clone(), text.clone()));
+        }
+        out
+    }
+
+    /// `format`, `template`/`template_file`, `per`, `content_type`.
+    fn body(&mut self, raw: &RawSink) -> Body {
+        let templated = raw.template.is_some() || raw.template_file.is_some();
+        let format = raw.format.as_ref().map(|f| (f.get_ref().as_str(), span(f)));
+        match format {
+            None | Some(("template" | "cloudevents", _)) => {}
+            Some((other, at)) => {
+                let hint = match closest(other, ["cloudevents", "template"]) {
+                    Some(near) => {
+                        format!("did you mean \"{near}\"? Formats: cloudevents, template")
+                    }
+                    None => {
+                        "formats: cloudevents (a JSON array of CloudEvents), template".to_owned()
+                    }
+                };
+                self.error(format!("unknown format `{other}`"), at, "unknown format")
+                    .hint(hint);
+                return Body::CloudEvents;
+            }
+        }
+        if let Some(("cloudevents", at)) = format.clone()
+            && templated
+        {
+            self.error(
+                "a template is set but format = \"cloudevents\"",
+                at,
+                "the body is the CloudEvents array",
+            )
+            .hint("remove the template, or set format = \"template\"");
+            return Body::CloudEvents;
+        }
+        if !templated {
+            if let Some(("template", at)) = format {
+                self.error(
+                    format!(
+                        "sink `{}` has format = \"template\" but no template",
+                        raw.name.get_ref()
+                    ),
+                    at,
+                    "no template",
+                )
+                .hint(
+                    "add template_file = \"templates/erp.json.j2\" (see docs/examples/templates)",
+                );
+            }
+            for (field, value) in [
+                ("per", raw.per.as_ref().map(span)),
+                ("content_type", raw.content_type.as_ref().map(span)),
+            ] {
+                if let Some(at) = value {
+                    self.error(
+                        format!("{field} is only for a template body"),
+                        at,
+                        "the CloudEvents body is a batch of application/cloudevents-batch+json",
+                    )
+                    .hint("add a template, or remove this");
+                }
+            }
+            return Body::CloudEvents;
+        }
+        let source = match (&raw.template, &raw.template_file) {
+            (Some(inline), Some(file)) => {
+                self.error(
+                    "both template and template_file are set",
+                    span(file),
+                    "one or the other",
+                )
+                .hint("keep the one you mean");
+                TemplateSource::Inline(inline.get_ref().clone())
+            }
+            (Some(inline), None) => TemplateSource::Inline(inline.get_ref().clone()),
+            (None, Some(file)) => TemplateSource::File(PathBuf::from(file.get_ref())),
+            (None, None) => return Body::CloudEvents,
+        };
+        let per_event = match &raw.per {
+            None => false,
+            Some(p) => match p.get_ref().as_str() {
+                "batch" => false,
+                "event" => true,
+                other => {
+                    self.error(
+                        format!("per = \"{other}\" is neither batch nor event"),
+                        span(p),
+                        "expected \"batch\" or \"event\"",
+                    )
+                    .hint("\"event\": one request per event; \"batch\": one per batch (the template sees `events`)");
+                    false
+                }
+            },
+        };
+        let content_type = match &raw.content_type {
+            None => "application/json".to_owned(),
+            Some(c) => {
+                let text = c.get_ref().trim();
+                let essence = text.split(';').next().unwrap_or_default().trim();
+                let valid = essence
+                    .split_once('/')
+                    .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && !s.contains('/'))
+                    && text.is_ascii()
+                    && !text.bytes().any(|b| b.is_ascii_control());
+                if !valid {
+                    self.error(
+                        format!("content_type = \"{text}\" is not a media type"),
+                        span(c),
+                        "expected type/subtype",
+                    )
+                    .hint("e.g. \"application/json\", \"text/xml; charset=utf-8\", \"application/x-www-form-urlencoded\"");
+                }
+                text.to_owned()
+            }
+        };
+        Body::Template(BodyTemplate {
+            source,
+            per_event,
+            content_type,
         })
     }
 

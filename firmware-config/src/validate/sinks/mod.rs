@@ -74,6 +74,46 @@ impl Checker {
                 return None;
             }
         };
+        // One request per event: a batch is one event.
+        let batch_size = match &kind {
+            SinkKind::Https(HttpsSinkConfig {
+                body: Body::Template(t),
+                ..
+            }) if t.per_event => {
+                if let Some(b) = &raw.batch_size
+                    && *b.get_ref() != 1
+                {
+                    self.error(
+                        format!("batch_size = {} with per = \"event\"", b.get_ref()),
+                        span(b),
+                        "one event per request",
+                    )
+                    .hint("remove batch_size: with per = \"event\" each request carries one event");
+                }
+                1
+            }
+            _ => batch_size,
+        };
+        // Gateway events (a buffer reset) concern every receiver of CloudEvents; a body
+        // template is written for its own types, so a templated sink gets them only when its
+        // routes say so.
+        let mut routes = routes;
+        let templated = matches!(
+            &kind,
+            SinkKind::Https(HttpsSinkConfig {
+                body: Body::Template(_),
+                ..
+            })
+        );
+        if !templated
+            && !routes.iter().any(|r| {
+                EVENT_TYPES
+                    .iter()
+                    .any(|t| route_matches(SYSTEM_EVENT_TYPES, t) && route_matches(r, t))
+            })
+        {
+            routes.push(SYSTEM_EVENT_TYPES.to_owned());
+        }
         Some(SinkConfig {
             name,
             routes,
