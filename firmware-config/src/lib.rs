@@ -125,7 +125,14 @@ pub(crate) fn mask_userinfo(url: &str) -> String {
 /// masked, found textually (for text that does not parse). Byte lengths are kept.
 fn mask_secret_values(text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    for key in ["password", "bearer", "token", "api_key", "client_secret"] {
+    for key in [
+        "password",
+        "bearer",
+        "token",
+        "api_key",
+        "client_secret",
+        "hmac_secret",
+    ] {
         let mut from = 0;
         while let Some(found) = text[from..].find(key) {
             let at = from + found;

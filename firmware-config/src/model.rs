@@ -14,8 +14,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "gateway.buffer_reset",
 ];
 
-/// Event types every sink receives whatever its routes: what the gateway says about itself
-/// (a buffer that was found corrupt and started afresh) concerns every receiver.
+/// Event types every sink receives whatever its routes (but one with a body template, which
+/// gets them only when its routes name them): what the gateway says about itself (a buffer
+/// that was found corrupt and started afresh) concerns every receiver.
 pub const SYSTEM_EVENT_TYPES: &str = "gateway.*";
 
 /// The whole configuration.
@@ -53,6 +54,8 @@ pub struct BufferConfig {
     pub max_batch: usize,
     /// How long the audit trail keeps each delivery attempt (1 h ..= 366 d).
     pub audit_retention: Duration,
+    /// Bound on the audit trail's size; the oldest records go past it.
+    pub max_audit_bytes: u64,
 }
 
 /// What the buffer does when it holds `max_bytes` of undelivered events. Whatever the policy,
@@ -90,6 +93,63 @@ pub enum SourceConfig {
     OpcUa(OpcUaConfig),
     /// `kind = "mqtt"`
     Mqtt(MqttSourceConfig),
+    /// `kind = "webhook"`
+    Webhook(WebhookSourceConfig),
+}
+
+/// `kind = "webhook"`: an HTTPS endpoint where a system posts JSON, read into tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSourceConfig {
+    /// Unique source name.
+    pub name: String,
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// The path posts go to (begins with `/`).
+    pub path: String,
+    /// The server certificate (chain) and key (PEM); `None` only with `insecure = true`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// How a post proves who sends it.
+    pub auth: WebhookAuth,
+    /// Largest body read.
+    pub max_body: usize,
+    /// Non-empty, unique names.
+    pub tags: Vec<WebhookTagConfig>,
+}
+
+/// How a webhook post proves who sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookAuth {
+    /// A shared key in a header.
+    ApiKey {
+        /// The header, e.g. `X-API-Key`.
+        header: String,
+        /// Where the key is.
+        key: Secret,
+    },
+    /// HMAC-SHA256 of the body, hex, in a header.
+    Hmac {
+        /// The header, e.g. `X-Signature-256`.
+        header: String,
+        /// Where the secret is.
+        secret: Secret,
+        /// Text before the hex digest, e.g. `sha256=`.
+        prefix: String,
+    },
+}
+
+/// One tag of a webhook source: read from each post's JSON like an MQTT JSON tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookTagConfig {
+    /// Unique within the source.
+    pub name: String,
+    /// JSON Pointer to the value (`""`: the whole body).
+    pub value: String,
+    /// JSON Pointer to the time, if given.
+    pub timestamp: Option<String>,
+    /// JSON Pointer to a quality, if given.
+    pub quality: Option<String>,
+    /// The declared type.
+    pub data_type: Option<UaType>,
 }
 
 impl SourceConfig {
@@ -99,6 +159,7 @@ impl SourceConfig {
             SourceConfig::ModbusTcp(m) => &m.name,
             SourceConfig::OpcUa(u) => &u.name,
             SourceConfig::Mqtt(m) => &m.name,
+            SourceConfig::Webhook(w) => &w.name,
         }
     }
 }

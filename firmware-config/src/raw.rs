@@ -52,6 +52,8 @@ pub struct RawBuffer {
     pub when_full: Option<Spanned<String>>,
     /// How long the record of each delivery attempt is kept (default "7d").
     pub audit_retention: Option<Spanned<HumanDuration>>,
+    /// Bound on the audit trail's size (default "128MiB"); the oldest records go past it.
+    pub max_audit_bytes: Option<Spanned<ByteSize>>,
 }
 
 /// `[[source]]`
@@ -116,6 +118,18 @@ pub struct RawSource {
     pub client_key: Option<Spanned<String>>,
     /// mqtt: the largest payload read (default "64KiB"); larger ones make their tags Bad.
     pub max_payload: Option<Spanned<crate::units::ByteSize>>,
+    /// webhook: the address and port to listen on, e.g. "0.0.0.0:8443".
+    pub listen: Option<Spanned<String>>,
+    /// webhook: the path posts go to (default "/").
+    pub path: Option<Spanned<String>>,
+    /// webhook: PEM server certificate (chain).
+    pub certificate: Option<Spanned<String>>,
+    /// webhook: PEM private key of `certificate`.
+    pub key: Option<Spanned<String>>,
+    /// webhook: how a post proves who sends it.
+    pub auth: Option<Spanned<RawWebhookAuth>>,
+    /// webhook: the largest body read (default "64KiB").
+    pub max_body: Option<Spanned<crate::units::ByteSize>>,
     /// The tags to read.
     #[serde(default)]
     pub tags: Vec<RawTag>,
@@ -299,6 +313,30 @@ pub enum RawDeadband {
     Text(String),
 }
 
+/// `auth = { ... }` of a webhook source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookAuth {
+    /// The header carrying the API key, e.g. `X-API-Key`.
+    pub api_key_header: Option<Spanned<String>>,
+    /// File holding the API key.
+    pub api_key_file: Option<Spanned<String>>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<Spanned<String>>,
+    /// Rejected: an API key written inline.
+    pub api_key: Option<Spanned<String>>,
+    /// The header carrying the HMAC-SHA256 of the body, e.g. `X-Signature-256`.
+    pub hmac_header: Option<Spanned<String>>,
+    /// File holding the HMAC secret.
+    pub hmac_secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the HMAC secret.
+    pub hmac_secret_env: Option<Spanned<String>>,
+    /// Rejected: an HMAC secret written inline.
+    pub hmac_secret: Option<Spanned<String>>,
+    /// Text before the hex signature in the header, e.g. "sha256=" (default none).
+    pub hmac_prefix: Option<Spanned<String>>,
+}
+
 /// `auth = { ... }` of an https sink.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -371,6 +409,11 @@ impl RawConfig {
         };
         for source in &self.sources {
             spans.extend(source.password.as_ref().map(Spanned::span));
+            if let Some(auth) = &source.auth {
+                let auth = auth.get_ref();
+                spans.extend(auth.api_key.as_ref().map(Spanned::span));
+                spans.extend(auth.hmac_secret.as_ref().map(Spanned::span));
+            }
             if let Some(endpoint) = &source.endpoint {
                 userinfo(endpoint, &mut spans);
             }
@@ -454,6 +497,12 @@ impl RawSource {
             set("client_certificate", &self.client_certificate),
             set("client_key", &self.client_key),
             set("max_payload", &self.max_payload),
+            set("listen", &self.listen),
+            set("path", &self.path),
+            set("certificate", &self.certificate),
+            set("key", &self.key),
+            set("auth", &self.auth),
+            set("max_body", &self.max_body),
             self.tags.first().map(|t| ("tags", t.name.span())),
         ]
         .into_iter()

@@ -81,6 +81,25 @@ pub fn client_config_with_identity(
     certificate: &Path,
     key: &Path,
 ) -> Result<ClientConfig, TlsError> {
+    let (chain, key_der) = identity(certificate, key)?;
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_file)?)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| mismatch(certificate, key, &e))
+}
+
+/// The PEM certificate chain in `certificate` and the PEM private key in `key`.
+fn identity(
+    certificate: &Path,
+    key: &Path,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ),
+    TlsError,
+> {
     use rustls_pki_types::PrivateKeyDer;
     let bad = |path: &Path, why: String| TlsError::Identity {
         path: path.display().to_string(),
@@ -94,14 +113,27 @@ pub fn client_config_with_identity(
         return Err(bad(certificate, "no PEM certificate in it".to_owned()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
-    ClientConfig::builder_with_provider(provider())
+    Ok((chain, key_der))
+}
+
+/// A certificate that rustls refused with `key`: both files named.
+fn mismatch(certificate: &Path, key: &Path, error: &rustls::Error) -> TlsError {
+    TlsError::Identity {
+        path: certificate.display().to_string(),
+        why: format!("it does not go with the key `{}`: {error}", key.display()),
+    }
+}
+
+/// A server config presenting the PEM certificate chain in `certificate` with its PEM private
+/// key `key` (a webhook source's endpoint).
+///
+/// # Errors
+/// The certificate or the key is unreadable or invalid, or they do not match.
+pub fn server_config(certificate: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let (chain, key_der) = identity(certificate, key)?;
+    rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca_file)?)
-        .with_client_auth_cert(chain, key_der)
-        .map_err(|e| {
-            bad(
-                certificate,
-                format!("it does not go with the key `{}`: {e}", key.display()),
-            )
-        })
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| mismatch(certificate, key, &e))
 }

@@ -575,7 +575,12 @@ fn check_render_shows_each_request_and_a_broken_template_fails_check() {
             .any(|n| n.has_tag_name(("urn:example:mes", "Name")) && n.text() == Some("down")),
         "{mes}"
     );
-    assert!(!mes.contains("pa55"), "no secret");
+    assert!(
+        mes.contains(
+            "Authorization: Basic <causeway and the password in file /etc/causeway/mes.password>"
+        ),
+        "the credential is named, not read: {mes}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("causeway.toml");

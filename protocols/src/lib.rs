@@ -12,6 +12,7 @@ pub mod model;
 pub mod mqtt;
 pub mod opcua;
 pub mod secret;
+pub mod webhook;
 
 /// The error and its causes on one line, for logs and Bad-quality reasons.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -416,6 +416,10 @@ retry_max = "300ms"
         "{answer:#}"
     );
     assert_eq!(attempts[1]["target"], erp.url());
+    assert_eq!(
+        attempts[1]["response"], "",
+        "a delivery's answer body is not kept"
+    );
     assert_eq!(at("qms")["status"], "delivered");
     // A count is not routed to the QMS: only the ERP is named.
     let answer = admin::audit_event(&conn, &count, &config.sinks).unwrap();

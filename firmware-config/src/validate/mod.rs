@@ -70,6 +70,19 @@ const SOURCE_FIELDS: &[(&str, &[&str])] = &[
             "tags",
         ],
     ),
+    (
+        "webhook",
+        &[
+            "listen",
+            "path",
+            "insecure",
+            "certificate",
+            "key",
+            "auth",
+            "max_body",
+            "tags",
+        ],
+    ),
 ];
 /// The kind-specific fields each source kind's tags take.
 const TAG_FIELDS: &[(&str, &[&str])] = &[
@@ -95,6 +108,7 @@ const TAG_FIELDS: &[(&str, &[&str])] = &[
             "metric",
         ],
     ),
+    ("webhook", &["value", "timestamp", "quality", "type"]),
 ];
 /// The kind-specific fields each rule kind takes.
 const RULE_FIELDS: &[(&str, &[&str])] = &[
@@ -493,6 +507,12 @@ impl Checker {
             HOUR..=366 * DAY,
             "audit_retention",
         );
+        let max_audit_bytes = self.size(
+            raw.max_audit_bytes.as_ref(),
+            128 << 20,
+            (1 << 20)..=MAX_SIZE,
+            "max_audit_bytes",
+        );
         Some(BufferConfig {
             path,
             max_bytes,
@@ -501,6 +521,7 @@ impl Checker {
             when_full,
             max_batch: max_batch as usize,
             audit_retention,
+            max_audit_bytes,
         })
     }
 

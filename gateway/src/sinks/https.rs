@@ -746,58 +746,45 @@ pub fn preview(
 const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 
 impl HttpsSink {
-    /// Renders `batch` with `template` and sends it: one request, or one per event (stopping
-    /// at the first that is not delivered; those before it are a partial delivery).
+    /// Renders `batch` with `template` and sends it: one request for the batch, or, with
+    /// `per = "event"` (where the config makes every batch one event), for its first event,
+    /// the rest then being a partial delivery's remainder.
     async fn deliver_rendered(
         &mut self,
         template: &BodyRenderer,
         batch: &[StoredEvent],
     ) -> Outcome {
-        let events: Vec<serde_json::Value> = batch
+        let group = if template.per_event() {
+            &batch[..batch.len().min(1)]
+        } else {
+            batch
+        };
+        let events: Vec<serde_json::Value> = group
             .iter()
             .map(|e| serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null))
             .collect();
-        let requests: Vec<std::ops::Range<usize>> = if template.per_event() {
-            (0..batch.len()).map(|i| i..i + 1).collect()
-        } else {
-            std::iter::once(0..batch.len()).collect()
-        };
-        for range in requests {
-            let start = range.start;
-            let key = idempotency_key(&batch[range.clone()]);
-            let outcome = match template.render(&self.name, &events[range], &key) {
-                Ok(body) => {
-                    let content_type = template.content_type().to_owned();
-                    self.send(body, &content_type, &key).await
-                }
-                // The template cannot express these events: they are dead-lettered (alone,
-                // after the runner's split), to be requeued once the template is fixed.
-                Err(why) => Outcome::Reject {
+        let key = idempotency_key(group);
+        let body = match template.render(&self.name, &events, &key) {
+            Ok(body) => body,
+            // The template cannot express these events: nothing is sent; they go to dead
+            // letters alone (after the runner's split), to be requeued once it is fixed.
+            Err(why) => {
+                return Outcome::Unsendable {
                     reason: format!(
                         "the sink's template failed: {why}; fix the template, then `causeway buffer requeue --sink {}`",
                         self.name
                     ),
-                },
-            };
-            match outcome {
-                Outcome::Delivered => {}
-                other if start == 0 => return other,
-                other => {
-                    let reason = match other {
-                        Outcome::Retry { reason, .. }
-                        | Outcome::Reject { reason }
-                        | Outcome::TooLarge { reason }
-                        | Outcome::Partial { reason, .. } => reason,
-                        Outcome::Delivered => String::new(),
-                    };
-                    return Outcome::Partial {
-                        delivered: start,
-                        reason,
-                    };
-                }
+                };
             }
+        };
+        let content_type = template.content_type().to_owned();
+        match self.send(body, &content_type, &key).await {
+            Outcome::Delivered if group.len() < batch.len() => Outcome::Partial {
+                delivered: group.len(),
+                reason: "one event per request".to_owned(),
+            },
+            other => other,
         }
-        Outcome::Delivered
     }
 
     /// Sends one request with `body`; classifies the answer.
@@ -845,7 +832,14 @@ impl HttpsSink {
                     }
                     let headers = response.headers().clone();
                     let body = excerpt(response).await;
-                    self.answer = Some((format!("HTTP {}", status.as_u16()), body.clone()));
+                    // For the audit trail: the status, and what a refusal said (a 2xx body is
+                    // not kept: a receiver may echo the request, credentials included).
+                    let said = if status.is_success() {
+                        String::new()
+                    } else {
+                        body.clone()
+                    };
+                    self.answer = Some((format!("HTTP {}", status.as_u16()), said));
                     return classify(status, &headers, &body);
                 }
                 // Without the URL reqwest would print: its query may carry a key.
@@ -1435,7 +1429,10 @@ mod tests {
             "application/json",
             "PUT",
         );
-        assert_eq!(erp.deliver(&counts).await, Outcome::Delivered);
+        // A batch is one event with per = "event".
+        for one in counts.chunks(1) {
+            assert_eq!(erp.deliver(one).await, Outcome::Delivered);
+        }
         // The SOAP MES: one envelope for the batch.
         let states = [
             stored_samples(&["production.state"]),
@@ -1451,6 +1448,12 @@ mod tests {
         assert_eq!(mes.deliver(&states).await, Outcome::Delivered);
         let seen = receiver.requests();
         assert_eq!(seen.len(), 3, "two confirmations, one envelope");
+        assert_eq!(
+            mes.take_answer(),
+            Some(("HTTP 200".to_owned(), String::new())),
+            "the audit keeps a delivery's status, not its body (a receiver may echo credentials)"
+        );
+        assert_eq!(mes.take_answer(), None, "taken once");
         for (request, event) in seen[..2].iter().zip(&counts) {
             assert_eq!(request.method, "PUT");
             assert_eq!(request.content_type.as_deref(), Some("application/json"));
@@ -1481,17 +1484,23 @@ mod tests {
             ids,
             states.iter().map(|e| e.id.as_str()).collect::<Vec<_>>()
         );
-        // An event the template cannot express is refused alone (the runner dead-letters
-        // it), and one that follows delivered ones makes a partial delivery.
-        let mut broken = counts.clone();
-        broken[1].payload = r#"{"id":"x","type":"production.count","data":{}}"#.into();
-        let outcome = erp.deliver(&broken).await;
+        // Per event, a batch of more (which the config never makes) sends its first event.
+        let outcome = erp.deliver(&counts).await;
         assert!(
-            matches!(&outcome, Outcome::Partial { delivered: 1, reason } if reason.contains("template failed") && reason.contains("requeue --sink erp")),
+            matches!(&outcome, Outcome::Partial { delivered: 1, .. }),
             "{outcome:?}"
         );
-        let outcome = erp.deliver(&broken[1..]).await;
-        assert!(matches!(outcome, Outcome::Reject { .. }), "{outcome:?}");
+        // An event the template cannot express is not sent: the runner dead-letters it
+        // alone, and the receiver's health is not judged by it.
+        let requests = receiver.requests().len();
+        let mut broken = counts[..1].to_vec();
+        broken[0].payload = r#"{"id":"x","type":"production.count","data":{}}"#.into();
+        let outcome = erp.deliver(&broken).await;
+        assert!(
+            matches!(&outcome, Outcome::Unsendable { reason } if reason.contains("template failed") && reason.contains("requeue --sink erp")),
+            "{outcome:?}"
+        );
+        assert_eq!(receiver.requests().len(), requests, "nothing was sent");
         cancel.cancel();
         tasks.close();
         tasks.wait().await;

@@ -8,9 +8,10 @@ use serde_json::json;
 
 use crate::event::{CloudEvent, rfc3339};
 
-/// A sample of each event type that has one, stamped around `now`.
+/// A sample of each event type that has one, stamped around `now` (a clock not yet set
+/// near 1970 gives times at `now` itself rather than before the epoch).
 pub fn sample_events(gateway_id: &str, now: SystemTime) -> Vec<CloudEvent> {
-    let at = |back: u64| rfc3339(now - Duration::from_secs(back));
+    let at = |back: u64| rfc3339(now.checked_sub(Duration::from_secs(back)).unwrap_or(now));
     vec![
         CloudEvent::new(
             gateway_id,

@@ -13,6 +13,7 @@ use protocols::{
     model::SampleBatch,
     mqtt::MqttSource,
     opcua::{MAX_PER_CALL, OpcUaSource},
+    webhook::WebhookSource,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,11 @@ pub enum Source {
     OpcUa(OpcUaSource),
     /// `kind = "mqtt"`
     Mqtt(MqttSource),
+    /// `kind = "webhook"`
+    Webhook(WebhookSource),
+    /// A source that could not be set up (its TLS files or secret): it sends nothing and
+    /// waits to be stopped. `preflight` refuses the start before it comes to this.
+    Broken(String),
 }
 
 /// Where a source keeps its files: paths in the config are taken from `base`, and an OPC UA
@@ -79,6 +85,10 @@ impl Source {
                     mqtt_password(mqtt, paths.base),
                 ))
             }
+            SourceConfig::Webhook(hook) => match webhook_setup(hook, paths.base) {
+                Ok((tls, secret)) => Source::Webhook(WebhookSource::new(hook.clone(), tls, secret)),
+                Err(why) => Source::Broken(format!("source `{}`: {why}", hook.name)),
+            },
         }
     }
 
@@ -92,6 +102,11 @@ impl Source {
             Source::Modbus(source) => source.run(out, cancel).await,
             Source::OpcUa(source) => source.run(out, cancel).await,
             Source::Mqtt(source) => source.run(out, cancel).await,
+            Source::Webhook(source) => source.run(out, cancel).await,
+            Source::Broken(why) => {
+                tracing::error!("{why}; this source reads nothing");
+                cancel.cancelled().await;
+            }
         }
     }
 }
@@ -113,6 +128,9 @@ pub struct Planned {
 pub fn preflight(config: &SourceConfig, paths: Paths<'_>) -> Result<(), String> {
     match config {
         SourceConfig::ModbusTcp(_) => Ok(()),
+        SourceConfig::Webhook(hook) => webhook_setup(hook, paths.base)
+            .map(drop)
+            .map_err(|e| format!("source `{}`: {e}", hook.name)),
         SourceConfig::Mqtt(mqtt) => {
             mqtt_tls(mqtt, paths.base).map_err(|e| format!("source `{}`: {e}", mqtt.name))?;
             mqtt_password(mqtt, paths.base)
@@ -154,6 +172,35 @@ fn mqtt_tls(
     .map_err(|e| crate::error_chain(&e))
 }
 
+/// A webhook source's TLS server configuration (`None` for plain http) and its API key or
+/// HMAC secret, read now.
+fn webhook_setup(
+    config: &firmware_config::WebhookSourceConfig,
+    base: &Path,
+) -> Result<(Option<std::sync::Arc<rustls::ServerConfig>>, String), String> {
+    let tls = match &config.tls {
+        None => None,
+        Some((certificate, key)) => Some(std::sync::Arc::new(
+            crate::tls::server_config(&base.join(certificate), &base.join(key))
+                .map_err(|e| crate::error_chain(&e))?,
+        )),
+    };
+    let (secret, field) = match &config.auth {
+        firmware_config::WebhookAuth::ApiKey { key, .. } => (key, "API key"),
+        firmware_config::WebhookAuth::Hmac { secret, .. } => (secret, "HMAC secret"),
+    };
+    let text = protocols::secret::read_env(secret, base)
+        .map_err(|why| format!("cannot read the {field}: {why}"))?;
+    let text = text.trim().to_owned();
+    if text.len() < 16 {
+        return Err(format!(
+            "the {field} is {} characters; use at least 16 (e.g. 32 random hex digits)",
+            text.len()
+        ));
+    }
+    Ok((tls, text))
+}
+
 /// The password of an MQTT source, read now.
 fn mqtt_password(
     config: &firmware_config::MqttSourceConfig,
@@ -186,6 +233,34 @@ fn resolve_identity(ua: &mut OpcUaConfig, base: &Path) {
 /// How `config` would be read.
 pub fn plan(config: &SourceConfig, paths: Paths<'_>) -> Planned {
     match config {
+        SourceConfig::Webhook(hook) => {
+            let mut shown = String::new();
+            let auth = match &hook.auth {
+                firmware_config::WebhookAuth::ApiKey { header, .. } => {
+                    format!("API key in {header}")
+                }
+                firmware_config::WebhookAuth::Hmac { header, .. } => {
+                    format!("HMAC-SHA256 of the body in {header}")
+                }
+            };
+            let _ = writeln!(
+                shown,
+                "source `{}` (webhook {}://{}{}): posts checked by {auth}, bodies up to {} bytes",
+                hook.name,
+                if hook.tls.is_some() { "https" } else { "http" },
+                hook.listen,
+                hook.path,
+                hook.max_body
+            );
+            for tag in &hook.tags {
+                let _ = writeln!(shown, "  {:<24} json {}", tag.name, tag.value);
+            }
+            Planned {
+                tags: hook.tags.len(),
+                reads: 1,
+                shown,
+            }
+        }
         SourceConfig::Mqtt(mqtt) => {
             let mut shown = String::new();
             // Exact topics, and two filters per Sparkplug edge node (its messages, its devices').

@@ -350,11 +350,20 @@ pub fn audit_event(
                 [&sink.name],
                 |r| r.get(0),
             )?;
-            let passed = occurrences.iter().any(|(seq, ..)| *seq <= cursor);
-            entry["status"] = json!(if passed {
-                "delivered_no_record"
-            } else {
+            // A copy the cursor has not passed (a requeued one, for one) is still to come.
+            let waiting = occurrences.iter().any(|(seq, _, only, _)| {
+                *seq > cursor
+                    && match only {
+                        Some(one) => one == &sink.name,
+                        None => sink.accepts(&event_type),
+                    }
+            });
+            entry["status"] = json!(if waiting {
                 "pending"
+            } else {
+                // Passed with no attempt on record: delivered before the record was kept
+                // (or after it expired), or dead-lettered and since purged or evicted.
+                "passed_no_record"
             });
         }
         entry["attempts"] = serde_json::Value::Array(attempts);

@@ -210,6 +210,8 @@ pub struct StoreOptions {
     pub sinks: Vec<String>,
     /// How long each delivery attempt is kept in the audit trail.
     pub audit_retention: std::time::Duration,
+    /// Bound on the audit trail's size.
+    pub max_audit_bytes: u64,
 }
 
 impl StoreOptions {
@@ -226,6 +228,7 @@ impl StoreOptions {
             max_batch: 512,
             sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
             audit_retention: std::time::Duration::from_secs(7 * 86_400),
+            max_audit_bytes: 128 << 20,
         }
     }
 
@@ -241,6 +244,7 @@ impl StoreOptions {
             max_batch: config.buffer.max_batch,
             sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
             audit_retention: config.buffer.audit_retention,
+            max_audit_bytes: config.buffer.max_audit_bytes,
         }
     }
 }

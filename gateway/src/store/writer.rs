@@ -19,6 +19,10 @@ type Done = oneshot::Sender<Result<(), StoreError>>;
 
 /// How often events older than `max_age` are looked for.
 const AGE_CHECK: Duration = Duration::from_secs(10);
+/// Bytes an audit attempt takes in the file, indexes included (measured: docs/delivery.md).
+const AUDIT_ROW_BYTES: u64 = 300;
+/// Bytes a delivered event's id takes in the file, indexes included.
+const ID_ROW_BYTES: u64 = 120;
 /// Drops are logged at most this often (a summary of everything dropped since).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 /// 2026-01-01T00:00:00Z. A row stamped before this was stamped by a clock not yet set (a box
@@ -141,6 +145,8 @@ pub(super) struct Writer {
     last_drop_log: Option<Instant>,
     /// When the audit trail was last pruned.
     last_audit_prune: Option<Instant>,
+    /// When a failure to keep audit ids was last logged.
+    last_audit_warning: Option<Instant>,
 }
 
 /// The wall clock in ms since the epoch (0 before it).
@@ -185,6 +191,7 @@ impl Writer {
             last_seq,
             last_age_check: None,
             last_audit_prune: None,
+            last_audit_warning: None,
             unlogged_drops: Drops::new(),
             last_drop_log: None,
         })
@@ -360,6 +367,37 @@ impl Writer {
         self.last_drop_log = Some(Instant::now());
     }
 
+    /// Keeps the ids of delivered events that left the buffer, for `causeway audit --id`. After
+    /// the delete, so the pages it freed take them; a failure (a full disk) loses only these
+    /// ids, never the delete (logged at most once a minute).
+    fn remember_ids(&mut self, gone: &[(i64, String, String, Option<String>)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (seq, id, event_type, sink) in gone {
+                    insert.execute(params![seq, id, event_type, sink, now])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(error) = result
+            && self
+                .last_audit_warning
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_audit_warning = Some(Instant::now());
+            let error = self.sqlite(error);
+            tracing::warn!(error = %crate::error_chain(&error), "Could not keep the ids of delivered events for the audit trail (`causeway audit --id` will not find them).");
+        }
+    }
+
     /// Deletes audit rows and event ids older than `audit_retention` (checked every
     /// [`AGE_CHECK`]; nothing while the clock is not set).
     fn prune_audit(&mut self) {
@@ -376,12 +414,29 @@ impl Writer {
         }
         let keep = i64::try_from(self.options.audit_retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now.saturating_sub(keep);
+        // The size bound, as rows: half of it for each table, at the bytes a row takes
+        // (measured: docs/delivery.md).
+        let half = self.options.max_audit_bytes / 2;
+        let attempts = i64::try_from(half / AUDIT_ROW_BYTES).unwrap_or(i64::MAX);
+        let ids = i64::try_from(half / ID_ROW_BYTES).unwrap_or(i64::MAX);
         let result = self
             .conn
             .execute("DELETE FROM audit WHERE at < ?1", [cutoff])
             .and_then(|_| {
                 self.conn
                     .execute("DELETE FROM event_ids WHERE removed_at < ?1", [cutoff])
+            })
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM audit WHERE rowid <= (SELECT rowid FROM audit ORDER BY rowid DESC LIMIT 1 OFFSET ?1)",
+                    [attempts],
+                )
+            })
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM event_ids WHERE seq <= (SELECT seq FROM event_ids ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+                    [ids],
+                )
             });
         if let Err(error) = result {
             let error = self.sqlite(error);
@@ -492,40 +547,36 @@ impl Writer {
         let path = self.options.path.clone();
         let sqlite = |e| StoreError::from_sqlite(&path, e);
         let mut freed = 0u64;
+        // What leaves: its size for the books, its id for the audit trail.
+        let mut gone: Vec<(i64, String, String, Option<String>)> = Vec::new();
         let mut delete = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
             let mut stmt = self.conn.prepare_cached(sql).map_err(sqlite)?;
-            let sizes = stmt
-                .query_map(params, |r| r.get::<_, i64>(0))
+            let rows = stmt
+                .query_map(params, |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                    ))
+                })
                 .map_err(sqlite)?;
-            for size in sizes {
-                freed += u64::try_from(size.map_err(sqlite)?).unwrap_or(0);
+            for row in rows {
+                let (size, ids) = row.map_err(sqlite)?;
+                freed += u64::try_from(size).unwrap_or(0);
+                gone.push(ids);
             }
             Ok(())
         };
-        // The ids of what leaves stay behind for the audit trail (`causeway audit --id`).
-        let now = now_ms();
         delete(
-            "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) \
-             SELECT seq, id, type, sink, ?2 FROM events WHERE seq <= ?1 AND sink IS NULL \
-             RETURNING 0",
-            &[&lowest, &now],
-        )?;
-        delete(
-            "DELETE FROM events WHERE seq <= ?1 AND sink IS NULL RETURNING size",
+            "DELETE FROM events WHERE seq <= ?1 AND sink IS NULL RETURNING size, seq, id, type, sink",
             &[&lowest],
         )?;
         for sink in &self.options.sinks {
             delete(
-                "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) \
-                 SELECT seq, id, type, sink, ?2 FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) \
-                 RETURNING 0",
-                &[sink, &now],
-            )?;
-            delete(
-                "DELETE FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) RETURNING size",
+                "DELETE FROM events WHERE sink = ?1 AND seq <= COALESCE((SELECT acked_seq FROM cursors WHERE sink = ?1), 0) RETURNING size, seq, id, type, sink",
                 &[sink],
             )?;
         }
+        self.remember_ids(&gone);
         self.live_bytes = self.live_bytes.saturating_sub(freed);
         if freed > 0 {
             self.reclaim();

@@ -61,7 +61,35 @@ pub fn sample(tag: &MqttTagConfig, id: &TagId, parsed: &Parsed, now: SystemTime)
         (Parsed::Text(text), MqttFormat::Text) => Ok((text_value(text), None, Quality::Good)),
         _ => Err("the message does not have this tag's format".to_owned()),
     };
-    match read.and_then(|(v, t, q)| fit(v, tag.data_type).map(|v| (v, t, q))) {
+    finish(read, tag.data_type, id, now)
+}
+
+/// The sample a tag read from a JSON document by pointers takes (a webhook's post, an MQTT
+/// JSON message): its value converted to `data_type`, its time and quality if pointed at.
+pub fn json_tag_sample(
+    doc: &Json,
+    pointers: (&str, Option<&str>, Option<&str>),
+    data_type: Option<firmware_config::UaType>,
+    id: &TagId,
+    now: SystemTime,
+) -> Sample {
+    let (value, timestamp, quality) = pointers;
+    finish(
+        json_sample(doc, value, timestamp, quality),
+        data_type,
+        id,
+        now,
+    )
+}
+
+/// A sample from what was read: Bad with the reason when it could not be, or did not fit.
+fn finish(
+    read: Result<Read, String>,
+    data_type: Option<firmware_config::UaType>,
+    id: &TagId,
+    now: SystemTime,
+) -> Sample {
+    match read.and_then(|(v, t, q)| fit(v, data_type).map(|v| (v, t, q))) {
         Ok((value, source_time, quality)) => {
             let mut s = Sample::good(id.clone(), value, now);
             s.source_time = source_time;

@@ -3,6 +3,7 @@
 mod modbus;
 mod mqtt;
 mod opcua;
+mod webhook;
 
 use crate::validate::*;
 
@@ -25,6 +26,10 @@ impl Checker {
             "mqtt" => {
                 self.foreign("source", "mqtt", &raw.kind_fields(), SOURCE_FIELDS);
                 self.mqtt_source(raw).map(SourceConfig::Mqtt)
+            }
+            "webhook" => {
+                self.foreign("source", "webhook", &raw.kind_fields(), SOURCE_FIELDS);
+                self.webhook(raw).map(SourceConfig::Webhook)
             }
             other => {
                 let kinds: Vec<&str> = SOURCE_FIELDS.iter().map(|(k, _)| *k).collect();

@@ -248,26 +248,11 @@ impl Checker {
                 return None;
             }
         };
-        let pointer = |this: &mut Self, field: &str, value: &Option<Spanned<String>>| {
-            let v = value.as_ref()?;
-            let text = v.get_ref();
-            if !text.is_empty() && !text.starts_with('/') {
-                this.error(
-                    format!("`{field}` = \"{text}\" is not a JSON Pointer"),
-                    span(v),
-                    "expected /member/...",
-                )
-                .hint(format!(
-                    "write it as \"/{text}\" (RFC 6901: members separated by /)"
-                ));
-            }
-            Some(text.clone())
-        };
         let format = if json {
             MqttFormat::Json {
-                value: pointer(self, "value", &raw.value).unwrap_or_default(),
-                timestamp: pointer(self, "timestamp", &raw.timestamp),
-                quality: pointer(self, "quality", &raw.quality),
+                value: self.json_pointer("value", &raw.value).unwrap_or_default(),
+                timestamp: self.json_pointer("timestamp", &raw.timestamp),
+                quality: self.json_pointer("quality", &raw.quality),
             }
         } else {
             for (field, v) in [
@@ -295,6 +280,27 @@ impl Checker {
             format,
             data_type,
         })
+    }
+
+    /// A JSON Pointer (RFC 6901) as `field` gives it: empty (the whole document) or `/...`.
+    pub(crate) fn json_pointer(
+        &mut self,
+        field: &str,
+        value: &Option<Spanned<String>>,
+    ) -> Option<String> {
+        let v = value.as_ref()?;
+        let text = v.get_ref();
+        if !text.is_empty() && !text.starts_with('/') {
+            self.error(
+                format!("`{field}` = \"{text}\" is not a JSON Pointer"),
+                span(v),
+                "expected /member/...",
+            )
+            .hint(format!(
+                "write it as \"/{text}\" (RFC 6901: members separated by /)"
+            ));
+        }
+        Some(text.clone())
     }
 
     /// Checks the name of a tag on a filter with `+`: each `+` level named by `{n}` (else
