@@ -436,6 +436,25 @@ impl RawConfig {
             }
             if let Some(url) = &sink.url {
                 userinfo(url, &mut spans);
+                // ?api_key=...: the value of a query parameter named like a credential.
+                let span = url.span();
+                if let Some(literal) = text.get(span.clone())
+                    && let Some(q) = literal.find('?')
+                {
+                    let mut at = q + 1;
+                    let end = literal[at..]
+                        .find(['#', '"', '\''])
+                        .map_or(literal.len(), |i| at + i);
+                    for pair in literal[at..end].split('&') {
+                        if let Some((name, value)) = pair.split_once('=')
+                            && credential_header(name)
+                        {
+                            let start = span.start + at + name.len() + 1;
+                            spans.push(start..start + value.len());
+                        }
+                        at += pair.len() + 1;
+                    }
+                }
             }
             if let Some(headers) = &sink.headers {
                 for (name, value) in headers.get_ref() {
@@ -453,9 +472,11 @@ impl RawConfig {
 /// such a header's value belongs in `auth`, not in the config file.
 pub(crate) fn credential_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    ["key", "token", "secret", "password", "auth", "cookie"]
-        .iter()
-        .any(|w| lower.contains(w))
+    [
+        "key", "token", "secret", "password", "auth", "cookie", "sig",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
 }
 
 /// A kind-specific field of a raw section that is set, and where.

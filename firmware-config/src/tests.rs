@@ -1576,3 +1576,20 @@ fn a_credential_written_into_headers_is_masked_in_the_rendered_report() {
     assert!(rendered.contains("looks like a credential"), "{rendered}");
     assert!(!rendered.contains("s3cr3t-v4lue"), "{rendered}");
 }
+
+#[test]
+fn a_credential_in_the_urls_query_is_warned_about_and_masked() {
+    let text = GOOD.replace(
+        "url = \"https://erp.example.com/api/production\"",
+        "url = \"https://erp.example.com/api/production?plant=1&api_key=s3cr3t-v4lue\"",
+    );
+    let config = load("t.toml", &text).unwrap();
+    let warning = config.warnings().problems[0].clone();
+    assert_eq!(
+        warning.message,
+        "the url's query carries a credential (`api_key`)"
+    );
+    let rendered = config.warnings().render(false);
+    assert!(rendered.contains("plant=1"), "{rendered}");
+    assert!(!rendered.contains("s3cr3t-v4lue"), "{rendered}");
+}

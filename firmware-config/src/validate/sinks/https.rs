@@ -42,6 +42,19 @@ impl Checker {
                         );
                     }
                 }
+                let keys: Vec<String> = parsed
+                    .query_pairs()
+                    .map(|(k, _)| k.into_owned())
+                    .filter(|k| crate::raw::credential_header(k))
+                    .collect();
+                if !keys.is_empty() {
+                    self.warning(
+                        format!("the url's query carries a credential (`{}`)", keys.join("`, `")),
+                        span(url),
+                        "secret in the URL",
+                    )
+                    .hint("Causeway's logs show the URL without its query, but the receiver's and every proxy's access logs keep it: if the receiver takes the key in a header, use auth = { api_key_header = \"X-API-Key\", api_key_file = \"/etc/causeway/erp.key\" }");
+                }
                 if parsed.password().is_some() {
                     self.error("a password is written inline in the URL", span(&raw.name), "secret in the config file")
                         .hint("remove it from the URL; use auth = { bearer_file = \"/etc/causeway/erp.token\" } or bearer_env");
