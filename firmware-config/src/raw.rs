@@ -436,24 +436,15 @@ impl RawConfig {
             }
             if let Some(url) = &sink.url {
                 userinfo(url, &mut spans);
-                // ?api_key=...: the value of a query parameter named like a credential.
+                // ?api_key=...: a query with a parameter named like a credential is masked
+                // whole, from the `?` as written (escapes and all) to the closing quote.
                 let span = url.span();
-                if let Some(literal) = text.get(span.clone())
-                    && let Some(q) = literal.find('?')
+                if query_has_credential(url.get_ref())
+                    && let Some(literal) = text.get(span.clone())
+                    && literal.len() >= 2
                 {
-                    let mut at = q + 1;
-                    let end = literal[at..]
-                        .find(['#', '"', '\''])
-                        .map_or(literal.len(), |i| at + i);
-                    for pair in literal[at..end].split('&') {
-                        if let Some((name, value)) = pair.split_once('=')
-                            && credential_header(name)
-                        {
-                            let start = span.start + at + name.len() + 1;
-                            spans.push(start..start + value.len());
-                        }
-                        at += pair.len() + 1;
-                    }
+                    let from = literal.find('?').map_or(1, |q| q + 1);
+                    spans.push(span.start + from..span.end - 1);
                 }
             }
             if let Some(headers) = &sink.headers {
@@ -468,15 +459,50 @@ impl RawConfig {
     }
 }
 
-/// Whether a header's name says it carries a credential (`X-API-Key`, `X-Auth-Token`, ...):
-/// such a header's value belongs in `auth`, not in the config file.
+/// Whether a header's or a query parameter's name says it carries a credential (`X-API-Key`,
+/// `X-Auth-Token`, `access_token`, `sig`, ...): its value belongs in `auth`, not in the config
+/// file. Judged by the name's words (`-`, `_`, `.` apart) and endings, so `author`, `design`
+/// or `keyword` are not.
 pub(crate) fn credential_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [
-        "key", "token", "secret", "password", "auth", "cookie", "sig",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
+    let words = [
+        "key",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "authorization",
+        "cookie",
+        "session",
+        "sig",
+        "signature",
+        "credential",
+        "credentials",
+    ];
+    lower.split(['-', '_', '.']).any(|w| words.contains(&w))
+        || ["apikey", "token", "secret", "password", "signature"]
+            .iter()
+            .any(|end| lower.ends_with(end))
+}
+
+/// Whether `url`'s query has a parameter named like a credential (names percent-decoded).
+pub(crate) fn query_has_credential(url: &str) -> bool {
+    let Some((_, query)) = url.split_once('?') else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| credential_header(&name))
+}
+
+/// `url` with its query replaced by `?***` when it carries a credential, for messages.
+pub(crate) fn mask_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) if query_has_credential(url) => format!("{base}?***"),
+        _ => url.to_owned(),
+    }
 }
 
 /// A kind-specific field of a raw section that is set, and where.

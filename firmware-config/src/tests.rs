@@ -1590,6 +1590,184 @@ fn a_credential_in_the_urls_query_is_warned_about_and_masked() {
         "the url's query carries a credential (`api_key`)"
     );
     let rendered = config.warnings().render(false);
-    assert!(rendered.contains("plant=1"), "{rendered}");
+    assert!(rendered.contains("api/production?"), "{rendered}");
     assert!(!rendered.contains("s3cr3t-v4lue"), "{rendered}");
+    // A name written percent-encoded or as a TOML escape, a value with an escaped quote.
+    for query in [
+        "?%74oken=s3cr3t-v4lue",
+        "?\\u0074oken=s3cr3t-v4lue",
+        "?token=s3cr3t\\\"-v4lue",
+    ] {
+        let text = GOOD.replace(
+            "url = \"https://erp.example.com/api/production\"",
+            &format!("url = \"https://erp.example.com/api/production{query}\""),
+        );
+        let config = load("t.toml", &text).unwrap();
+        let rendered = config.warnings().render(false);
+        assert!(
+            rendered.contains("carries a credential (`token`)"),
+            "{query}: {rendered}"
+        );
+        assert!(!rendered.contains("s3cr3t"), "{query}: {rendered}");
+        assert!(!rendered.contains("v4lue"), "{query}: {rendered}");
+    }
+    // An error that names the URL names it without its query.
+    let text = GOOD.replace(
+        "url = \"https://erp.example.com/api/production\"",
+        "url = \"htps://erp.example.com/api?api_key=s3cr3t-v4lue\"",
+    );
+    let rendered = load("t.toml", &text).unwrap_err().render(false);
+    assert!(
+        rendered.contains("`htps://erp.example.com/api?***` is not an http(s) URL"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("s3cr3t"), "{rendered}");
+}
+
+#[test]
+fn credential_names_are_judged_by_their_words() {
+    for name in [
+        "X-API-Key",
+        "api_key",
+        "apikey",
+        "access_token",
+        "sig",
+        "X-Auth-Token",
+        "client_secret",
+        "Cookie",
+    ] {
+        assert!(crate::raw::credential_header(name), "{name}");
+    }
+    for name in [
+        "author",
+        "design",
+        "keyword",
+        "signal",
+        "plant",
+        "X-Plant",
+        "SOAPAction",
+    ] {
+        assert!(!crate::raw::credential_header(name), "{name}");
+    }
+}
+
+/// A webhook source with `fields` (TOML lines), beside GOOD's.
+fn webhook(fields: &str) -> String {
+    GOOD.replacen(
+        "[[sink]]",
+        &format!(
+            "[[source]]\nname = \"mes\"\nkind = \"webhook\"\n{fields}\ntags = [ {{ name = \"n\", value = \"/n\", type = \"u32\" }} ]\n\n[[sink]]"
+        ),
+        1,
+    )
+}
+
+#[test]
+fn a_webhook_source_loads_and_its_mistakes_are_each_named() {
+    const OK: &str = "listen = \"0.0.0.0:8443\"\ncertificate = \"w.pem\"\nkey = \"w.key\"\nauth = { hmac_header = \"X-Signature-256\", hmac_secret_file = \"w.secret\", hmac_prefix = \"sha256=\" }";
+    let config = load("t.toml", &webhook(OK)).unwrap();
+    let Some(SourceConfig::Webhook(hook)) = config.sources.last() else {
+        panic!("{:?}", config.sources);
+    };
+    assert_eq!(hook.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(hook.path, "/");
+    assert_eq!(hook.max_body, 64 << 10);
+    assert_eq!(
+        hook.auth,
+        WebhookAuth::Hmac {
+            header: "X-Signature-256".into(),
+            secret: Secret::File("w.secret".into()),
+            prefix: "sha256=".into(),
+        }
+    );
+    assert_eq!(hook.tags[0].value, "/n");
+    let with = |from: &str, to: &str| webhook(&OK.replace(from, to));
+    for (text, expected) in [
+        (
+            with("listen = \"0.0.0.0:8443\"\n", ""),
+            "webhook source `mes` has no listen address",
+        ),
+        (
+            with("0.0.0.0:8443", "plant.local:8443"),
+            "listen = \"plant.local:8443\" is not an address and port",
+        ),
+        (with("0.0.0.0:8443", "0.0.0.0:0"), "listen names port 0"),
+        (
+            with("certificate = \"w.pem\"\nkey = \"w.key\"\n", ""),
+            "webhook source `mes` would take posts unencrypted",
+        ),
+        (with("key = \"w.key\"\n", ""), "`certificate` needs `key`"),
+        (
+            with("listen", "insecure = true\nlisten"),
+            "insecure = true with a certificate",
+        ),
+        (
+            with(
+                "auth = { hmac_header = \"X-Signature-256\", hmac_secret_file = \"w.secret\", hmac_prefix = \"sha256=\" }",
+                "",
+            ),
+            "webhook source `mes` has no auth",
+        ),
+        (
+            with(
+                "hmac_secret_file = \"w.secret\"",
+                "hmac_secret = \"s3cr3t-v4lue-0123\"",
+            ),
+            "`hmac_secret` is written inline in the config file",
+        ),
+        (
+            with(
+                "hmac_header = \"X-Signature-256\",",
+                "hmac_header = \"X-Signature-256\", api_key_header = \"X-Key\",",
+            ),
+            "both an API key and an HMAC signature are set",
+        ),
+        (
+            with("hmac_secret_file = \"w.secret\", ", ""),
+            "no `hmac_secret_file` or `hmac_secret_env`",
+        ),
+        (
+            with("listen", "path = \"/zähler\"\nlisten"),
+            "path = \"/zähler\" is not a plain URL path",
+        ),
+        (
+            with("listen", "max_body = \"2MiB\"\nlisten"),
+            "max_body = 2MiB is too large",
+        ),
+    ] {
+        assert_eq!(errors(&text), vec![expected.to_owned()], "{text}");
+    }
+    // Two sources on one port.
+    let two = webhook(OK).replacen(
+        "[[sink]]",
+        &format!("[[source]]\nname = \"scada\"\nkind = \"webhook\"\n{OK}\n\n[[sink]]"),
+        1,
+    );
+    assert!(
+        errors(&two).contains(&"two webhook sources listen on port 8443".to_owned()),
+        "{:?}",
+        errors(&two)
+    );
+    // Plain http is allowed with insecure, and warned about.
+    let plain = with(
+        "certificate = \"w.pem\"\nkey = \"w.key\"\n",
+        "insecure = true\n",
+    );
+    let config = load("t.toml", &plain).unwrap();
+    assert!(
+        config
+            .warnings()
+            .problems
+            .iter()
+            .any(|p| p.message == "webhook source `mes` takes posts over plain http"),
+        "{:?}",
+        config.warnings().problems
+    );
+    // An inline secret never shows in the report.
+    let inline = with(
+        "hmac_secret_file = \"w.secret\"",
+        "hmac_secret = \"s3cr3t-v4lue-0123\"",
+    );
+    let rendered = load("t.toml", &inline).unwrap_err().render(false);
+    assert!(!rendered.contains("s3cr3t"), "{rendered}");
 }

@@ -515,11 +515,27 @@ fn check(
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    let mut failed = false;
+    // A webhook source's certificate, key and secret are read now: a start would fail on them.
+    for source in &config.sources {
+        if let firmware_config::SourceConfig::Webhook(_) = source
+            && let Err(why) = sources::preflight(
+                source,
+                sources::Paths {
+                    gateway_id: &config.gateway_id,
+                    base: &base,
+                    buffer: &base.join(&config.buffer.path),
+                },
+            )
+        {
+            eprintln!("error: {why}");
+            failed = true;
+        }
+    }
     // Every body template is loaded and rendered against sample events of the types its sink
     // routes: a template that fails here would fail on real events.
     let samples =
         gateway::sinks::samples::sample_events(&config.gateway_id, std::time::SystemTime::now());
-    let mut failed = false;
     let mut rendered = None;
     for sink in &config.sinks {
         let templated = matches!(

@@ -105,15 +105,18 @@ routes = ["*"]
         .unwrap();
     let url = format!("https://127.0.0.1:{port}/mes/counts");
     // Bounded: the source binds at once.
-    for _ in 0..100 {
+    let mut bound = false;
+    for _ in 0..250 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
+            bound = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(bound, "the webhook source listens on {port}");
     Hook {
         url,
         client,
@@ -185,9 +188,11 @@ async fn signed_posts_feed_tags_and_bad_signatures_and_bodies_are_refused_with_t
     );
     assert_eq!(values[1].0, "mes.state");
 
-    // A post of one tag carries that tag alone.
+    // A post of one tag carries that tag alone, and names the one it lacks.
     let body = r#"{"state": 0}"#;
-    assert_eq!(hook.post(body, &Hook::signed(body)).await.0, 200);
+    let (status, answer) = hook.post(body, &Hook::signed(body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["missing"], serde_json::json!(["total"]), "{answer}");
     let batch = hook.batches.recv().await.unwrap();
     assert_eq!(batch.samples.len(), 1);
     assert_eq!(&*batch.samples[0].tag, "mes.state");
@@ -289,8 +294,73 @@ async fn an_api_key_is_checked_and_the_pipeline_full_is_a_503() {
         let (status, _) = hook.post(body, &[("X-API-Key", SECRET.to_owned())]).await;
         assert_eq!(status, 200);
     }
-    let (status, answer) = hook.post(body, &[("X-API-Key", SECRET.to_owned())]).await;
-    assert_eq!(status, 503, "{answer}");
+    let full = hook
+        .client
+        .post(&hook.url)
+        .header("X-API-Key", SECRET)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status().as_u16(), 503);
+    assert_eq!(
+        full.headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    hook.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_eight_connections_and_idle_ones_do_not_starve_it() {
+    let mut hook = start(r#"{ api_key_header = "X-API-Key", api_key_file = "hook.secret" }"#).await;
+    let port = hook
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Eight connections that never say anything (no TLS handshake).
+    let mut idle = Vec::new();
+    for _ in 0..protocols::webhook::MAX_PER_PEER {
+        idle.push(
+            tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let body = r#"{"state": 1}"#;
+    let refused = hook
+        .client
+        .post(&hook.url)
+        .header("X-API-Key", SECRET)
+        .body(body)
+        .send()
+        .await;
+    assert!(refused.is_err(), "a ninth connection is closed at once");
+    drop(idle);
+    // Their seats come back once they are gone (bounded wait).
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = hook
+            .client
+            .post(&hook.url)
+            .header("X-API-Key", SECRET)
+            .body(body)
+            .send()
+            .await
+        {
+            answered = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, Some(200));
+    assert!(hook.batches.recv().await.is_some());
     hook.stop().await;
 }
 

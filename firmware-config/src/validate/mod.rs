@@ -246,6 +246,8 @@ struct Checker {
     templates: Vec<(String, Vec<crate::topic::NamePart>, Option<TagFacts>)>,
     /// MQTT client ids given so far: two sinks with one id would take each other's session.
     client_ids: HashMap<String, Range<usize>>,
+    /// Ports webhook sources listen on: two cannot share one.
+    listens: HashMap<u16, Range<usize>>,
 }
 
 /// Adds a hint to a problem already pushed.

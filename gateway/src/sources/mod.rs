@@ -194,7 +194,7 @@ fn webhook_setup(
     let text = text.trim().to_owned();
     if text.len() < 16 {
         return Err(format!(
-            "the {field} is {} characters; use at least 16 (e.g. 32 random hex digits)",
+            "the {field} is {} bytes (after trimming surrounding whitespace); use at least 16 (e.g. 32 random hex digits)",
             text.len()
         ));
     }

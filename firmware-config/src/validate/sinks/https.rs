@@ -15,7 +15,7 @@ impl Checker {
             return None;
         };
         let text = url.get_ref().trim();
-        let shown = crate::mask_userinfo(text);
+        let shown = crate::raw::mask_query(&crate::mask_userinfo(text));
         let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
         match url::Url::parse(text) {
             Err(error) => {

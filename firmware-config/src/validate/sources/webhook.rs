@@ -20,7 +20,17 @@ impl Checker {
                 None
             }
             Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
-                Ok(addr) if addr.port() != 0 => Some(addr),
+                Ok(addr) if addr.port() != 0 => {
+                    if self.listens.insert(addr.port(), span(l)).is_some() {
+                        self.error(
+                            format!("two webhook sources listen on port {}", addr.port()),
+                            span(l),
+                            "second use",
+                        )
+                        .hint("one port takes one source's posts: give each source its own port (or one source more tags)");
+                    }
+                    Some(addr)
+                }
                 Ok(_) => {
                     self.error(
                         "listen names port 0",
@@ -44,22 +54,33 @@ impl Checker {
             None => "/".to_owned(),
             Some(p) => {
                 let text = p.get_ref();
-                if !text.starts_with('/')
-                    || text.contains(['?', '#', ' '])
-                    || text.chars().any(char::is_control)
-                {
+                // Compared with the request's path as sent: only characters a client sends
+                // as they are.
+                let plain = text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b));
+                if !text.starts_with('/') || !plain {
                     self.error(
-                        format!("path = \"{text}\" is not a URL path"),
+                        format!("path = \"{text}\" is not a plain URL path"),
                         span(p),
-                        "expected /...",
+                        "expected /letters-digits/-._~",
                     )
-                    .hint("e.g. \"/mes/counts\"; no query, no spaces");
+                    .hint("e.g. \"/mes/counts\": ASCII letters, digits and - . _ ~ / only (no query, spaces, % or non-ASCII)");
                 }
                 text.clone()
             }
         };
         let insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
         let tls = match (&raw.certificate, &raw.key) {
+            (Some(c), Some(_)) if insecure => {
+                self.error(
+                    "insecure = true with a certificate",
+                    span(c),
+                    "TLS or not?",
+                )
+                .hint("remove insecure to serve https with this certificate, or remove certificate and key for plain http");
+                None
+            }
             (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
             (Some(c), None) => {
                 self.error("`certificate` needs `key`", span(c), "no key")
@@ -71,6 +92,14 @@ impl Checker {
                 None
             }
             (None, None) => {
+                if insecure {
+                    self.warning(
+                        format!("webhook source `{source}` takes posts over plain http"),
+                        span(&raw.name),
+                        "insecure = true",
+                    )
+                    .hint("keys and bodies travel in clear: only on a network you trust, and prefer an HMAC signature to an API key there");
+                }
                 if !insecure {
                     self.error(
                         format!("webhook source `{source}` would take posts unencrypted"),
