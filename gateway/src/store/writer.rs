@@ -367,37 +367,6 @@ impl Writer {
         self.last_drop_log = Some(Instant::now());
     }
 
-    /// Keeps the ids of delivered events that left the buffer, for `causeway audit --id`. After
-    /// the delete, so the pages it freed take them; a failure (a full disk) loses only these
-    /// ids, never the delete (logged at most once a minute).
-    fn remember_ids(&mut self, gone: &[(i64, String, String, Option<String>)]) {
-        if gone.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self.conn.unchecked_transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (seq, id, event_type, sink) in gone {
-                    insert.execute(params![seq, id, event_type, sink, now])?;
-                }
-            }
-            tx.commit()
-        })();
-        if let Err(error) = result
-            && self
-                .last_audit_warning
-                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-        {
-            self.last_audit_warning = Some(Instant::now());
-            let error = self.sqlite(error);
-            tracing::warn!(error = %crate::error_chain(&error), "Could not keep the ids of delivered events for the audit trail (`causeway audit --id` will not find them).");
-        }
-    }
-
     /// Deletes audit rows and event ids older than `audit_retention` (checked every
     /// [`AGE_CHECK`]; nothing while the clock is not set).
     fn prune_audit(&mut self) {
@@ -542,30 +511,56 @@ impl Writer {
                 .unwrap_or(0);
             lowest = lowest.min(acked);
         }
-        // Rows for every sink go once the slowest sink passed them (a range of the primary
-        // key); a requeued row for one sink goes once that sink passed it (`events_by_sink`).
-        let path = self.options.path.clone();
-        let sqlite = |e| StoreError::from_sqlite(&path, e);
+        // One transaction for the deletes and the ids they leave for the audit trail (one
+        // sync). Should the ids be refused (a full disk), the deletes go alone: they free
+        // the space.
+        let freed = match self.delete_rows(lowest, true) {
+            Ok(freed) => freed,
+            Err(error) => {
+                if self
+                    .last_audit_warning
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    self.last_audit_warning = Some(Instant::now());
+                    let error = self.sqlite(error);
+                    tracing::warn!(error = %crate::error_chain(&error), "Could not keep the ids of delivered events for the audit trail (`causeway audit --id` will not find them); deleting the rows without.");
+                }
+                self.delete_rows(lowest, false)
+                    .map_err(|e| StoreError::from_sqlite(&self.options.path, e))?
+            }
+        };
+        self.live_bytes = self.live_bytes.saturating_sub(freed);
+        if freed > 0 {
+            self.reclaim();
+        }
+        Ok(())
+    }
+
+    /// Deletes the rows every sink has passed (a range of the primary key for rows for every
+    /// sink; `events_by_sink` for a requeued row, once its sink passed it), keeping their ids
+    /// in `event_ids` when `remember`, in one transaction. Returns the payload bytes freed.
+    fn delete_rows(&mut self, lowest: i64, remember: bool) -> Result<u64, rusqlite::Error> {
+        let tx = self.conn.unchecked_transaction()?;
         let mut freed = 0u64;
-        // What leaves: its size for the books, its id for the audit trail.
         let mut gone: Vec<(i64, String, String, Option<String>)> = Vec::new();
-        let mut delete = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
-            let mut stmt = self.conn.prepare_cached(sql).map_err(sqlite)?;
-            let rows = stmt
-                .query_map(params, |r| {
+        let mut delete =
+            |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<(), rusqlite::Error> {
+                let mut stmt = tx.prepare_cached(sql)?;
+                let rows = stmt.query_map(params, |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
                     ))
-                })
-                .map_err(sqlite)?;
-            for row in rows {
-                let (size, ids) = row.map_err(sqlite)?;
-                freed += u64::try_from(size).unwrap_or(0);
-                gone.push(ids);
-            }
-            Ok(())
-        };
+                })?;
+                for row in rows {
+                    let (size, ids) = row?;
+                    freed += u64::try_from(size).unwrap_or(0);
+                    if remember {
+                        gone.push(ids);
+                    }
+                }
+                Ok(())
+            };
         delete(
             "DELETE FROM events WHERE seq <= ?1 AND sink IS NULL RETURNING size, seq, id, type, sink",
             &[&lowest],
@@ -576,12 +571,17 @@ impl Writer {
                 &[sink],
             )?;
         }
-        self.remember_ids(&gone);
-        self.live_bytes = self.live_bytes.saturating_sub(freed);
-        if freed > 0 {
-            self.reclaim();
+        if !gone.is_empty() {
+            let now = now_ms();
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO event_ids (seq, id, type, sink, removed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (seq, id, event_type, sink) in &gone {
+                insert.execute(params![seq, id, event_type, sink, now])?;
+            }
         }
-        Ok(())
+        tx.commit()?;
+        Ok(freed)
     }
 
     /// Gives a large run of free pages back to the file system once a backlog has drained
