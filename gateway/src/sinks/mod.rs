@@ -1125,6 +1125,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_audit_trail_that_cannot_be_written_never_holds_deliveries_back() {
+        // Before: the audit row went in the ack's transaction and nothing else, so a failing
+        // row (a full disk) kept the cursor still and the batch was sent again for ever.
+        let d = drain_for(
+            Scripted::new(&[], usize::MAX),
+            sink_config(4, 1 << 20),
+            0,
+            Duration::from_secs(3600),
+            None,
+        )
+        .await;
+        {
+            let conn = rusqlite::Connection::open(d._dir.path().join("b.db")).unwrap();
+            conn.execute_batch("DROP TABLE audit; DROP TABLE event_ids;")
+                .unwrap();
+        }
+        let made = numbered(0..10);
+        d.store.append(made.clone(), vec![]).await.unwrap();
+        let sink = Scripted::new(&[], usize::MAX);
+        let stop = SinkStop {
+            inputs_done: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        };
+        stop.inputs_done.cancel();
+        let retry = RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(5));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            run_sink(
+                "erp".into(),
+                sink_config(4, 1 << 20),
+                sink.clone(),
+                d.store.clone(),
+                d.reader.clone(),
+                retry,
+                stop,
+            ),
+        )
+        .await
+        .expect("the sink drains");
+        let ids: Vec<String> = made.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(*sink.accepted.lock().unwrap(), ids, "each once, in order");
+        assert_eq!(d.reader.count().await.unwrap(), 0, "delivered rows deleted");
+        drop((d.store, d.reader));
+        d.writer.join();
+    }
+
+    #[tokio::test]
     async fn the_rate_limit_spaces_requests() {
         let sink = Scripted::new(&[], usize::MAX);
         let mut config = sink_config(1, 1 << 20);
