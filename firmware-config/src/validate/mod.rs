@@ -261,6 +261,14 @@ impl Hint for &mut Problem {
     }
 }
 
+/// Whether `name` is an HTTP header name (RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn span<T>(value: &Spanned<T>) -> Range<usize> {
     value.span()
 }

@@ -131,11 +131,7 @@ impl Checker {
         let mut out = Vec::new();
         for (name, value) in headers.get_ref() {
             let lower = name.to_ascii_lowercase();
-            let token = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
+            if !is_header_name(name) {
                 self.error(
                     format!("`{name}` is not a header name"),
                     span(headers),
@@ -403,11 +399,7 @@ impl Checker {
         match (&auth.api_key_header, key) {
             (Some(header), Some(key)) => {
                 let name = header.get_ref();
-                let token = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if token {
+                if is_header_name(name) {
                     kinds.push(HttpAuth::ApiKey {
                         header: name.clone(),
                         key,
@@ -539,7 +531,7 @@ impl Checker {
     }
 
     /// A secret from `<what>_env` or `<what>_file` (not both).
-    fn secret_pair(
+    pub(crate) fn secret_pair(
         &mut self,
         env: Option<&Spanned<String>>,
         file: Option<&Spanned<String>>,

@@ -268,18 +268,6 @@ impl Checker {
         password_env: Option<&Spanned<String>>,
         password_file: Option<&Spanned<String>>,
     ) -> Option<Secret> {
-        match (password_env, password_file) {
-            (Some(env), None) => Some(Secret::Env(env.get_ref().clone())),
-            (None, Some(file)) => Some(Secret::File(PathBuf::from(file.get_ref()))),
-            (Some(_), Some(file)) => {
-                self.error(
-                    "`password_env` and `password_file` are both set",
-                    span(file),
-                    "choose one",
-                );
-                None
-            }
-            (None, None) => None,
-        }
+        self.secret_pair(password_env, password_file, "password")
     }
 }

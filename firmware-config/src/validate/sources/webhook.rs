@@ -192,11 +192,7 @@ impl Checker {
         }
         let header = |this: &mut Self, h: &Spanned<String>| {
             let name = h.get_ref();
-            let token = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
+            if !is_header_name(name) {
                 this.error(
                     format!("`{name}` is not a header name"),
                     span(h),
@@ -271,16 +267,6 @@ impl Checker {
         at: Range<usize>,
     ) -> Option<Secret> {
         match (env, file) {
-            (Some(e), None) => Some(Secret::Env(e.get_ref().clone())),
-            (None, Some(f)) => Some(Secret::File(PathBuf::from(f.get_ref()))),
-            (Some(_), Some(f)) => {
-                self.error(
-                    format!("`{field}_env` and `{field}_file` are both set"),
-                    span(f),
-                    "choose one",
-                );
-                None
-            }
             (None, None) => {
                 self.error(
                     format!("no `{field}_file` or `{field}_env`"),
@@ -292,6 +278,7 @@ impl Checker {
                 ));
                 None
             }
+            _ => self.secret_pair(env, file, field),
         }
     }
 
