@@ -89,6 +89,25 @@ pub fn client_config_with_identity(
         .map_err(|e| mismatch(certificate, key, &e))
 }
 
+/// The client config of a connection that trusts `ca_file` besides the system's roots and, for
+/// mutual TLS, presents `identity` (certificate, key); relative paths taken from `base`.
+///
+/// # Errors
+/// As [`client_config`] and [`client_config_with_identity`].
+pub fn client_config_in(
+    base: &Path,
+    ca_file: Option<&Path>,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<ClientConfig, TlsError> {
+    let ca = ca_file.map(|p| base.join(p));
+    match identity {
+        None => client_config(ca.as_deref()),
+        Some((certificate, key)) => {
+            client_config_with_identity(ca.as_deref(), &base.join(certificate), &base.join(key))
+        }
+    }
+}
+
 /// The PEM certificate chain in `certificate` and the PEM private key in `key`.
 fn identity(
     certificate: &Path,

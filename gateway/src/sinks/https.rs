@@ -296,19 +296,12 @@ impl HttpsSink {
         base: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SinkError> {
-        let ca = config.ca_file.as_ref().map(|p| base.join(p));
-        let tls = match &config.identity {
-            None => crate::tls::client_config(ca.as_deref()),
-            Some((certificate, key)) => crate::tls::client_config_with_identity(
-                ca.as_deref(),
-                &base.join(certificate),
-                &base.join(key),
-            ),
-        }
-        .map_err(|source| SinkError::Tls {
-            sink: sink.to_owned(),
-            source,
-        })?;
+        let tls =
+            crate::tls::client_config_in(base, config.ca_file.as_deref(), config.identity.as_ref())
+                .map_err(|source| SinkError::Tls {
+                    sink: sink.to_owned(),
+                    source,
+                })?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(config.timeout)

@@ -141,15 +141,11 @@ impl MqttSink {
         base: &Path,
     ) -> Result<Self, SinkError> {
         let tls = if config.tls {
-            let ca = config.ca_file.as_ref().map(|p| base.join(p));
-            let tls = match &config.identity {
-                None => crate::tls::client_config(ca.as_deref()),
-                Some((certificate, key)) => crate::tls::client_config_with_identity(
-                    ca.as_deref(),
-                    &base.join(certificate),
-                    &base.join(key),
-                ),
-            }
+            let tls = crate::tls::client_config_in(
+                base,
+                config.ca_file.as_deref(),
+                config.identity.as_ref(),
+            )
             .map_err(|source| SinkError::Tls {
                 sink: name.to_owned(),
                 source,

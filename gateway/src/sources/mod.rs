@@ -159,17 +159,9 @@ fn mqtt_tls(
     if !config.tls {
         return Ok(None);
     }
-    let ca = config.ca_file.as_ref().map(|p| base.join(p));
-    match &config.identity {
-        None => crate::tls::client_config(ca.as_deref()),
-        Some((certificate, key)) => crate::tls::client_config_with_identity(
-            ca.as_deref(),
-            &base.join(certificate),
-            &base.join(key),
-        ),
-    }
-    .map(|c| Some(std::sync::Arc::new(c)))
-    .map_err(|e| crate::error_chain(&e))
+    crate::tls::client_config_in(base, config.ca_file.as_deref(), config.identity.as_ref())
+        .map(|c| Some(std::sync::Arc::new(c)))
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// A webhook source's TLS server configuration (`None` for plain http) and its API key or
