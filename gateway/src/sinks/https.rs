@@ -91,6 +91,14 @@ fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).min(Duration::from_secs(60))
 }
 
+/// When a token fetched at `now` for `seconds` (finite, not negative; at most a year is
+/// believed) is replaced: before it expires by its [`refresh_margin`].
+fn renew_at(now: tokio::time::Instant, seconds: f64) -> tokio::time::Instant {
+    let lifetime =
+        Duration::try_from_secs_f64(seconds.clamp(0.0, 365.0 * 24.0 * 3600.0)).unwrap_or_default();
+    now + lifetime - refresh_margin(lifetime)
+}
+
 /// What kind of JSON error, in words.
 fn json_problem(e: &serde_json::Error) -> &'static str {
     match e.classify() {
@@ -224,10 +232,7 @@ impl OAuth {
                 .filter(|n| n.is_finite() && *n >= 0.0),
             _ => None,
         };
-        let due = seconds.map(|s| {
-            let lifetime = Duration::from_secs_f64(s.min(365.0 * 24.0 * 3600.0));
-            tokio::time::Instant::now() + lifetime - refresh_margin(lifetime)
-        });
+        let due = seconds.map(|s| renew_at(tokio::time::Instant::now(), s));
         tracing::debug!(token_url = %at, expires_in = ?seconds, "Fetched an OAuth2 access token.");
         self.token = Some((answer.access_token.clone(), due));
         Ok(answer.access_token)
@@ -1497,5 +1502,28 @@ mod tests {
         cancel.cancel();
         tasks.close();
         tasks.wait().await;
+    }
+
+    proptest::proptest! {
+        /// Whatever lifetime a token endpoint gives, the token is replaced before it expires
+        /// (when it lives at all), never more than a tenth of its life or a minute early, and
+        /// a lifetime past a year (or not a number) is taken as a year at most.
+        #[test]
+        fn a_token_is_renewed_before_it_expires_and_not_much_earlier(seconds in proptest::num::f64::ANY) {
+            let now = tokio::time::Instant::now();
+            let at = renew_at(now, seconds);
+            let believed = if seconds.is_nan() { 0.0 } else { seconds.clamp(0.0, 365.0 * 24.0 * 3600.0) };
+            let lifetime = Duration::try_from_secs_f64(believed).unwrap_or_default();
+            proptest::prop_assert!(at >= now);
+            proptest::prop_assert!(at <= now + lifetime);
+            if lifetime > Duration::ZERO {
+                let early = now + lifetime - at;
+                proptest::prop_assert!(early <= Duration::from_secs(60));
+                proptest::prop_assert!(early <= lifetime / 10 + Duration::from_nanos(1));
+                if lifetime >= Duration::from_secs(10) {
+                    proptest::prop_assert!(at < now + lifetime, "replaced before it expires");
+                }
+            }
+        }
     }
 }
