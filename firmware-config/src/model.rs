@@ -482,7 +482,9 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648): OPC UA opaque node ids, and the basic
+/// credentials the demo receiver expects.
+pub fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk

@@ -94,26 +94,6 @@ struct OAuthServer {
     down: bool,
 }
 
-/// Standard base64 with padding (RFC 4648), for the basic credentials the receiver expects.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A running receiver. Stops when its cancel token fires.
 #[derive(Debug, Clone)]
 pub struct Receiver {
@@ -275,7 +255,7 @@ impl Receiver {
         self.state().oauth = Some(OAuthServer {
             expected: format!(
                 "Basic {}",
-                base64(format!("{client_id}:{secret}").as_bytes())
+                firmware_config::base64_encode(format!("{client_id}:{secret}").as_bytes())
             ),
             expires_in,
             ..OAuthServer::default()
